@@ -1,0 +1,205 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# The compiled hashing core: BLAKE3, gear/FastCDC chunking and file hashing over reusable buffers.
+import os
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy
+from posix.unistd cimport close
+
+from se_native cimport *
+
+from syncengine.errors import FileChangedError
+from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunks
+from syncengine.hashing.params import GEAR_SEED
+
+NAME = "native"
+
+
+def blake3(data, key=None):
+    """BLAKE3 (keyed when `key` is given, 32 bytes) of a bytes-like object."""
+    cdef const uint8_t[::1] view = memoryview(data).cast("B")
+    cdef const uint8_t[::1] kview
+    cdef uint8_t out[32]
+    cdef const uint8_t *kptr = NULL
+    cdef const uint8_t *ptr = &view[0] if view.shape[0] else <const uint8_t *>b""
+    cdef size_t n = view.shape[0]
+    if key is not None:
+        if len(key) != 32:
+            raise ValueError("BLAKE3 key must be 32 bytes")
+        kview = key
+        kptr = &kview[0]
+    with nogil:
+        se_blake3(kptr, ptr, n, out)
+    return PyBytes_FromStringAndSize(<char *>out, 32)
+
+
+def blake3_impl():
+    """Which SIMD path the C BLAKE3 chose on this CPU."""
+    return se_blake3_impl().decode()
+
+
+cdef int _init_params(se_cdc_params *p, params) except -1:
+    if se_cdc_init(p, GEAR_SEED, params.min_size, params.avg_size, params.max_size) != 0:
+        raise ValueError(f"invalid chunker parameters {params!r}")
+    return 0
+
+
+def gear_table():
+    """The gear table the C chunker built (must equal params.gear_table())."""
+    cdef se_cdc_params p
+    se_cdc_init(&p, GEAR_SEED, 64, 128, 256)
+    return tuple(p.gear[i] for i in range(256))
+
+
+def cut_points(data, params):
+    """Chunk lengths of `data` taken as a whole stream."""
+    cdef se_cdc_params p
+    _init_params(&p, params)
+    cdef const uint8_t[::1] view = memoryview(data).cast("B")
+    cdef size_t pos = 0, end = view.shape[0], n
+    out = []
+    while pos < end:
+        with nogil:
+            n = se_cdc_next(&p, &view[pos], end - pos)
+        out.append(n)
+        pos += n
+    return out
+
+
+cdef object _error(int code, str path, int64_t expected, int64_t got):
+    """The one place C error codes become Python exceptions, each naming the path."""
+    if code == SE_ERR_SIZE_CHANGED:
+        return FileChangedError(path, f"expected {expected} bytes, read {got}")
+    if code == SE_ERR_STAT_CHANGED:
+        return FileChangedError(path, "size or mtime changed during the read")
+    return OSError(code, os.strerror(code), path)
+
+
+cdef class FileHasher:
+    """Hashes files with one reusable buffer, the GIL released for all reads and hashing.
+
+    One instance per thread. `read_size` caps each read() call (tests shrink it).
+    """
+    cdef se_cdc_params p
+    cdef uint8_t *buf
+    cdef size_t cap, read_size, out_cap, limit
+    cdef se_chunk *out
+    cdef public object params
+    cdef public uint64_t bytes_read
+
+    def __cinit__(self, params, size_t buffer_size=0, size_t read_size=0):
+        _init_params(&self.p, params)
+        self.params = params
+        self.limit = params.small_file_limit
+        self.cap = buffer_size or 4 * params.max_size
+        if self.cap < params.max_size:
+            self.cap = params.max_size
+        if self.cap < self.limit + 1:
+            self.cap = self.limit + 1
+        self.read_size = read_size or self.cap
+        self.out_cap = self.cap // params.min_size + 2
+        self.buf = <uint8_t *>PyMem_Malloc(self.cap)
+        self.out = <se_chunk *>PyMem_Malloc(self.out_cap * sizeof(se_chunk))
+        if self.buf is NULL or self.out is NULL:
+            raise MemoryError()
+        self.bytes_read = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+        PyMem_Free(self.out)
+
+    def hash_file(self, path, expected_size=None):
+        """Digest of the file at `path`; raises OSError naming the path, or FileChangedError."""
+        path = os.fspath(path)
+        if expected_size is None:
+            expected_size = os.stat(path).st_size
+        if expected_size <= self.limit:
+            r = self.hash_small_files([path], [expected_size])[0]
+            if isinstance(r, BaseException):
+                raise r
+            return r
+        return self._hash_large(path, expected_size)
+
+    cdef _hash_large(self, str path, int64_t expected):
+        cdef bytes cpath = os.fsencode(path)
+        cdef const char *cp = cpath
+        cdef int fd = -1, e
+        cdef stat st
+        cdef se_stream s
+        cdef long n, i
+        with nogil:
+            e = se_open(cp, &fd, &st)
+        if e:
+            raise _error(e, path, expected, 0)
+        se_stream_init(&s, fd, self.buf, self.cap, self.read_size)
+        chunks = []
+        try:
+            while True:
+                with nogil:
+                    n = se_stream_next(&s, &self.p, self.out, self.out_cap)
+                if n < 0:
+                    raise _error(<int>-n, path, expected, 0)
+                if n == 0:
+                    break
+                for i in range(n):
+                    chunks.append(Chunk(self.out[i].offset, self.out[i].length,
+                                        PyBytes_FromStringAndSize(<char *>self.out[i].digest, 32)))
+            with nogil:
+                e = se_check_unchanged(fd, &st)
+        finally:
+            self.bytes_read += s.bytes_read
+            close(fd)
+        if e:
+            raise _error(e, path, expected, 0)
+        total = s.bytes_read
+        if total != expected:
+            raise _error(SE_ERR_SIZE_CHANGED, path, expected, total)
+        return FileDigest(total, file_digest_from_chunks(chunks), tuple(chunks))
+
+    def hash_small_files(self, paths, expected_sizes):
+        """Digests of files expected to be small; a failure is returned in place, not raised.
+
+        Files expected above the small-file limit are hashed one by one as large files."""
+        cdef Py_ssize_t n = len(paths), i
+        if any(s > self.limit for s in expected_sizes):
+            out = []
+            for p, s in zip(paths, expected_sizes):
+                try:
+                    out.append(self.hash_file(p, s))
+                except OSError as e:
+                    out.append(e)
+            return out
+        if n == 0:
+            return []
+        encoded = [os.fsencode(p) for p in paths]
+        cdef const char **cpaths = <const char **>PyMem_Malloc(n * sizeof(char *))
+        cdef int64_t *expected = <int64_t *>PyMem_Malloc(n * sizeof(int64_t))
+        cdef int64_t *sizes = <int64_t *>PyMem_Malloc(n * sizeof(int64_t))
+        cdef int *errs = <int *>PyMem_Malloc(n * sizeof(int))
+        cdef bytearray digests = bytearray(32 * n)
+        cdef uint8_t *dptr = digests
+        cdef uint64_t nread = 0
+        try:
+            if cpaths is NULL or expected is NULL or sizes is NULL or errs is NULL:
+                raise MemoryError()
+            for i in range(n):
+                cpaths[i] = encoded[i]
+                expected[i] = expected_sizes[i]
+            with nogil:
+                se_hash_small_batch(cpaths, n, expected, self.limit, self.buf, self.cap,
+                                    dptr, sizes, errs, &nread)
+            self.bytes_read += nread
+            out = []
+            for i in range(n):
+                if errs[i]:
+                    out.append(_error(errs[i], paths[i], expected[i], sizes[i]))
+                else:
+                    out.append(FileDigest(sizes[i], bytes(digests[32 * i:32 * i + 32]), ()))
+            return out
+        finally:
+            PyMem_Free(cpaths)
+            PyMem_Free(expected)
+            PyMem_Free(sizes)
+            PyMem_Free(errs)

@@ -1,0 +1,148 @@
+/* Read + chunk + hash of files over caller-owned buffers; every function here runs without the GIL. */
+#define _GNU_SOURCE
+#include "se_filehash.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "se_blake3.h"
+
+int se_open(const char *path, int *fd, struct stat *st)
+{
+    int f = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (f < 0)
+        return errno;
+    if (fstat(f, st) != 0) {
+        int e = errno;
+        close(f);
+        return e;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        close(f);
+        return S_ISDIR(st->st_mode) ? EISDIR : EINVAL;
+    }
+    *fd = f;
+    return 0;
+}
+
+int se_check_unchanged(int fd, const struct stat *before)
+{
+    struct stat after;
+    if (fstat(fd, &after) != 0)
+        return errno;
+    if (after.st_size != before->st_size || after.st_mtim.tv_sec != before->st_mtim.tv_sec ||
+        after.st_mtim.tv_nsec != before->st_mtim.tv_nsec)
+        return SE_ERR_STAT_CHANGED;
+    return 0;
+}
+
+void se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size)
+{
+    s->fd = fd;
+    s->buf = buf;
+    s->cap = cap;
+    s->read_size = read_size ? read_size : cap;
+    s->pos = s->end = 0;
+    s->offset = 0;
+    s->bytes_read = 0;
+    s->eof = 0;
+#ifdef POSIX_FADV_SEQUENTIAL
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+#endif
+}
+
+/* Moves the unconsumed tail to the front and reads until the buffer is full or EOF. */
+static int refill(se_stream *s)
+{
+    size_t left = s->end - s->pos;
+    if (s->pos != 0 && left != 0)
+        memmove(s->buf, s->buf + s->pos, left);
+    s->pos = 0;
+    s->end = left;
+    while (s->end < s->cap) {
+        size_t want = s->cap - s->end;
+        if (want > s->read_size)
+            want = s->read_size;
+        ssize_t n = read(s->fd, s->buf + s->end, want);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        if (n == 0) {
+            s->eof = 1;
+            break;
+        }
+        s->end += (size_t)n;
+        s->bytes_read += (uint64_t)n;
+    }
+    return 0;
+}
+
+long se_stream_next(se_stream *s, const se_cdc_params *p, se_chunk *out, size_t out_cap)
+{
+    size_t count = 0;
+    while (count < out_cap) {
+        if (!s->eof && s->end - s->pos < p->max_size) {
+            if (count > 0)
+                break; /* hand back what we have before the buffer moves */
+            int e = refill(s);
+            if (e)
+                return -(long)e;
+        }
+        if (s->pos == s->end)
+            break;
+        size_t n = se_cdc_next(p, s->buf + s->pos, s->end - s->pos);
+        se_chunk *c = &out[count++];
+        c->offset = s->offset;
+        c->length = n;
+        se_blake3(NULL, s->buf + s->pos, n, c->digest);
+        s->pos += n;
+        s->offset += n;
+    }
+    return (long)count;
+}
+
+static int hash_small(const char *path, int64_t expected, size_t limit, uint8_t *buf, size_t cap,
+                      uint8_t *digest, int64_t *size, uint64_t *bytes_read)
+{
+    int fd;
+    struct stat st;
+    int e = se_open(path, &fd, &st);
+    if (e)
+        return e;
+    size_t got = 0, want = limit + 1 < cap ? limit + 1 : cap;
+    while (got < want) {
+        ssize_t n = read(fd, buf + got, want - got);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            e = errno;
+            close(fd);
+            return e;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    *bytes_read += got;
+    *size = (int64_t)got;
+    e = se_check_unchanged(fd, &st);
+    close(fd);
+    if (e)
+        return e;
+    if ((int64_t)got != expected)
+        return SE_ERR_SIZE_CHANGED;
+    se_blake3(NULL, buf, got, digest);
+    return 0;
+}
+
+void se_hash_small_batch(const char *const *paths, size_t n, const int64_t *expected, size_t limit,
+                         uint8_t *buf, size_t cap, uint8_t *digests, int64_t *sizes, int *errs,
+                         uint64_t *bytes_read)
+{
+    for (size_t i = 0; i < n; i++)
+        errs[i] = hash_small(paths[i], expected[i], limit, buf, cap, digests + 32 * i, &sizes[i], bytes_read);
+}

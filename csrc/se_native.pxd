@@ -1,0 +1,35 @@
+# C declarations of the native core (csrc/*.h) for the Cython module.
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+
+
+cdef extern from "<sys/stat.h>" nogil:
+    cdef struct stat:
+        pass
+
+cdef extern from "se_blake3.h" nogil:
+    void se_blake3(const uint8_t *key, const void *data, size_t length, uint8_t *out)
+    const char *se_blake3_impl()
+
+cdef extern from "se_cdc.h" nogil:
+    ctypedef struct se_cdc_params:
+        size_t min_size, avg_size, max_size
+        uint64_t gear[256]
+    int se_cdc_init(se_cdc_params *p, uint64_t seed, size_t min_size, size_t avg_size, size_t max_size)
+    size_t se_cdc_next(const se_cdc_params *p, const uint8_t *data, size_t length)
+
+cdef extern from "se_filehash.h" nogil:
+    int SE_ERR_SIZE_CHANGED
+    int SE_ERR_STAT_CHANGED
+    ctypedef struct se_chunk:
+        uint64_t offset
+        uint64_t length
+        uint8_t digest[32]
+    ctypedef struct se_stream:
+        uint64_t bytes_read
+    int se_open(const char *path, int *fd, stat *st)
+    int se_check_unchanged(int fd, const stat *before)
+    void se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size)
+    long se_stream_next(se_stream *s, const se_cdc_params *p, se_chunk *out, size_t out_cap)
+    void se_hash_small_batch(const char *const *paths, size_t n, const int64_t *expected, size_t limit,
+                             uint8_t *buf, size_t cap, uint8_t *digests, int64_t *sizes, int *errs,
+                             uint64_t *bytes_read)

@@ -1,0 +1,5 @@
+"""`python -m syncengine` runs the CLI."""
+
+from syncengine.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `syncengine` command line."""

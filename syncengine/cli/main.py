@@ -1,0 +1,308 @@
+"""The `syncengine` command: argv in, one-line errors and JSON or rich output out."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+
+from syncengine._version import __version__
+from syncengine.errors import SyncEngineError
+from syncengine.hashing import backend
+from syncengine.hashing.digests import TreeDigest
+from syncengine.hashing.params import ChunkerParams, KiB, MiB
+from syncengine.hashing.stat_cache import StatCache
+from syncengine.hashing.tree import TreeHasher, TreeStats, sources_for
+from syncengine.scan import ScanWarning
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kb": 1000,
+    "kib": KiB,
+    "m": MiB,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": 1 << 30,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+}
+
+
+def parse_size(text: str) -> int:
+    """'1MiB' -> 1048576, '256k' -> 262144, '1GB' -> 10**9."""
+    t = text.strip().lower().replace(" ", "")
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num) :]
+    if unit not in _UNITS or not num:
+        raise click.BadParameter(f"{text!r} is not a size (try 256KiB, 1MiB, 4M)")
+    return int(float(num) * _UNITS[unit])
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def implementation_label() -> str:
+    if backend.IMPLEMENTATION == "native":
+        return f"native core, BLAKE3 {backend.impl.blake3_impl()}"
+    return "pure-Python reference"
+
+
+def params_for(avg: int) -> ChunkerParams:
+    """Chunker parameters around an average size: min = avg/4, max = 4*avg."""
+    return ChunkerParams(avg // 4, avg, avg * 4)
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress line on stderr when it is a terminal; nothing when piped."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("hashing"),
+        BarColumn(),
+        TextColumn("{task.fields[files]} files"),
+        TextColumn("{task.fields[size]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task("hash", total=None, files=0, size="0 B", rate="")
+        start = time.perf_counter()
+        last = 0.0
+
+        def update(files: int, nbytes: int) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - last < 0.1:
+                return
+            last = now
+            rate = human_bytes(nbytes / max(now - start, 1e-9)) + "/s"
+            prog.update(task, files=files, size=human_bytes(nbytes), rate=rate)
+
+        yield update
+
+
+def report_problems(stats: TreeStats) -> None:
+    for w in stats.warnings:
+        click.echo(f"warning: {w.message}", err=True)
+    for path, msg in stats.errors:
+        click.echo(f"error: {path}: {msg}", err=True)
+
+
+def _warning_json(w: ScanWarning) -> dict[str, str]:
+    return {"kind": w.kind.name.lower(), "path": w.path, "message": w.message}
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SyncEngineError as e:
+            fail(str(e))
+        except OSError as e:
+            fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, message=f"syncengine %(version)s ({implementation_label()})")
+def cli() -> None:
+    """Version directories of files in storage you own, and move them fast."""
+
+
+_tree_options = [
+    click.option("--include", multiple=True, help="Only files matching this glob (repeatable)."),
+    click.option("--exclude", multiple=True, help="Leave out paths matching this glob (repeatable)."),
+    click.option("--no-follow-symlinks", is_flag=True, help="Skip symlinks instead of following them."),
+    click.option("--threads", type=click.IntRange(1, 256), default=None, help="Hashing threads [cores]."),
+    click.option("--no-stat-cache", is_flag=True, help="Read every file even if unchanged."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+]
+
+
+def tree_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(_tree_options):
+        f = opt(f)
+    return f
+
+
+def run_tree(
+    paths: Sequence[str],
+    params: ChunkerParams,
+    opts: dict[str, Any],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[TreeHasher, Iterator[Any]]:
+    cache = None if opts["no_stat_cache"] else StatCache(None, params.label)
+    hasher = TreeHasher(
+        params,
+        threads=opts["threads"],
+        stat_cache=cache,
+        include=opts["include"],
+        exclude=opts["exclude"],
+        follow_symlinks=not opts["no_follow_symlinks"],
+        on_progress=progress,
+    )
+
+    def results() -> Iterator[Any]:
+        try:
+            yield from hasher.hash(sources_for(paths))
+        finally:
+            if cache is not None:
+                cache.close()
+
+    return hasher, results()
+
+
+@cli.command("hash")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--avg-chunk-size", default="1MiB", show_default=True, help="Average chunk size.")
+@tree_options
+def hash_cmd(paths: tuple[str, ...], avg_chunk_size: str, as_json: bool, **opts: Any) -> None:
+    """Hash files and directories: files, bytes, tree digest, throughput."""
+    params = params_for(parse_size(avg_chunk_size))
+    start = time.perf_counter()
+    with progress_bar(not as_json) as progress:
+        hasher, results = run_tree(paths, params, opts, progress)
+        tree = TreeDigest()
+        for h in results:
+            tree.add(h.entry.path, h.digest.digest)
+    seconds = time.perf_counter() - start
+    st = hasher.stats
+    if as_json:
+        out = {
+            "implementation": backend.IMPLEMENTATION,
+            "files": st.files,
+            "bytes": st.bytes,
+            "tree_digest": tree.hexdigest(),
+            "seconds": round(seconds, 6),
+            "bytes_per_second": round(st.bytes / seconds, 1) if seconds > 0 else 0.0,
+            "stat_cache": {"hits": st.cache_hits, "misses": st.cache_misses},
+            "bytes_read": st.bytes_read,
+            "chunker": params.label,
+            "skipped": [_warning_json(w) for w in st.warnings],
+            "errors": [{"path": p, "message": m} for p, m in st.errors],
+        }
+        click.echo(json.dumps(out))
+        for path, msg in st.errors:
+            click.echo(f"error: {path}: {msg}", err=True)
+    else:
+        report_problems(st)
+        rate = human_bytes(st.bytes / seconds) + "/s" if seconds > 0 else "-"
+        click.echo(
+            f"{st.files} files, {human_bytes(st.bytes)}, {seconds:.3f} s ({rate}); "
+            f"{st.cache_hits} unchanged, {human_bytes(st.bytes_read)} read"
+        )
+        click.echo(f"tree digest {tree.hexdigest()}")
+    if st.errors:
+        sys.exit(1)
+
+
+@cli.command("dedup-report")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--chunk-sizes",
+    default="256KiB,1MiB,4MiB",
+    show_default=True,
+    help="Average chunk sizes to compare (comma-separated).",
+)
+@tree_options
+def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts: Any) -> None:
+    """How much whole-file and chunk dedup would save across PATHS (e.g. checkpoint folders).
+
+    Inputs are taken in the order given; `per_input` shows what each adds beyond the ones before.
+    """
+    sizes = [parse_size(s) for s in chunk_sizes.split(",") if s.strip()]
+    if not sizes:
+        raise click.BadParameter("give at least one chunk size", param_hint="--chunk-sizes")
+    report: dict[str, Any] = {"inputs": list(paths), "settings": []}
+    problems = TreeStats()
+    with progress_bar(not as_json) as progress:
+        for avg in sizes:
+            params = params_for(avg)
+            files_seen: set[bytes] = set()
+            blobs_seen: set[bytes] = set()
+            setting: dict[str, Any] = {"chunker": params.label, "avg_chunk_size": avg, "per_input": []}
+            total = file_unique = chunk_unique = files = blobs = 0
+            for path in paths:
+                hasher, results = run_tree([path], params, opts, progress)
+                in_total = in_new = 0
+                for h in results:
+                    d = h.digest
+                    files += 1
+                    in_total += d.size
+                    if d.digest not in files_seen:
+                        files_seen.add(d.digest)
+                        file_unique += d.size
+                    for digest, length in (
+                        ((c.digest, c.length) for c in d.chunks) if d.chunks else ((d.digest, d.size),)
+                    ):
+                        blobs += 1
+                        if digest not in blobs_seen:
+                            blobs_seen.add(digest)
+                            chunk_unique += length
+                            in_new += length
+                total += in_total
+                setting["per_input"].append({"path": path, "bytes": in_total, "new_bytes": in_new})
+                if avg == sizes[0]:
+                    problems.warnings += hasher.stats.warnings
+                    problems.errors += hasher.stats.errors
+            setting.update(
+                files=files, blobs=blobs, unique_blobs=len(blobs_seen), chunk_unique_bytes=chunk_unique
+            )
+            report["settings"].append(setting)
+            report.update(total_bytes=total, file_unique_bytes=file_unique)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        report_problems(problems)
+        total = report["total_bytes"]
+
+        def pct(n: int) -> str:
+            return f"{100 * (1 - n / total):.1f}% saved" if total else "-"
+
+        click.echo(f"{len(paths)} input(s), {human_bytes(total)} in all")
+        click.echo(
+            f"  whole-file dedup: {human_bytes(report['file_unique_bytes'])} unique "
+            f"({pct(report['file_unique_bytes'])})"
+        )
+        for s in report["settings"]:
+            click.echo(
+                f"  chunks ~{human_bytes(s['avg_chunk_size'])}: "
+                f"{human_bytes(s['chunk_unique_bytes'])} unique ({pct(s['chunk_unique_bytes'])}), "
+                f"{s['unique_blobs']} blobs"
+            )
+        first = report["settings"][0]
+        click.echo(f"  added by each input (chunks ~{human_bytes(first['avg_chunk_size'])}):")
+        for row in first["per_input"]:
+            click.echo(
+                f"    {row['path']}: {human_bytes(row['new_bytes'])} new of {human_bytes(row['bytes'])}"
+            )
+    if problems.errors:
+        sys.exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `syncengine` console script."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli.main(args=list(argv) if argv is not None else None, prog_name="syncengine")

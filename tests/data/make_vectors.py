@@ -1,0 +1,89 @@
+"""Writes tests/data/vectors.json from the reference implementation.
+
+Run once when the format is defined; the tests compare both implementations against the
+checked-in file, so a change of format shows up as a failing test, not a silent new vector.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import blake3
+
+from syncengine.hashing import reference
+from syncengine.hashing.digests import FILE_KEY, TREE_KEY, Chunk, TreeDigest, file_digest_from_chunks
+from syncengine.hashing.params import ChunkerParams, gear_table
+
+PARAMS = {
+    "tiny": ChunkerParams(64, 256, 1024),
+    "medium": ChunkerParams(4096, 16384, 65536),
+    "default": ChunkerParams(),
+}
+INPUTS = [
+    ("tiny", 0),
+    ("tiny", 1),
+    ("tiny", 64),
+    ("tiny", 65),
+    ("tiny", 1025),
+    ("tiny", 5000),
+    ("medium", 4096),
+    ("medium", 300_000),
+    ("default", 262_144),
+    ("default", 262_145),
+    ("default", 6_000_000),
+]
+
+
+def data_for(n: int) -> bytes:
+    return blake3.blake3(f"syncengine vector {n}".encode()).digest(length=n)
+
+
+def file_vector(name: str, n: int) -> dict[str, object]:
+    params = PARAMS[name]
+    data = data_for(n)
+    if n <= params.small_file_limit:
+        chunks: list[Chunk] = []
+        digest = blake3.blake3(data).digest()
+    else:
+        chunks, pos = [], 0
+        for length in reference.cut_points(data, params):
+            chunks.append(Chunk(pos, length, blake3.blake3(data[pos : pos + length]).digest()))
+            pos += length
+        digest = file_digest_from_chunks(chunks)
+    return {
+        "params": name,
+        "input": f"BLAKE3 XOF of 'syncengine vector {n}', {n} bytes",
+        "size": n,
+        "chunks": [[c.length, c.digest.hex()] for c in chunks],
+        "digest": digest.hex(),
+    }
+
+
+def main() -> None:
+    table = gear_table()
+    tree = TreeDigest()
+    entries = [("a-b/x", data_for(3)), ("a/x", data_for(4)), ("ü/ñ.txt", b"")]
+    for path, content in entries:
+        tree.add(path, blake3.blake3(content).digest())
+    out = {
+        "params": {k: [p.min_size, p.avg_size, p.max_size] for k, p in PARAMS.items()},
+        "gear_table_blake3": blake3.blake3(struct.pack("<256Q", *table)).hexdigest(),
+        "gear_table_first": hex(table[0]),
+        "file_key": FILE_KEY.hex(),
+        "tree_key": TREE_KEY.hex(),
+        "files": [file_vector(name, n) for name, n in INPUTS],
+        "tree": {
+            "entries": [[p, blake3.blake3(c).hexdigest()] for p, c in entries],
+            "digest": tree.hexdigest(),
+        },
+    }
+    Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("vectors.json")).write_text(
+        json.dumps(out, indent=1, ensure_ascii=False) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The `syncengine` command as a user runs it: JSON output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import blake3
+import pytest
+
+from syncengine.hashing.digests import TreeDigest
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncengine", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+@pytest.fixture(params=["native", "python"])
+def impl_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    if request.param == "native":
+        from tests.conftest import native_module
+
+        native_module()
+        return {"SYNCENGINE_NO_EXTENSIONS": "0"}
+    return {"SYNCENGINE_NO_EXTENSIONS": "1"}
+
+
+def test_version_names_the_implementation(impl_env: dict[str, str]) -> None:
+    r = cli("--version", env=impl_env)
+    assert r.returncode == 0
+    expected = "native core" if impl_env["SYNCENGINE_NO_EXTENSIONS"] == "0" else "pure-Python"
+    assert expected in r.stdout and "0.1.0" in r.stdout
+
+
+def test_hash_json_counts_files_and_matches_the_documented_tree_digest(
+    tmp_path: Path, impl_env: dict[str, str]
+) -> None:
+    files = {"b.txt": b"bee", "a/1.bin": os.urandom(5000), "a/2.bin": b""}
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    r = cli("hash", str(tmp_path), "--json", env=impl_env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no progress bar when piped
+    out = json.loads(r.stdout)
+    assert out["files"] == 3 and out["bytes"] == 5003
+    assert out["implementation"] == ("native" if impl_env["SYNCENGINE_NO_EXTENSIONS"] == "0" else "python")
+    tree = TreeDigest()
+    for rel in sorted(files):
+        tree.add(rel, blake3.blake3(files[rel]).digest())  # all are small files: plain BLAKE3
+    assert out["tree_digest"] == tree.hexdigest()
+    assert out["stat_cache"] == {"hits": 0, "misses": 3}
+
+
+def test_hash_text_output(tmp_path: Path) -> None:
+    (tmp_path / "x").write_bytes(b"x")
+    r = cli("hash", str(tmp_path))
+    assert r.returncode == 0
+    assert "1 files" in r.stdout and "tree digest" in r.stdout
+
+
+def test_missing_path_is_one_line_error(tmp_path: Path) -> None:
+    r = cli("hash", str(tmp_path / "nope"))
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_special_file_warns_and_does_not_block(tmp_path: Path) -> None:
+    (tmp_path / "ok").write_bytes(b"ok")
+    os.mkfifo(tmp_path / "pipe")
+    r = cli("hash", str(tmp_path), "--json")
+    assert r.returncode == 0
+    out = json.loads(r.stdout)
+    assert out["files"] == 1
+    assert [s["kind"] for s in out["skipped"]] == ["special_file"]
+
+
+def test_dedup_report_sees_shared_content(tmp_path: Path) -> None:
+    shared = blake3.blake3(b"frozen").digest(length=3 << 20)
+    for step, tail in (("s1", b"one"), ("s2", b"two")):
+        d = tmp_path / step
+        d.mkdir()
+        (d / "model.bin").write_bytes(shared + blake3.blake3(tail).digest(length=300_000))
+        (d / "config.json").write_bytes(b'{"lr": 0.1}')
+    r = cli(
+        "dedup-report", str(tmp_path / "s1"), str(tmp_path / "s2"), "--json", "--chunk-sizes", "64KiB,1MiB"
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    total = 2 * (len(shared) + 300_000 + 11)
+    assert out["total_bytes"] == total
+    # whole-file dedup only finds the identical config; chunk dedup finds the frozen 3 MiB
+    assert out["file_unique_bytes"] == total - 11
+    fine = out["settings"][0]
+    assert fine["chunk_unique_bytes"] < total - len(shared) + (1 << 20)
+    assert fine["per_input"][1]["new_bytes"] < 300_000 + 2 * (256 << 10)
+    text = cli("dedup-report", str(tmp_path / "s1"), str(tmp_path / "s2"))
+    assert "whole-file dedup" in text.stdout and "saved" in text.stdout
+
+
+def test_bad_size_is_a_usage_error(tmp_path: Path) -> None:
+    r = cli("hash", str(tmp_path), "--avg-chunk-size", "lots")
+    assert r.returncode == 2 and "not a size" in r.stderr
