@@ -4,7 +4,7 @@ import os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport UINT64_MAX, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 from posix.unistd cimport close
 
@@ -123,6 +123,20 @@ cdef class FileHasher:
         return self._hash_large(path, expected_size)
 
     cdef _hash_large(self, str path, int64_t expected):
+        chunks = self._chunks(path, 0, UINT64_MAX, expected)
+        last = chunks[len(chunks) - 1] if chunks else None
+        total = last.offset + last.length if last is not None else 0
+        if total != expected:
+            raise _error(SE_ERR_SIZE_CHANGED, path, expected, total)
+        return FileDigest(total, file_digest_from_chunks(chunks), tuple(chunks))
+
+    def hash_range(self, path, uint64_t start, uint64_t stop, int64_t expected_size):
+        """Chunks of the file at `path` from offset `start`, taken as a chunk boundary, up to
+        the first chunk that ends at or beyond `stop` (or EOF). Used to hash one large file
+        in segments on several threads (syncengine.hashing.split)."""
+        return self._chunks(os.fspath(path), start, stop, expected_size)
+
+    cdef list _chunks(self, str path, uint64_t start, uint64_t stop, int64_t expected):
         cdef bytes cpath = os.fsencode(path)
         cdef const char *cp = cpath
         cdef int fd = -1, e
@@ -133,9 +147,12 @@ cdef class FileHasher:
             e = se_open(cp, &fd, &st)
         if e:
             raise _error(e, path, expected, 0)
-        se_stream_init(&s, fd, self.buf, self.cap, self.read_size)
+        s.bytes_read = 0
         chunks = []
         try:
+            e = se_stream_init(&s, fd, self.buf, self.cap, self.read_size, start, stop)
+            if e:
+                raise _error(e, path, expected, 0)
             while True:
                 with nogil:
                     n = se_stream_next(&s, &self.p, self.out, self.out_cap)
@@ -153,10 +170,9 @@ cdef class FileHasher:
             close(fd)
         if e:
             raise _error(e, path, expected, 0)
-        total = s.bytes_read
-        if total != expected:
-            raise _error(SE_ERR_SIZE_CHANGED, path, expected, total)
-        return FileDigest(total, file_digest_from_chunks(chunks), tuple(chunks))
+        if st.st_size != expected:
+            raise _error(SE_ERR_SIZE_CHANGED, path, expected, st.st_size)
+        return chunks
 
     def hash_small_files(self, paths, expected_sizes):
         """Digests of files expected to be small; a failure is returned in place, not raised.

@@ -38,31 +38,40 @@ int se_check_unchanged(int fd, const struct stat *before)
     return 0;
 }
 
-void se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size)
+int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size, uint64_t start,
+                   uint64_t stop_at)
 {
     s->fd = fd;
     s->buf = buf;
     s->cap = cap;
     s->read_size = read_size ? read_size : cap;
     s->pos = s->end = 0;
-    s->offset = 0;
+    s->offset = start;
+    s->stop_at = stop_at;
     s->bytes_read = 0;
     s->eof = 0;
+    if (start != 0 && lseek(fd, (off_t)start, SEEK_SET) == (off_t)-1)
+        return errno;
 #ifdef POSIX_FADV_SEQUENTIAL
-    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    posix_fadvise(fd, (off_t)start, 0, POSIX_FADV_SEQUENTIAL);
 #endif
+    return 0;
 }
 
-/* Moves the unconsumed tail to the front and reads until the buffer is full or EOF. */
-static int refill(se_stream *s)
+/* Moves the unconsumed tail to the front and reads until the buffer is full or EOF; a range
+   stream reads no further than the last chunk it may cut could need. */
+static int refill(se_stream *s, size_t max_size)
 {
     size_t left = s->end - s->pos;
     if (s->pos != 0 && left != 0)
         memmove(s->buf, s->buf + s->pos, left);
     s->pos = 0;
     s->end = left;
-    while (s->end < s->cap) {
-        size_t want = s->cap - s->end;
+    size_t fill = s->cap;
+    if (s->stop_at != UINT64_MAX && s->stop_at - s->offset + max_size < fill)
+        fill = (size_t)(s->stop_at - s->offset) + max_size;
+    while (s->end < fill) {
+        size_t want = fill - s->end;
         if (want > s->read_size)
             want = s->read_size;
         ssize_t n = read(s->fd, s->buf + s->end, want);
@@ -84,11 +93,11 @@ static int refill(se_stream *s)
 long se_stream_next(se_stream *s, const se_cdc_params *p, se_chunk *out, size_t out_cap)
 {
     size_t count = 0;
-    while (count < out_cap) {
+    while (count < out_cap && s->offset < s->stop_at) {
         if (!s->eof && s->end - s->pos < p->max_size) {
             if (count > 0)
                 break; /* hand back what we have before the buffer moves */
-            int e = refill(s);
+            int e = refill(s, p->max_size);
             if (e)
                 return -(long)e;
         }

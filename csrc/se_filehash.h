@@ -25,6 +25,7 @@ typedef struct {
     size_t read_size;  /* bytes asked of each read() call */
     size_t pos, end;   /* unconsumed data: buf[pos:end] */
     uint64_t offset;   /* file offset of buf[pos] */
+    uint64_t stop_at;  /* no chunk starts at or after this offset (UINT64_MAX: read to EOF) */
     uint64_t bytes_read;
     int eof;
 } se_stream;
@@ -35,10 +36,13 @@ int se_open(const char *path, int *fd, struct stat *st);
 /* Returns 0 or SE_ERR_STAT_CHANGED comparing a fresh fstat of fd with `before`. */
 int se_check_unchanged(int fd, const struct stat *before);
 
-void se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size);
+/* Starts a stream at file offset `start` (a chunk boundary, or a guess at one); chunks stop
+   once one ends at or beyond `stop_at`. Returns 0 or errno (from lseek). */
+int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size, uint64_t start,
+                   uint64_t stop_at);
 
 /* Cuts and hashes the next chunks into out[0:out_cap]. Returns how many (0 once the stream
-   is exhausted) or -errno on a read error. */
+   is exhausted or stop_at is reached) or -errno on a read error. */
 long se_stream_next(se_stream *s, const se_cdc_params *p, se_chunk *out, size_t out_cap);
 
 /* Hashes n whole files expected to hold at most `limit` bytes each (buf cap > limit).

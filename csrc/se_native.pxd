@@ -4,7 +4,7 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 cdef extern from "<sys/stat.h>" nogil:
     cdef struct stat:
-        pass
+        long st_size
 
 cdef extern from "se_blake3.h" nogil:
     void se_blake3(const uint8_t *key, const void *data, size_t length, uint8_t *out)
@@ -28,7 +28,8 @@ cdef extern from "se_filehash.h" nogil:
         uint64_t bytes_read
     int se_open(const char *path, int *fd, stat *st)
     int se_check_unchanged(int fd, const stat *before)
-    void se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size)
+    int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size, uint64_t start,
+                       uint64_t stop_at)
     long se_stream_next(se_stream *s, const se_cdc_params *p, se_chunk *out, size_t out_cap)
     void se_hash_small_batch(const char *const *paths, size_t n, const int64_t *expected, size_t limit,
                              uint8_t *buf, size_t cap, uint8_t *digests, int64_t *sizes, int *errs,

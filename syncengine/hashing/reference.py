@@ -82,12 +82,22 @@ class FileHasher:
                 data = self._read_all(f, self.params.small_file_limit + 1)
                 self._check(path, len(data), size, before, os.fstat(f.fileno()))
                 return FileDigest(len(data), blake3(data), ())
-            chunks = self._chunk_stream(f)
+            chunks = self._chunk_stream(f, 0, None)
             total = chunks[-1].offset + chunks[-1].length if chunks else 0
             self._check(path, total, size, before, os.fstat(f.fileno()))
         if total <= self.params.small_file_limit:
             raise FileChangedError(path, f"shrank to {total} bytes")
         return FileDigest(total, file_digest_from_chunks(chunks), tuple(chunks))
+
+    def hash_range(self, path: str, start: int, stop: int, expected_size: int) -> list[Chunk]:
+        """Chunks from offset `start`, taken as a chunk boundary, up to the first chunk that
+        ends at or beyond `stop` (or EOF); see syncengine.hashing.split."""
+        with open(path, "rb", buffering=0) as f:
+            before = os.fstat(f.fileno())
+            f.seek(start)
+            chunks = self._chunk_stream(f, start, stop)
+            self._check(path, before.st_size, expected_size, before, os.fstat(f.fileno()))
+        return chunks
 
     def hash_small_files(
         self, paths: Sequence[str], expected_sizes: Sequence[int]
@@ -114,22 +124,23 @@ class FileHasher:
         self.bytes_read += got
         return b"".join(parts)
 
-    def _chunk_stream(self, f: object) -> list[Chunk]:
+    def _chunk_stream(self, f: object, start: int, stop: int | None) -> list[Chunk]:
         params = self.params
         readinto = f.readinto  # type: ignore[attr-defined]
         buf = bytearray(self.buffer_size)
         view = memoryview(buf)
         pos = end = 0
-        offset = 0  # file offset of buf[pos]
+        offset = start  # file offset of buf[pos]
         eof = False
         chunks: list[Chunk] = []
-        while True:
+        while stop is None or offset < stop:
             if not eof and end - pos < params.max_size:
                 buf[: end - pos] = buf[pos:end]
                 end -= pos
                 pos = 0
-                while end < len(buf):
-                    n = readinto(view[end : min(len(buf), end + self.read_size)])
+                fill = len(buf) if stop is None else min(len(buf), stop - offset + params.max_size)
+                while end < fill:
+                    n = readinto(view[end : min(fill, end + self.read_size)])
                     if not n:
                         eof = True
                         break
@@ -141,6 +152,7 @@ class FileHasher:
             chunks.append(Chunk(offset, n, blake3(view[pos : pos + n])))
             pos += n
             offset += n
+        return chunks
 
     @staticmethod
     def _check(path: str, got: int, expected: int, before: os.stat_result, after: os.stat_result) -> None:

@@ -16,16 +16,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from syncengine.errors import ConfigError
+from syncengine.errors import ConfigError, FileChangedError
 from syncengine.hashing import backend
-from syncengine.hashing.digests import FileDigest
+from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunks
 from syncengine.hashing.params import DEFAULT_PARAMS, ChunkerParams
+from syncengine.hashing.split import merge_segments, segment_starts
 from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
 from syncengine.scan import ScanEntry, ScanWarning, scan
 
 #: A batch of small files handed to one worker at a time.
 BATCH_FILES = 256
 BATCH_BYTES = 8 << 20
+_TO_EOF = (1 << 63) - 1
 
 
 class Source(NamedTuple):
@@ -77,11 +79,12 @@ def _order_key(src: Source) -> str:
 class _Slot:
     """One pending result in output order."""
 
-    __slots__ = ("cached", "entry", "future", "index", "result")
+    __slots__ = ("cached", "entry", "future", "index", "result", "segments")
 
     def __init__(self, entry: ScanEntry) -> None:
         self.entry = entry
         self.cached = False
+        self.segments: tuple[list[int], list[Future[list[Chunk] | OSError]]] | None = None
         self.future: Future[list[FileDigest | OSError]] | None = None
         self.index = 0
         self.result: FileDigest | OSError | None = None
@@ -141,6 +144,40 @@ class TreeHasher:
         except OSError as e:
             return [e]
 
+    def _segment(self, path: str, start: int, stop: int, size: int) -> list[Chunk] | OSError:
+        try:
+            return list(self._hasher().hash_range(path, start, stop, size))
+        except OSError as e:
+            return e
+
+    def _merge(
+        self, entry: ScanEntry, starts: list[int], chains: list[list[Chunk] | OSError]
+    ) -> FileDigest | OSError:
+        """Joins the segments of a split file; the file must still have the stat the scan saw,
+        or its segments could come from different versions of it."""
+        try:
+            for c in chains:
+                if isinstance(c, OSError):
+                    raise c
+            hasher = self._hasher()
+            path, size = entry.abspath, entry.size
+
+            def more(start: int, stop: int) -> list[Chunk]:
+                return list(hasher.hash_range(path, start, stop, size))
+
+            chunks = merge_segments(starts, chains, more)  # type: ignore[arg-type]
+            total = chunks[-1].offset + chunks[-1].length if chunks else 0
+            st = os.stat(path)
+            if total != size or (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
+                size,
+                entry.mtime_ns,
+                entry.ctime_ns,
+            ):
+                raise FileChangedError(path, "modified while its segments were hashed")
+        except OSError as e:
+            return e
+        return FileDigest(size, file_digest_from_chunks(chunks), tuple(chunks))
+
     def scan(self, sources: Sequence[Source]) -> Iterator[ScanEntry]:
         for src in sorted(sources, key=_order_key):
             yield from scan(
@@ -183,7 +220,13 @@ class TreeHasher:
                 while pending:
                     block = everything or in_flight >= max_pending
                     slot = pending[0]
-                    if slot.result is None and slot.future is not None:
+                    if slot.result is None and slot.segments is not None:
+                        starts, futs = slot.segments
+                        if not block and not all(f.done() for f in futs):
+                            return
+                        slot.result = self._merge(slot.entry, starts, [f.result() for f in futs])
+                        in_flight -= len(futs)
+                    elif slot.result is None and slot.future is not None:
                         if not block and not slot.future.done():
                             return
                         res = slot.future.result()
@@ -210,6 +253,14 @@ class TreeHasher:
                     batch_bytes += entry.size
                     if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
                         submit_batch()
+                elif len(starts := segment_starts(entry.size, self.threads)) > 1:
+                    stops = [*starts[1:], _TO_EOF]
+                    futs = [
+                        pool.submit(self._segment, entry.abspath, a, b, entry.size)
+                        for a, b in zip(starts, stops, strict=True)
+                    ]
+                    slot.segments = (starts, futs)
+                    in_flight += len(futs)
                 else:
                     slot.future = pool.submit(self._large, entry.abspath, entry.size)
                     in_flight += 1
