@@ -77,29 +77,28 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     columns = (
-        TextColumn("hashing"),
-        BarColumn(),
-        TextColumn("{task.fields[files]} files"),
-        TextColumn("{task.fields[size]}"),
-        TextColumn("{task.fields[rate]}"),
+        SpinnerColumn(),
+        TextColumn("hashing {task.fields[files]} files, {task.fields[size]}, {task.fields[rate]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as prog:
+    # No refresh thread: it would compete with the hashing threads for the GIL. The callback
+    # redraws at most 5 times a second.
+    with Progress(*columns, console=Console(stderr=True), transient=True, auto_refresh=False) as prog:
         task = prog.add_task("hash", total=None, files=0, size="0 B", rate="")
         start = time.perf_counter()
-        last = 0.0
+        last = start
 
         def update(files: int, nbytes: int) -> None:
             nonlocal last
             now = time.perf_counter()
-            if now - last < 0.1:
+            if now - last < 0.2:
                 return
             last = now
             rate = human_bytes(nbytes / max(now - start, 1e-9)) + "/s"
-            prog.update(task, files=files, size=human_bytes(nbytes), rate=rate)
+            prog.update(task, files=files, size=human_bytes(nbytes), rate=rate, refresh=True)
 
         yield update
 

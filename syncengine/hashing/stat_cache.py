@@ -123,11 +123,7 @@ class StatCache:
         """The cached digest of `abspath` if its stat matches and is old enough to trust."""
         d, _, name = abspath.rpartition("/")
         row = self._record(d).rows.get(name)
-        if (
-            row is None
-            or row[1:6] != key
-            or max(key.mtime_ns, key.ctime_ns) >= row[6] - RACY_NS
-        ):
+        if row is None or row[1:6] != key or max(key.mtime_ns, key.ctime_ns) >= row[6] - RACY_NS:
             self.misses += 1
             return None
         self.hits += 1
