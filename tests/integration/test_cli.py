@@ -111,3 +111,32 @@ def test_dedup_report_sees_shared_content(tmp_path: Path) -> None:
 def test_bad_size_is_a_usage_error(tmp_path: Path) -> None:
     r = cli("hash", str(tmp_path), "--avg-chunk-size", "lots")
     assert r.returncode == 2 and "not a size" in r.stderr
+
+
+def test_progress_line_on_a_terminal_only(tmp_path: Path) -> None:
+    import pty
+    import select
+
+    (tmp_path / "x").write_bytes(b"x")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncengine", "hash", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+    )
+    os.close(slave)
+    seen = b""
+    while select.select([master], [], [], 60)[0]:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        seen += data
+    assert proc.wait(timeout=60) == 0
+    assert proc.stdout is not None and b"1 files" in proc.stdout.read()
+    assert b"hashing" in seen  # drawn on the terminal, and erased at the end (transient)
+    piped = cli("hash", str(tmp_path))
+    assert "hashing" not in piped.stderr and piped.stderr == ""
