@@ -3,6 +3,7 @@
 SYNCENGINE_DEBUG_BUILD=1 builds with assertions and AddressSanitizer/UBSan instead of -O3.
 """
 
+import glob
 import os
 
 from Cython.Build import cythonize
@@ -26,6 +27,7 @@ native = Extension(
     "syncengine._native",
     sources=["csrc/_native.pyx", "csrc/se_cdc.c", "csrc/se_filehash.c", *blake3_sources],
     include_dirs=["csrc", "csrc/blake3"],
+    depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/blake3/*.h") + glob.glob("csrc/*.pxd")),
     extra_compile_args=["-std=gnu11", "-Wall", *cflags],
     extra_link_args=ldflags,
 )
