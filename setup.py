@@ -11,15 +11,22 @@ from setuptools import Extension, setup
 
 debug = os.environ.get("SYNCENGINE_DEBUG_BUILD") == "1"
 if debug:
-    cflags = ["-O1", "-g", "-UNDEBUG", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-              "-fno-sanitize-recover=undefined"]
+    cflags = [
+        "-O1",
+        "-g",
+        "-UNDEBUG",
+        "-fno-omit-frame-pointer",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=undefined",
+    ]
     ldflags = ["-fsanitize=address,undefined"]
 else:
     cflags = ["-O3", "-DNDEBUG"]
     ldflags = []
 
 blake3_sources = sorted(
-    os.path.join("csrc", "blake3", f) for f in os.listdir(os.path.join("csrc", "blake3"))
+    os.path.join("csrc", "blake3", f)
+    for f in os.listdir(os.path.join("csrc", "blake3"))
     if f.endswith(".c") and not f.startswith(("bench", "test"))
 )
 
