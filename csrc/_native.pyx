@@ -15,6 +15,8 @@ from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunk
 from syncengine.hashing.params import GEAR_SEED
 
 NAME = "native"
+#: Bytes per read() when streaming a large file.
+PIECE = 256 * 1024
 
 
 def blake3(data, key=None):
@@ -84,7 +86,7 @@ cdef class FileHasher:
     """
     cdef se_cdc_params p
     cdef uint8_t *buf
-    cdef size_t cap, read_size, out_cap, limit
+    cdef size_t cap, read_size, out_cap, limit, piece
     cdef se_chunk *out
     cdef public object params
     cdef public uint64_t bytes_read
@@ -99,6 +101,8 @@ cdef class FileHasher:
         if self.cap < self.limit + 1:
             self.cap = self.limit + 1
         self.read_size = read_size or self.cap
+        # Large files stream in pieces that stay in L2 between cutting and hashing.
+        self.piece = min(self.read_size, PIECE, self.cap)
         self.out_cap = self.cap // params.min_size + 2
         self.buf = <uint8_t *>PyMem_Malloc(self.cap)
         self.out = <se_chunk *>PyMem_Malloc(self.out_cap * sizeof(se_chunk))
@@ -150,7 +154,7 @@ cdef class FileHasher:
         s.bytes_read = 0
         chunks = []
         try:
-            e = se_stream_init(&s, fd, self.buf, self.cap, self.read_size, start, stop)
+            e = se_stream_init(&s, fd, self.buf, self.piece, start, stop)
             if e:
                 raise _error(e, path, expected, 0)
             while True:

@@ -30,26 +30,41 @@ int se_cdc_init(se_cdc_params *p, uint64_t seed, size_t min_size, size_t avg_siz
     return 0;
 }
 
-/* The gear recurrence h = 2h + G[byte], tested after every byte. The loop takes two bytes per
-   iteration: the next h is 4h + (2G[a] + G[b]), whose serial part is one shift-add, and the
-   in-between value 2h + G[a] is computed beside it rather than on the dependency chain. */
-#define GEAR_SCAN(END, THR)                                             \
-    while (i + 2 <= (END)) {                                            \
-        uint64_t a = g[data[i]], b = g[data[i + 1]];                    \
-        uint64_t mid = (h << 1) + a;                                    \
-        h = (h << 2) + ((a << 1) + b);                                  \
-        if (__builtin_expect(mid < (THR), 0))                           \
-            return i + 1;                                               \
-        i += 2;                                                         \
-        if (__builtin_expect(h < (THR), 0))                             \
-            return i;                                                   \
-    }                                                                   \
-    if (i < (END)) {                                                    \
-        h = (h << 1) + g[data[i]];                                      \
-        i++;                                                            \
-        if (h < (THR))                                                  \
-            return i;                                                   \
+/* Runs the gear recurrence h = 2h + G[byte] over d[0:n], testing for a cut after every byte.
+   Returns the bytes consumed; *cut is set when the last of them ends a chunk. The loop takes two
+   bytes per iteration: the next h is 4h + (2G[a] + G[b]), whose serial part is one shift-add,
+   and the in-between value 2h + G[a] is computed beside it rather than on the dependency chain.
+   Splitting a scan into several calls gives the same result as one call. */
+static inline size_t scan_phase(const uint64_t *g, uint64_t *hp, const uint8_t *d, size_t n, uint64_t thr,
+                                int *cut)
+{
+    uint64_t h = *hp;
+    size_t k = 0;
+    while (k + 2 <= n) {
+        uint64_t a = g[d[k]], b = g[d[k + 1]];
+        uint64_t mid = (h << 1) + a;
+        h = (h << 2) + ((a << 1) + b);
+        if (__builtin_expect(mid < thr, 0)) {
+            *hp = mid;
+            *cut = 1;
+            return k + 1;
+        }
+        k += 2;
+        if (__builtin_expect(h < thr, 0)) {
+            *hp = h;
+            *cut = 1;
+            return k;
+        }
     }
+    if (k < n) {
+        h = (h << 1) + g[d[k]];
+        k++;
+        if (h < thr)
+            *cut = 1;
+    }
+    *hp = h;
+    return k;
+}
 
 size_t se_cdc_next(const se_cdc_params *p, const uint8_t *data, size_t len)
 {
@@ -57,11 +72,48 @@ size_t se_cdc_next(const se_cdc_params *p, const uint8_t *data, size_t len)
         return len;
     size_t limit = len < p->max_size ? len : p->max_size;
     size_t normal = p->avg_size < limit ? p->avg_size : limit;
-    const uint64_t *g = p->gear;
-    const uint64_t ts = p->thr_small, tl = p->thr_large;
     uint64_t h = 0;
+    int cut = 0;
     size_t i = p->min_size;
-    GEAR_SCAN(normal, ts)
-    GEAR_SCAN(limit, tl)
-    return limit;
+    i += scan_phase(p->gear, &h, data + i, normal - i, p->thr_small, &cut);
+    if (cut)
+        return i;
+    i += scan_phase(p->gear, &h, data + i, limit - i, p->thr_large, &cut);
+    return i;
+}
+
+size_t se_cdc_feed(const se_cdc_params *p, se_cdc_state *st, const uint8_t *data, size_t len, int *cut)
+{
+    size_t used = 0;
+    *cut = 0;
+    if (st->len < p->min_size) {
+        size_t skip = p->min_size - st->len;
+        if (skip > len)
+            skip = len;
+        st->len += skip;
+        used = skip;
+    }
+    if (st->len >= p->min_size && st->len < p->avg_size && used < len) {
+        size_t n = p->avg_size - st->len;
+        if (n > len - used)
+            n = len - used;
+        size_t c = scan_phase(p->gear, &st->h, data + used, n, p->thr_small, cut);
+        used += c;
+        st->len += c;
+        if (*cut)
+            return used;
+    }
+    if (st->len >= p->avg_size && st->len < p->max_size && used < len) {
+        size_t n = p->max_size - st->len;
+        if (n > len - used)
+            n = len - used;
+        size_t c = scan_phase(p->gear, &st->h, data + used, n, p->thr_large, cut);
+        used += c;
+        st->len += c;
+        if (*cut)
+            return used;
+    }
+    if (st->len == p->max_size)
+        *cut = 1;
+    return used;
 }

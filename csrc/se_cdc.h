@@ -20,4 +20,15 @@ int se_cdc_init(se_cdc_params *p, uint64_t seed, size_t min_size, size_t avg_siz
    of content alone, whatever the buffering. */
 size_t se_cdc_next(const se_cdc_params *p, const uint8_t *data, size_t len);
 
+/* Streaming form of se_cdc_next: the state of the chunk being cut. Start each chunk at {0, 0}. */
+typedef struct {
+    uint64_t h;   /* gear hash */
+    size_t len;   /* bytes of the chunk consumed so far */
+} se_cdc_state;
+
+/* Consumes bytes of data[0:len] into the current chunk; returns how many. *cut is set when the
+   chunk ends after them (it may also end at EOF, which the caller knows). Feeding a stream in
+   any pieces gives exactly the chunks of se_cdc_next. */
+size_t se_cdc_feed(const se_cdc_params *p, se_cdc_state *st, const uint8_t *data, size_t len, int *cut);
+
 #endif

@@ -38,18 +38,19 @@ int se_check_unchanged(int fd, const struct stat *before)
     return 0;
 }
 
-int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size, uint64_t start,
-                   uint64_t stop_at)
+int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t piece, uint64_t start, uint64_t stop_at)
 {
     s->fd = fd;
     s->buf = buf;
-    s->cap = cap;
-    s->read_size = read_size ? read_size : cap;
+    s->piece = piece;
     s->pos = s->end = 0;
     s->offset = start;
     s->stop_at = stop_at;
     s->bytes_read = 0;
     s->eof = 0;
+    s->cdc.h = 0;
+    s->cdc.len = 0;
+    se_b3_init(&s->b3);
     if (start != 0 && lseek(fd, (off_t)start, SEEK_SET) == (off_t)-1)
         return errno;
 #ifdef POSIX_FADV_SEQUENTIAL
@@ -58,58 +59,48 @@ int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_s
     return 0;
 }
 
-/* Moves the unconsumed tail to the front and reads until the buffer is full or EOF; a range
-   stream reads no further than the last chunk it may cut could need. */
-static int refill(se_stream *s, size_t max_size)
+static void emit(se_stream *s, se_chunk *c)
 {
-    size_t left = s->end - s->pos;
-    if (s->pos != 0 && left != 0)
-        memmove(s->buf, s->buf + s->pos, left);
-    s->pos = 0;
-    s->end = left;
-    size_t fill = s->cap;
-    if (s->stop_at != UINT64_MAX && s->stop_at - s->offset + max_size < fill)
-        fill = (size_t)(s->stop_at - s->offset) + max_size;
-    while (s->end < fill) {
-        size_t want = fill - s->end;
-        if (want > s->read_size)
-            want = s->read_size;
-        ssize_t n = read(s->fd, s->buf + s->end, want);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno;
-        }
-        if (n == 0) {
-            s->eof = 1;
-            break;
-        }
-        s->end += (size_t)n;
-        s->bytes_read += (uint64_t)n;
-    }
-    return 0;
+    c->offset = s->offset;
+    c->length = s->cdc.len;
+    se_b3_finalize(&s->b3, c->digest);
+    s->offset += s->cdc.len;
+    s->cdc.h = 0;
+    s->cdc.len = 0;
+    se_b3_init(&s->b3);
 }
 
+/* Each piece is read, scanned for a cut and hashed while it is still in cache: the bytes of
+   a file cross the memory bus once, as b3sum's do, instead of once per pass. */
 long se_stream_next(se_stream *s, const se_cdc_params *p, se_chunk *out, size_t out_cap)
 {
     size_t count = 0;
     while (count < out_cap && s->offset < s->stop_at) {
-        if (!s->eof && s->end - s->pos < p->max_size) {
-            if (count > 0)
-                break; /* hand back what we have before the buffer moves */
-            int e = refill(s, p->max_size);
-            if (e)
-                return -(long)e;
+        if (s->pos == s->end) {
+            if (s->eof) {
+                if (s->cdc.len > 0)
+                    emit(s, &out[count++]);
+                break;
+            }
+            ssize_t n = read(s->fd, s->buf, s->piece);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -(long)errno;
+            }
+            s->pos = 0;
+            s->end = (size_t)n;
+            s->bytes_read += (uint64_t)n;
+            if (n == 0)
+                s->eof = 1;
+            continue;
         }
-        if (s->pos == s->end)
-            break;
-        size_t n = se_cdc_next(p, s->buf + s->pos, s->end - s->pos);
-        se_chunk *c = &out[count++];
-        c->offset = s->offset;
-        c->length = n;
-        se_blake3(NULL, s->buf + s->pos, n, c->digest);
-        s->pos += n;
-        s->offset += n;
+        int cut;
+        size_t used = se_cdc_feed(p, &s->cdc, s->buf + s->pos, s->end - s->pos, &cut);
+        se_b3_update(&s->b3, s->buf + s->pos, used);
+        s->pos += used;
+        if (cut)
+            emit(s, &out[count++]);
     }
     return (long)count;
 }

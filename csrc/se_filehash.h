@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
+#include "se_blake3.h"
 #include "se_cdc.h"
 
 /* Error codes beside positive errno values. */
@@ -21,13 +22,15 @@ typedef struct {
 typedef struct {
     int fd;
     uint8_t *buf;
-    size_t cap;        /* >= max chunk size */
-    size_t read_size;  /* bytes asked of each read() call */
-    size_t pos, end;   /* unconsumed data: buf[pos:end] */
-    uint64_t offset;   /* file offset of buf[pos] */
+    size_t piece;      /* bytes asked of each read(): small enough to stay in L2 between the
+                          cut scan and the hash of the same bytes */
+    size_t pos, end;   /* unprocessed data: buf[pos:end] */
+    uint64_t offset;   /* file offset of the current chunk's start */
     uint64_t stop_at;  /* no chunk starts at or after this offset (UINT64_MAX: read to EOF) */
     uint64_t bytes_read;
     int eof;
+    se_cdc_state cdc;  /* the chunk being cut ... */
+    se_b3_hasher b3;   /* ... and hashed, in one pass over each piece */
 } se_stream;
 
 /* Opens `path` read-only and fstat()s it. Returns 0 or errno. */
@@ -37,9 +40,9 @@ int se_open(const char *path, int *fd, struct stat *st);
 int se_check_unchanged(int fd, const struct stat *before);
 
 /* Starts a stream at file offset `start` (a chunk boundary, or a guess at one); chunks stop
-   once one ends at or beyond `stop_at`. Returns 0 or errno (from lseek). */
-int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size, uint64_t start,
-                   uint64_t stop_at);
+   once one ends at or beyond `stop_at`. `buf` holds at least `piece` bytes. Returns 0 or
+   errno (from lseek). */
+int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t piece, uint64_t start, uint64_t stop_at);
 
 /* Cuts and hashes the next chunks into out[0:out_cap]. Returns how many (0 once the stream
    is exhausted or stop_at is reached) or -errno on a read error. */

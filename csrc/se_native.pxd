@@ -28,8 +28,7 @@ cdef extern from "se_filehash.h" nogil:
         uint64_t bytes_read
     int se_open(const char *path, int *fd, stat *st)
     int se_check_unchanged(int fd, const stat *before)
-    int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t cap, size_t read_size, uint64_t start,
-                       uint64_t stop_at)
+    int se_stream_init(se_stream *s, int fd, uint8_t *buf, size_t piece, uint64_t start, uint64_t stop_at)
     long se_stream_next(se_stream *s, const se_cdc_params *p, se_chunk *out, size_t out_cap)
     void se_hash_small_batch(const char *const *paths, size_t n, const int64_t *expected, size_t limit,
                              uint8_t *buf, size_t cap, uint8_t *digests, int64_t *sizes, int *errs,
