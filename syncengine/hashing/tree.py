@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 from syncengine.errors import ConfigError, FileChangedError
@@ -79,15 +80,39 @@ def _order_key(src: Source) -> str:
 class _Slot:
     """One pending result in output order."""
 
-    __slots__ = ("cached", "entry", "future", "index", "result", "segments")
+    __slots__ = ("cached", "entry", "job", "result")
 
     def __init__(self, entry: ScanEntry) -> None:
         self.entry = entry
         self.cached = False
-        self.segments: tuple[list[int], list[Future[list[Chunk] | OSError]]] | None = None
-        self.future: Future[list[FileDigest | OSError]] | None = None
-        self.index = 0
+        self.job: _Job | None = None
         self.result: FileDigest | OSError | None = None
+
+
+class _Job:
+    """Work in the pool whose results fill one or more slots once every future is done."""
+
+    __slots__ = ("finish", "futures", "slots")
+
+    def __init__(
+        self,
+        slots: list[_Slot],
+        futures: list[Future[Any]],
+        finish: Callable[[list[Any]], list[FileDigest | OSError]],
+    ) -> None:
+        self.slots = slots
+        self.futures = futures
+        self.finish = finish
+        for s in slots:
+            s.job = self
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def resolve(self) -> None:
+        results = self.finish([f.result() for f in self.futures])
+        for s, r in zip(self.slots, results, strict=True):
+            s.result, s.job = r, None
 
 
 class TreeHasher:
@@ -143,6 +168,11 @@ class TreeHasher:
             return [self._hasher().hash_file(path, size)]
         except OSError as e:
             return [e]
+
+    def _merge_one(
+        self, entry: ScanEntry, starts: list[int], chains: list[list[Chunk] | OSError]
+    ) -> list[FileDigest | OSError]:
+        return [self._merge(entry, starts, chains)]
 
     def _segment(self, path: str, start: int, stop: int, size: int) -> list[Chunk] | OSError:
         try:
@@ -203,40 +233,34 @@ class TreeHasher:
 
         with ThreadPoolExecutor(self.threads, thread_name_prefix="syncengine-hash") as pool:
 
+            def submit(slots: list[_Slot], futures: list[Future[Any]], finish: Callable[..., Any]) -> None:
+                nonlocal in_flight
+                _Job(slots, futures, finish)
+                in_flight += len(futures)
+
             def submit_batch() -> None:
-                nonlocal batch, batch_bytes, in_flight
-                fut = pool.submit(
-                    self._small_batch, [s.entry.abspath for s in batch], [s.entry.size for s in batch]
-                )
-                for i, s in enumerate(batch):
-                    s.future, s.index = fut, i
+                nonlocal batch, batch_bytes
+                paths = [s.entry.abspath for s in batch]
+                sizes = [s.entry.size for s in batch]
+                submit(batch, [pool.submit(self._small_batch, paths, sizes)], lambda r: r[0])
                 batch, batch_bytes = [], 0
-                in_flight += 1
 
             def drain(everything: bool) -> Iterator[HashedFile]:
                 """Yields finished results from the front; waits while too much is in flight
                 (or, with `everything`, until nothing is left)."""
                 nonlocal in_flight
                 while pending:
-                    block = everything or in_flight >= max_pending
                     slot = pending[0]
-                    if slot.result is None and slot.segments is not None:
-                        starts, futs = slot.segments
-                        if not block and not all(f.done() for f in futs):
+                    if slot.result is None:
+                        job = slot.job
+                        if job is None:
+                            return  # still in the batch being filled
+                        if not (everything or in_flight >= max_pending or job.done()):
                             return
-                        slot.result = self._merge(slot.entry, starts, [f.result() for f in futs])
-                        in_flight -= len(futs)
-                    elif slot.result is None and slot.future is not None:
-                        if not block and not slot.future.done():
-                            return
-                        res = slot.future.result()
-                        if slot.index == len(res) - 1:
-                            in_flight -= 1
-                        slot.result = res[slot.index]
-                    elif slot.result is None:
-                        return  # still waiting in the unsent batch
+                        job.resolve()
+                        in_flight -= len(job.futures)
                     pending.popleft()
-                    out = self._finish(slot.entry, slot.result, slot.cached, started)
+                    out = self._finish(slot.entry, slot.result, slot.cached, started)  # type: ignore[arg-type]
                     if out is not None:
                         yield out
 
@@ -259,11 +283,9 @@ class TreeHasher:
                         pool.submit(self._segment, entry.abspath, a, b, entry.size)
                         for a, b in zip(starts, stops, strict=True)
                     ]
-                    slot.segments = (starts, futs)
-                    in_flight += len(futs)
+                    submit([slot], futs, partial(self._merge_one, entry, starts))
                 else:
-                    slot.future = pool.submit(self._large, entry.abspath, entry.size)
-                    in_flight += 1
+                    submit([slot], [pool.submit(self._large, entry.abspath, entry.size)], lambda r: r[0])
                 pending.append(slot)
                 if slot.result is None:
                     stats.cache_misses += 1
