@@ -75,11 +75,12 @@ def decode_chunks(raw: bytes) -> tuple[Chunk, ...]:
 
 
 class _DirRecord:
-    __slots__ = ("dirty", "rows")
+    __slots__ = ("dirty", "rows", "seen")
 
     def __init__(self, rows: dict[str, _Row]) -> None:
         self.rows = rows
         self.dirty = False
+        self.seen: set[str] = set()
 
 
 class StatCache:
@@ -122,7 +123,9 @@ class StatCache:
     def lookup(self, abspath: str, key: StatKey) -> FileDigest | None:
         """The cached digest of `abspath` if its stat matches and is old enough to trust."""
         d, _, name = abspath.rpartition("/")
-        row = self._record(d).rows.get(name)
+        rec = self._record(d)
+        rec.seen.add(name)
+        row = rec.rows.get(name)
         if row is None or row[1:6] != key or max(key.mtime_ns, key.ctime_ns) >= row[6] - RACY_NS:
             self.misses += 1
             return None
@@ -133,6 +136,7 @@ class StatCache:
         """Remembers a digest computed from a read that started at `hashed_ns` (time.time_ns)."""
         d, _, name = abspath.rpartition("/")
         rec = self._record(d)
+        rec.seen.add(name)
         rec.rows[name] = (name, *key, hashed_ns, digest.digest, encode_chunks(digest.chunks))
         rec.dirty = True
         self._dirty += 1
@@ -153,6 +157,19 @@ class StatCache:
         for _, rec in dirty:
             rec.dirty = False
         self._dirty = 0
+
+    def prune_unseen(self) -> int:
+        """Drops rows of files that a complete scan (no include/exclude filters) did not meet
+        in the directories still in memory: files deleted since. Returns how many."""
+        dropped = 0
+        for rec in self._dirs.values():
+            gone = rec.rows.keys() - rec.seen
+            for name in gone:
+                del rec.rows[name]
+            if gone:
+                rec.dirty = True
+                dropped += len(gone)
+        return dropped
 
     def close(self) -> None:
         self.flush()

@@ -295,6 +295,9 @@ class TreeHasher:
             yield from drain(everything=True)
         stats.bytes_read = sum(h.bytes_read for h in self._hashers)
         if self.cache is not None:
+            # Only a whole-directory walk knows which files are gone.
+            if not (self.include or self.exclude) and all(os.path.isdir(s.root) for s in sources):
+                self.cache.prune_unseen()
             self.cache.flush()
 
     def _finish(

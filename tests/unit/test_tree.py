@@ -192,3 +192,24 @@ def test_several_inputs_get_their_basenames_in_sorted_order(tmp_path: Path) -> N
     assert out == ["a-b/x", "a/x", "f.txt"]
     with pytest.raises(ValueError, match="would both be stored"):
         sources_for([str(tmp_path / "a"), str(tmp_path / "a") + "/"])
+
+
+def test_cache_forgets_deleted_files_but_not_siblings_of_a_single_file_root(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_tree(data, 30)
+    cache_path = tmp_path / "stat.sqlite"
+    later = lambda: time.time_ns() + LATER  # noqa: E731
+    with StatCache(cache_path, SMALL.label) as cache:
+        run(data, stat_cache=cache, clock=later)
+    victim = data / "d0" / "sub0" / "f0000.bin"
+    sibling = data / "d0" / "sub0" / "f0021.bin"
+    victim.unlink()
+    with StatCache(cache_path, SMALL.label) as cache:  # hashing one file must not prune its folder
+        h = TreeHasher(SMALL, stat_cache=cache, clock=later)
+        list(h.hash([Source(str(sibling))]))
+    with StatCache(cache_path, SMALL.label) as cache:
+        h, _ = run(data, stat_cache=cache, clock=later)
+        assert h.stats.cache_hits == 29
+    with StatCache(cache_path, SMALL.label) as cache:
+        rows = cache._record(str(victim.parent)).rows
+        assert victim.name not in rows and sibling.name in rows
