@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -142,13 +145,45 @@ def test_directory_is_refused(tmp_path: Path, impl: ModuleType) -> None:
         impl.FileHasher(SMALL).hash_file(str(tmp_path), 5000)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_names_the_path(tmp_path: Path, impl: ModuleType) -> None:
-    p = _write(tmp_path / "secret", b"x" * 10)
+def _without_dac_override() -> list[str]:
+    """A command prefix under which permission bits apply, even when the tests run as root."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+@pytest.mark.parametrize("implementation", ["native", "python"])
+@pytest.mark.parametrize("size", [10, 5000])
+def test_unreadable_file_names_the_path(tmp_path: Path, implementation: str, size: int) -> None:
+    if implementation == "native":
+        native_module()
+    p = _write(tmp_path / "secret", b"x" * size)
     os.chmod(p, 0)
-    with pytest.raises(PermissionError) as e:
-        impl.FileHasher(SMALL).hash_file(p)
-    assert e.value.filename == p
+    code = (
+        "import sys\n"
+        "from syncengine.hashing.params import ChunkerParams\n"
+        f"from syncengine.hashing import {'reference as impl' if implementation == 'python' else 'backend'}\n"
+        + ("impl = backend.impl\n" if implementation == "native" else "")
+        + "h = impl.FileHasher(ChunkerParams(64, 256, 1024))\n"
+        "try:\n"
+        "    h.hash_file(sys.argv[1])\n"
+        "except PermissionError as e:\n"
+        "    print('denied', e.filename)\n"
+        "print(type(h.hash_small_files([sys.argv[1]], [int(sys.argv[2])])[0]).__name__)\n"
+    )
+    env = {**os.environ, "SYNCENGINE_NO_EXTENSIONS": "1" if implementation == "python" else "0"}
+    r = subprocess.run(
+        [*_without_dac_override(), sys.executable, "-c", code, p, str(size)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(Path(__file__).parents[2]),
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"denied {p}", "PermissionError"]
 
 
 @pytest.mark.parametrize("n", [100, 5000])
