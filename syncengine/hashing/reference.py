@@ -35,18 +35,12 @@ def next_cut(params: ChunkerParams, data: bytes | bytearray | memoryview, start:
     gear = _GEAR
     h = 0
     i = start + params.min_size
-    stop = start + normal
-    while i < stop:
-        h = ((h << 1) + gear[data[i]]) & _M64
-        i += 1
-        if h < thr_small:
-            return i - start
-    stop = start + limit
-    while i < stop:
-        h = ((h << 1) + gear[data[i]]) & _M64
-        i += 1
-        if h < thr_large:
-            return i - start
+    for stop, threshold in ((start + normal, thr_small), (start + limit, thr_large)):
+        while i < stop:
+            h = ((h << 1) + gear[data[i]]) & _M64
+            i += 1
+            if h < threshold:
+                return i - start
     return limit
 
 
