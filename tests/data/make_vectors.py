@@ -62,6 +62,38 @@ def file_vector(name: str, n: int) -> dict[str, object]:
     }
 
 
+def manifest_vector() -> dict[str, object]:
+    from syncengine.repo.manifest import ManifestBuilder, ManifestEntry, encode_manifest
+
+    entries = [
+        ManifestEntry("a.txt", 3, 0o644, blake3.blake3(b"abc").digest()),
+        ManifestEntry(
+            "dir/big.bin",
+            300_000,
+            0o755,
+            bytes(range(32)),
+            ((200_000, bytes([1]) * 32), (100_000, bytes([2]) * 32)),
+        ),
+        ManifestEntry(
+            "ref.csv", 10, 0o644, bytes(32), (), "s3://bucket/ref.csv", {"etag": "abc", "version_id": "v1"}
+        ),
+    ]
+    b = ManifestBuilder()
+    pages: list[tuple[bytes, bytes]] = []
+    for e in entries:
+        pages += b.add(e)
+    rest, m = b.finish()
+    pages += rest
+    return {
+        "entries": [
+            [e.path, e.size, e.mode, e.digest.hex(), [[n, d.hex()] for n, d in e.chunks], e.ref, e.extra]
+            for e in entries
+        ],
+        "pages": [[pid.hex(), data.hex()] for pid, data in pages],
+        "manifest": encode_manifest(m).hex(),
+    }
+
+
 def main() -> None:
     table = gear_table()
     tree = TreeDigest()
@@ -75,6 +107,7 @@ def main() -> None:
         "file_key": FILE_KEY.hex(),
         "tree_key": TREE_KEY.hex(),
         "files": [file_vector(name, n) for name, n in INPUTS],
+        "manifest": manifest_vector(),
         "tree": {
             "entries": [[p, blake3.blake3(c).hexdigest()] for p, c in entries],
             "digest": tree.hexdigest(),

@@ -46,3 +46,32 @@ def test_tree_vector() -> None:
     for path, digest in VECTORS["tree"]["entries"]:
         tree.add(path, bytes.fromhex(digest))
     assert tree.hexdigest() == VECTORS["tree"]["digest"]
+
+
+def test_manifest_vector() -> None:
+    from syncengine.repo.manifest import (
+        ManifestBuilder,
+        ManifestEntry,
+        decode_manifest,
+        decode_page,
+        encode_manifest,
+    )
+
+    vec = VECTORS["manifest"]
+    entries = [
+        ManifestEntry(
+            p, size, mode, bytes.fromhex(d), tuple((n, bytes.fromhex(c)) for n, c in chunks), ref, extra
+        )
+        for p, size, mode, d, chunks, ref, extra in vec["entries"]
+    ]
+    b = ManifestBuilder()
+    pages = []
+    for e in entries:
+        pages += b.add(e)
+    rest, m = b.finish()
+    pages += rest
+    assert [[pid.hex(), data.hex()] for pid, data in pages] == vec["pages"]
+    assert encode_manifest(m).hex() == vec["manifest"]
+    assert decode_manifest(bytes.fromhex(vec["manifest"])) == m
+    pid, data = pages[0]
+    assert decode_page(pid, data).entries == tuple(entries)

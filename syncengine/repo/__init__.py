@@ -1,0 +1,1 @@
+"""The repository format: manifests, packs, index, version records (docs/FORMAT.md)."""

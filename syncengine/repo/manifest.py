@@ -1,0 +1,343 @@
+"""Manifests as content-defined page trees: O(changed) bytes per version, diffs that read only what differs.
+
+A manifest lists a version's files sorted by path. Entries are grouped into leaf pages whose
+boundaries depend only on the paths (a page ends after an entry whose keyed BLAKE3 of the path
+falls below a threshold), so changing a file's content rewrites one leaf page, and adding or
+removing a path touches at most two. Pages are summarised by `PageRef`s, grouped into interior
+pages by the same rule one level up, until one page remains: the root. Every page is an
+immutable object named by the BLAKE3 of its bytes, so two versions share every page whose
+content they share, and a diff skips shared subtrees without reading them.
+
+This module does no I/O: builders return the pages to store, readers take a page loader.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Final
+
+import blake3 as _blake3
+import msgspec
+
+from syncengine.errors import SyncEngineError
+from syncengine.hashing.digests import TreeDigest
+
+FORMAT: Final = 1
+#: A page ends after an entry whose boundary hash is below 2^32 / FANOUT: ~FANOUT items a page.
+FANOUT: Final = 512
+#: Keys of the boundary hashes; each level has its own so boundaries differ between levels.
+_LEVEL_KEY = tuple(
+    _blake3.blake3(f"syncengine manifest page boundary level {i}".encode()).digest() for i in range(16)
+)
+_THRESHOLD: Final = (1 << 32) // FANOUT
+
+
+class ManifestError(SyncEngineError):
+    """A manifest or one of its pages is malformed or does not match its name."""
+
+
+class ManifestEntry(msgspec.Struct, array_like=True, frozen=True):
+    """One file of a version.
+
+    `chunks` lists (length, BLAKE3) of each chunk for files larger than the repository's
+    small-file limit and is empty for small files, which are one blob named `digest`.
+    `ref` is set for references to external objects (then no blob is stored) and `extra`
+    holds their metadata (ETag, VersionId, ...).
+    """
+
+    path: str
+    size: int
+    mode: int
+    digest: bytes
+    chunks: tuple[tuple[int, bytes], ...] = ()
+    ref: str | None = None
+    extra: dict[str, str | int] | None = None
+
+
+class PageRef(msgspec.Struct, array_like=True, frozen=True):
+    """A child of an interior page: the subtree's first path, page id, entry count and bytes."""
+
+    first: str
+    page: bytes
+    entries: int
+    size: int
+
+
+class Page(msgspec.Struct, array_like=True, frozen=True, tag_field="kind", tag="page"):
+    """Level 0 holds `ManifestEntry`s, higher levels `PageRef`s (stored as `refs`)."""
+
+    format: int
+    level: int
+    entries: tuple[ManifestEntry, ...] = ()
+    refs: tuple[PageRef, ...] = ()
+
+
+class Manifest(msgspec.Struct, frozen=True):
+    """The small record a version points at."""
+
+    format: int
+    root: bytes
+    height: int
+    entries: int
+    size: int
+    content_digest: bytes  # TreeDigest over (path, digest): equal content ⇔ equal digest
+
+
+_encode = msgspec.msgpack.Encoder(order="deterministic").encode
+_page_decoder = msgspec.msgpack.Decoder(Page)
+_manifest_decoder = msgspec.msgpack.Decoder(Manifest)
+
+
+def page_id(data: bytes) -> bytes:
+    return _blake3.blake3(data).digest()
+
+
+def encode_page(page: Page) -> tuple[bytes, bytes]:
+    """(id, bytes) of a page."""
+    data = _encode(page)
+    return page_id(data), data
+
+
+def decode_page(pid: bytes, data: bytes) -> Page:
+    """Parses a page and checks that its bytes are the ones its id names."""
+    if page_id(data) != pid:
+        raise ManifestError(f"manifest page {pid.hex()} is corrupt (its content does not match its name)")
+    try:
+        return _page_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise ManifestError(f"manifest page {pid.hex()} cannot be read: {e}") from e
+
+
+def encode_manifest(m: Manifest) -> bytes:
+    return _encode(m)
+
+
+def decode_manifest(data: bytes) -> Manifest:
+    try:
+        return _manifest_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise ManifestError(f"manifest record cannot be read: {e}") from e
+
+
+def _ends_page(level: int, key: str) -> bool:
+    h = _blake3.blake3(key.encode(), key=_LEVEL_KEY[level]).digest()
+    return int.from_bytes(h[:4], "little") < _THRESHOLD
+
+
+class ManifestBuilder:
+    """Builds the page tree from entries added in strictly increasing path order.
+
+    `add` returns pages completed so far (to be stored), `finish` the rest and the manifest.
+    Memory: one open leaf page plus the refs of the levels above (~1/FANOUT of the entries).
+
+    >>> b = ManifestBuilder()
+    >>> _ = b.add(ManifestEntry("a.txt", 1, 0o644, bytes(32)))
+    >>> pages, m = b.finish()
+    >>> (m.entries, m.height, len(pages))
+    (1, 1, 1)
+    """
+
+    def __init__(self) -> None:
+        self._leaf: list[ManifestEntry] = []
+        self._upper: list[list[PageRef]] = []  # _upper[k] holds refs of level k + 1
+        self._last: str | None = None
+        self._tree = TreeDigest()
+        self._entries = 0
+        self._size = 0
+
+    def add(self, entry: ManifestEntry) -> list[tuple[bytes, bytes]]:
+        if self._last is not None and entry.path.encode() <= self._last.encode():
+            raise ManifestError(
+                f"manifest entries out of order or repeated: {entry.path!r} after {self._last!r}"
+            )
+        self._last = entry.path
+        self._tree.add(entry.path, entry.digest)
+        self._entries += 1
+        self._size += entry.size
+        out: list[tuple[bytes, bytes]] = []
+        self._leaf.append(entry)
+        if _ends_page(0, entry.path):
+            self._close(0, out)
+        return out
+
+    def _close(self, level: int, out: list[tuple[bytes, bytes]]) -> None:
+        """Writes the open page of `level` and adds its ref one level up."""
+        if level == 0:
+            if not self._leaf:
+                return
+            leaf = tuple(self._leaf)
+            page = Page(FORMAT, 0, entries=leaf)
+            ref_fields = (leaf[0].path, len(leaf), sum(e.size for e in leaf))
+            self._leaf.clear()
+        else:
+            refs = self._upper[level - 1]
+            if not refs:
+                return
+            page = Page(FORMAT, level, refs=tuple(refs))
+            ref_fields = (refs[0].first, sum(r.entries for r in refs), sum(r.size for r in refs))
+            refs.clear()
+        pid, data = encode_page(page)
+        out.append((pid, data))
+        if len(self._upper) == level:
+            self._upper.append([])
+        first, count, size = ref_fields
+        self._upper[level].append(PageRef(first, pid, count, size))
+        if _ends_page(level + 1, first):
+            self._close(level + 1, out)
+
+    def finish(self) -> tuple[list[tuple[bytes, bytes]], Manifest]:
+        """Closes every open page; the root is the single page left at the top."""
+        out: list[tuple[bytes, bytes]] = []
+        if self._entries == 0:
+            pid, data = encode_page(Page(FORMAT, 0))
+            return [(pid, data)], Manifest(FORMAT, pid, 1, 0, 0, self._tree.digest())
+        self._close(0, out)
+        level = 1
+        while True:
+            refs = self._upper[level - 1]
+            above = any(self._upper[level:])
+            if len(refs) == 1 and not above:
+                return out, Manifest(
+                    FORMAT, refs[0].page, level, self._entries, self._size, self._tree.digest()
+                )
+            self._close(level, out)
+            level += 1
+
+
+PageLoader = Callable[[bytes], Awaitable[bytes]]
+
+
+class ManifestReader:
+    """Reads a manifest's entries through `load(page_id) -> bytes` (any store)."""
+
+    def __init__(self, manifest: Manifest, load: PageLoader) -> None:
+        self.manifest = manifest
+        self._load = load
+
+    async def page(self, pid: bytes) -> Page:
+        return decode_page(pid, await self._load(pid))
+
+    async def entries(self, prefix: str = "") -> AsyncIterator[ManifestEntry]:
+        """Every entry in path order (only subtrees that can hold `prefix` are read)."""
+        stack = [self.manifest.root]
+        while stack:
+            page = await self.page(stack.pop())
+            if page.level == 0:
+                for e in page.entries:
+                    if e.path.startswith(prefix):
+                        yield e
+                continue
+            refs = page.refs
+            keep = [
+                r.page
+                for i, r in enumerate(refs)
+                if not prefix or _may_hold(prefix, r.first, refs[i + 1].first if i + 1 < len(refs) else None)
+            ]
+            stack.extend(reversed(keep))
+
+    async def get(self, path: str) -> ManifestEntry | None:
+        """One entry by path, reading one page per level."""
+        pid = self.manifest.root
+        key = path.encode()
+        while True:
+            page = await self.page(pid)
+            if page.level == 0:
+                for e in page.entries:
+                    if e.path == path:
+                        return e
+                return None
+            chosen = None
+            for r in page.refs:
+                if r.first.encode() <= key:
+                    chosen = r.page
+                else:
+                    break
+            if chosen is None:
+                return None
+            pid = chosen
+
+
+def _may_hold(prefix: str, first: str, next_first: str | None) -> bool:
+    """Can a subtree holding paths in [first, next_first) contain a path starting with prefix?"""
+    p = prefix.encode()
+    if next_first is not None and next_first.encode() <= p:
+        return False
+    return not (first.encode() > p and not first.startswith(prefix))
+
+
+class Change(msgspec.Struct, frozen=True):
+    """One difference between two manifests: `old` None = added, `new` None = removed."""
+
+    path: str
+    old: ManifestEntry | None
+    new: ManifestEntry | None
+
+
+async def diff(a: ManifestReader, b: ManifestReader) -> list[Change]:
+    """Entries that differ between two manifests, in path order, reading only pages that are
+    not shared by both trees (a shared page id means an identical subtree)."""
+    if a.manifest.root == b.manifest.root:
+        return []
+    side_a: list[tuple[int, bytes]] = [(a.manifest.height - 1, a.manifest.root)]
+    side_b: list[tuple[int, bytes]] = [(b.manifest.height - 1, b.manifest.root)]
+    loaded: dict[bytes, Page] = {}
+    while True:
+        shared = {p for _, p in side_a} & {p for _, p in side_b}
+        side_a = [x for x in side_a if x[1] not in shared]
+        side_b = [x for x in side_b if x[1] not in shared]
+        top = max((lv for lv, _ in side_a + side_b), default=0)
+        if top == 0:
+            break
+        side_a = await _expand(a, side_a, top, loaded)
+        side_b = await _expand(b, side_b, top, loaded)
+    old = await _leaf_entries(a, side_a, loaded)
+    new = await _leaf_entries(b, side_b, loaded)
+    return _compare(old, new)
+
+
+async def _expand(
+    r: ManifestReader, side: list[tuple[int, bytes]], level: int, loaded: dict[bytes, Page]
+) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    for lv, pid in side:
+        if lv < level:
+            out.append((lv, pid))
+            continue
+        page = loaded.get(pid) or await r.page(pid)
+        out.extend((lv - 1, ref.page) for ref in page.refs)
+    return out
+
+
+async def _leaf_entries(
+    r: ManifestReader, side: list[tuple[int, bytes]], loaded: dict[bytes, Page]
+) -> list[ManifestEntry]:
+    out: list[ManifestEntry] = []
+    for _, pid in side:
+        page = loaded.get(pid) or await r.page(pid)
+        out.extend(page.entries)
+    out.sort(key=lambda e: e.path.encode())
+    return out
+
+
+def _compare(old: Iterable[ManifestEntry], new: Iterable[ManifestEntry]) -> list[Change]:
+    merged = heapq.merge(((e.path.encode(), 0, e) for e in old), ((e.path.encode(), 1, e) for e in new))
+    changes: list[Change] = []
+    pending: ManifestEntry | None = None
+    for _, side, e in merged:
+        if side == 0:
+            if pending is not None:
+                changes.append(Change(pending.path, pending, None))
+            pending = e
+        elif pending is not None and pending.path == e.path:
+            if pending != e:
+                changes.append(Change(e.path, pending, e))
+            pending = None
+        else:
+            if pending is not None:
+                changes.append(Change(pending.path, pending, None))
+                pending = None
+            changes.append(Change(e.path, None, e))
+    if pending is not None:
+        changes.append(Change(pending.path, pending, None))
+    return changes
