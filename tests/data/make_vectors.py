@@ -94,6 +94,24 @@ def manifest_vector() -> dict[str, object]:
     }
 
 
+def pack_vector() -> dict[str, object]:
+    from syncengine.repo.pack import PackWriter, blob_digest, encode_index, index_entries
+
+    blobs = [b"", b"hello", b"line\n" * 400]
+    w = PackWriter("auto")
+    for b in blobs:
+        w.add(blob_digest(b), b)
+    pid, data, locs = w.finish()
+    sid, seg = encode_index(index_entries(pid, locs))
+    return {
+        "blobs": [b.hex() for b in blobs],
+        "pack_id": pid.hex(),
+        "pack": data.hex(),
+        "index_id": sid.hex(),
+        "index": seg.hex(),
+    }
+
+
 def main() -> None:
     table = gear_table()
     tree = TreeDigest()
@@ -108,6 +126,7 @@ def main() -> None:
         "tree_key": TREE_KEY.hex(),
         "files": [file_vector(name, n) for name, n in INPUTS],
         "manifest": manifest_vector(),
+        "pack": pack_vector(),
         "tree": {
             "entries": [[p, blake3.blake3(c).hexdigest()] for p, c in entries],
             "digest": tree.hexdigest(),

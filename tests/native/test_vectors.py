@@ -75,3 +75,26 @@ def test_manifest_vector() -> None:
     assert decode_manifest(bytes.fromhex(vec["manifest"])) == m
     pid, data = pages[0]
     assert decode_page(pid, data).entries == tuple(entries)
+
+
+def test_pack_and_index_vectors() -> None:
+    from syncengine.repo.pack import (
+        PackWriter,
+        blob_digest,
+        decode_index,
+        encode_index,
+        index_entries,
+        parse_pack,
+    )
+
+    vec = VECTORS["pack"]
+    blobs = [bytes.fromhex(b) for b in vec["blobs"]]
+    w = PackWriter("auto")
+    for b in blobs:
+        w.add(blob_digest(b), b)
+    pid, data, locs = w.finish()
+    assert (pid.hex(), data.hex()) == (vec["pack_id"], vec["pack"])
+    assert parse_pack(pid, data) == locs
+    sid, seg = encode_index(index_entries(pid, locs))
+    assert (sid.hex(), seg.hex()) == (vec["index_id"], vec["index"])
+    assert len(decode_index(sid, seg)) == 3

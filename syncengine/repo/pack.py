@@ -1,0 +1,186 @@
+"""Packs: many blobs in one immutable object, with a trailer that lists them (docs/FORMAT.md).
+
+A pack carries its own table of contents, so the repository index can always be rebuilt from
+the packs alone. Index segments map blob digests to pack locations. No I/O here: writers
+return bytes, readers take bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Final, NamedTuple
+
+import blake3 as _blake3
+import zstandard
+
+from syncengine.errors import SyncEngineError
+
+PACK_MAGIC: Final = b"SEPACK\x00\x01"
+PACK_END: Final = b"SEPKEND1"
+INDEX_MAGIC: Final = b"SEINDEX1"
+CODEC_NONE: Final = 0
+CODEC_ZSTD: Final = 1
+
+_REC = struct.Struct("<32sQII B")  # digest, offset, stored length, raw length, codec
+_FOOT = struct.Struct("<Q8s")  # trailer offset, PACK_END
+_IREC = struct.Struct("<32s32sQII B")  # digest, pack id, offset, stored, raw, codec
+_COUNT = struct.Struct("<I")
+#: zstd is kept only when it saves at least this share of a blob.
+_MIN_SAVING: Final = 0.10
+_PROBE: Final = 64 * 1024
+
+
+class CorruptData(SyncEngineError):
+    """Stored bytes do not match their digest or structure; names the object and blob."""
+
+
+class BlobLocation(NamedTuple):
+    digest: bytes
+    offset: int
+    stored: int
+    raw: int
+    codec: int
+
+
+class IndexEntry(NamedTuple):
+    digest: bytes
+    pack: bytes
+    offset: int
+    stored: int
+    raw: int
+    codec: int
+
+
+def blob_digest(data: bytes | memoryview) -> bytes:
+    return _blake3.blake3(data).digest()
+
+
+class PackWriter:
+    """Collects blobs into one pack.
+
+    >>> w = PackWriter(); w.add(blob_digest(b"hi"), b"hi"); pid, data, locs = w.finish()
+    >>> read_blob(pid, data[locs[0].offset:locs[0].offset + locs[0].stored], locs[0])
+    b'hi'
+    """
+
+    def __init__(self, compression: str = "auto", level: int = 3) -> None:
+        if compression not in {"auto", "off", "zstd"}:
+            raise ValueError(f"compression must be auto, off or zstd, not {compression!r}")
+        self.compression = compression
+        self._zstd = zstandard.ZstdCompressor(level=level) if compression != "off" else None
+        self._parts: list[bytes | memoryview] = [PACK_MAGIC]
+        self._locs: list[BlobLocation] = []
+        self.size = len(PACK_MAGIC)
+
+    def __len__(self) -> int:
+        return len(self._locs)
+
+    def add(self, digest: bytes, raw: bytes | memoryview) -> BlobLocation:
+        """Appends a blob (`digest` must be BLAKE3(raw); the caller hashed it already)."""
+        stored, codec = self._encode(raw)
+        loc = BlobLocation(digest, self.size, len(stored), len(raw), codec)
+        self._parts.append(stored)
+        self._locs.append(loc)
+        self.size += len(stored)
+        return loc
+
+    def _encode(self, raw: bytes | memoryview) -> tuple[bytes | memoryview, int]:
+        if self._zstd is None or len(raw) < 512:
+            return raw, CODEC_NONE
+        if self.compression == "auto" and len(raw) > _PROBE:
+            probe = self._zstd.compress(raw[:_PROBE])
+            if len(probe) > (1 - _MIN_SAVING) * _PROBE:
+                return raw, CODEC_NONE  # incompressible (model weights, media): skip the work
+        packed = self._zstd.compress(raw)
+        if len(packed) <= (1 - _MIN_SAVING) * len(raw):
+            return packed, CODEC_ZSTD
+        return raw, CODEC_NONE
+
+    def finish(self) -> tuple[bytes, bytes, list[BlobLocation]]:
+        """(pack id, pack bytes, blob locations)."""
+        records = b"".join(_REC.pack(*loc) for loc in self._locs) + _COUNT.pack(len(self._locs))
+        trailer = records + _blake3.blake3(records).digest()
+        data = b"".join([*self._parts, trailer, _FOOT.pack(self.size, PACK_END)])
+        return _blake3.blake3(data).digest(), data, list(self._locs)
+
+
+def trailer_offset(pack: bytes, footer: bytes) -> int:
+    """Where the trailer starts, from the pack's last 16 bytes."""
+    if len(footer) != _FOOT.size:
+        raise CorruptData(f"pack {pack.hex()}: footer is {len(footer)} bytes, not {_FOOT.size}")
+    offset, magic = _FOOT.unpack(footer)
+    if magic != PACK_END:
+        raise CorruptData(f"pack {pack.hex()}: bad footer (not a syncengine pack or truncated)")
+    return int(offset)
+
+
+def parse_trailer(pack: bytes, trailer: bytes) -> list[BlobLocation]:
+    """The blob table of a pack from its trailer bytes (footer excluded)."""
+    if len(trailer) < _COUNT.size + 32:
+        raise CorruptData(f"pack {pack.hex()}: trailer too short")
+    body, check = trailer[:-32], trailer[-32:]
+    if _blake3.blake3(body).digest() != check:
+        raise CorruptData(f"pack {pack.hex()}: trailer checksum mismatch")
+    (count,) = _COUNT.unpack(body[-_COUNT.size :])
+    if len(body) != count * _REC.size + _COUNT.size:
+        raise CorruptData(f"pack {pack.hex()}: trailer holds {len(body)} bytes for {count} blobs")
+    return [BlobLocation(*r) for r in _REC.iter_unpack(body[: -_COUNT.size])]
+
+
+def parse_pack(pack: bytes, data: bytes) -> list[BlobLocation]:
+    """The blob table of a whole pack held in memory (also checks its header and id)."""
+    if _blake3.blake3(data).digest() != pack:
+        raise CorruptData(f"pack {pack.hex()} does not match its name (corrupted or truncated)")
+    if not data.startswith(PACK_MAGIC):
+        raise CorruptData(f"pack {pack.hex()}: bad header")
+    start = trailer_offset(pack, data[-_FOOT.size :])
+    return parse_trailer(pack, data[start : -_FOOT.size])
+
+
+_DCTX = zstandard.ZstdDecompressor()
+
+
+def read_blob(pack: bytes, stored: bytes | memoryview, loc: BlobLocation | IndexEntry) -> bytes:
+    """The raw bytes of a blob from its stored bytes, verified against its digest."""
+    if len(stored) != loc.stored:
+        raise CorruptData(
+            f"blob {loc.digest.hex()} in pack {pack.hex()}: got {len(stored)} of {loc.stored} bytes"
+        )
+    if loc.codec == CODEC_NONE:
+        raw = bytes(stored)
+    elif loc.codec == CODEC_ZSTD:
+        try:
+            raw = _DCTX.decompress(stored, max_output_size=loc.raw)
+        except zstandard.ZstdError as e:
+            raise CorruptData(f"blob {loc.digest.hex()} in pack {pack.hex()}: {e}") from e
+    else:
+        raise CorruptData(f"blob {loc.digest.hex()} in pack {pack.hex()}: unknown codec {loc.codec}")
+    if len(raw) != loc.raw or blob_digest(raw) != loc.digest:
+        raise CorruptData(f"blob {loc.digest.hex()} in pack {pack.hex()} is corrupted (BLAKE3 mismatch)")
+    return raw
+
+
+def encode_index(entries: Iterable[IndexEntry]) -> tuple[bytes, bytes]:
+    """(segment id, bytes) of an index segment; entries are sorted by digest here."""
+    rows = sorted(entries)
+    body = INDEX_MAGIC + _COUNT.pack(len(rows)) + b"".join(_IREC.pack(*r) for r in rows)
+    data = body + _blake3.blake3(body).digest()
+    return _blake3.blake3(data).digest(), data
+
+
+def decode_index(segment: bytes, data: bytes) -> list[IndexEntry]:
+    if _blake3.blake3(data).digest() != segment:
+        raise CorruptData(f"index segment {segment.hex()} does not match its name")
+    body = data[:-32]
+    if not body.startswith(INDEX_MAGIC):
+        raise CorruptData(f"index segment {segment.hex()}: bad header")
+    (count,) = _COUNT.unpack_from(body, len(INDEX_MAGIC))
+    rows = body[len(INDEX_MAGIC) + _COUNT.size :]
+    if len(rows) != count * _IREC.size:
+        raise CorruptData(f"index segment {segment.hex()}: {len(rows)} bytes for {count} entries")
+    return [IndexEntry(*r) for r in _IREC.iter_unpack(rows)]
+
+
+def index_entries(pack: bytes, locs: Sequence[BlobLocation]) -> list[IndexEntry]:
+    return [IndexEntry(loc.digest, pack, loc.offset, loc.stored, loc.raw, loc.codec) for loc in locs]
