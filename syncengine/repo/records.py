@@ -1,0 +1,157 @@
+"""Names, references and the small records of artifacts: version records and the artifact head.
+
+Validation lives here so every entry point (API, CLI, records read back from storage) applies
+the same rules and says the same thing when a name is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import msgspec
+
+from syncengine.errors import ConfigError
+
+FORMAT: Final = 1
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_VERSION = re.compile(r"v(0|[1-9][0-9]{0,9})")
+RESERVED_ALIASES: Final = frozenset({"latest"})
+
+
+class InvalidName(ConfigError):
+    """A project, artifact, type, alias or tag name breaks the naming rules."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Projects, artifact names and types: letters, digits, `.`, `_`, `-`; 1-128 characters,
+    starting with a letter or digit."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise InvalidName(
+            f"invalid {kind} {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def check_alias(alias: str, *, allow_reserved: bool = False) -> str:
+    """Aliases name one version at a time: no `/` or `:`, and not `vN` (which names versions)."""
+    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
+        raise InvalidName(
+            f"invalid alias {alias!r}: use 1-128 letters, digits, '.', '_' or '-' (no '/' or ':'), "
+            "starting with a letter or digit"
+        )
+    if re.fullmatch(r"v[0-9]+", alias):
+        raise InvalidName(f"invalid alias {alias!r}: names of the form vN are the versions themselves")
+    if alias in RESERVED_ALIASES and not allow_reserved:
+        raise InvalidName(f"alias {alias!r} is managed by syncengine and always names the newest version")
+    return alias
+
+
+def check_tag(tag: str) -> str:
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise InvalidName(f"invalid tag {tag!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return tag
+
+
+class ArtifactRef(msgspec.Struct, frozen=True):
+    """`project/name`, optionally `:alias` or `:vN`."""
+
+    project: str
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.project}/{self.name}"
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.full_name}:v{self.version}"
+        return f"{self.full_name}:{self.alias}" if self.alias else self.full_name
+
+
+def parse_ref(text: str, *, default_project: str | None = None) -> ArtifactRef:
+    """Parses `project/name[:alias|:vN]` (or `name[...]` with a default project).
+
+    >>> parse_ref("vision/mnist:v3").version
+    3
+    >>> parse_ref("vision/mnist:best").alias
+    'best'
+    """
+    head, sep, selector = text.partition(":")
+    if sep and not selector:
+        raise InvalidName(f"invalid reference {text!r}: nothing after ':' (use name:alias or name:vN)")
+    parts = head.split("/")
+    if len(parts) == 1 and default_project is not None:
+        parts = [default_project, parts[0]]
+    if len(parts) != 2:
+        raise InvalidName(f"invalid reference {text!r}: expected PROJECT/NAME[:ALIAS|:vN]")
+    project, name = check_name("project", parts[0]), check_name("artifact name", parts[1])
+    if not sep:
+        return ArtifactRef(project, name)
+    if _VERSION.fullmatch(selector):
+        return ArtifactRef(project, name, version=int(selector[1:]))
+    return ArtifactRef(project, name, alias=check_alias(selector, allow_reserved=True))
+
+
+class VersionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`artifacts/<project>/<name>/versions/v<N>`: created once (create-if-absent); the
+    mutable fields are updated by compare-and-swap on the object's ETag."""
+
+    format: int
+    project: str
+    name: str
+    version: int
+    type: str
+    manifest: str  # key of the manifest record
+    content_digest: str  # hex, TreeDigest of (path, digest)
+    files: int
+    size: int
+    created: str  # RFC 3339 UTC
+    created_by: dict[str, str] = {}
+    description: str = ""
+    metadata: dict[str, object] = {}
+    tags: tuple[str, ...] = ()
+    ttl_seconds: int | None = None
+    deleted: bool = False
+
+
+class ArtifactHead(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`artifacts/<project>/<name>/head`: type, newest version, aliases, and content digests of
+    the versions (so identical content finds its version); updated by compare-and-swap."""
+
+    format: int
+    project: str
+    name: str
+    type: str
+    latest: int | None = None
+    aliases: dict[str, int] = {}
+    digests: dict[str, int] = {}
+
+
+_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+def encode_record(record: VersionRecord | ArtifactHead) -> bytes:
+    """Records are JSON (sorted keys): small, and readable with any tool."""
+    return _encode(record)
+
+
+def decode_version(data: bytes) -> VersionRecord:
+    return msgspec.json.decode(data, type=VersionRecord)
+
+
+def decode_head(data: bytes) -> ArtifactHead:
+    return msgspec.json.decode(data, type=ArtifactHead)
+
+
+def version_key(project: str, name: str, version: int) -> str:
+    return f"artifacts/{project}/{name}/versions/v{version}"
+
+
+def head_key(project: str, name: str) -> str:
+    return f"artifacts/{project}/{name}/head"
