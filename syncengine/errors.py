@@ -37,3 +37,76 @@ class HashingFailed(SyncEngineError):
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         super().__init__(f"{len(errors)} file(s) could not be hashed: {shown}{more}")
         self.errors = errors
+
+
+class InvalidKey(SyncEngineError, ValueError):
+    """An object key (or list prefix) breaks the key rules of `syncengine.store`."""
+
+    def __init__(self, key: object, reason: str) -> None:
+        super().__init__(f"invalid object key {key!r}: {reason}")
+        self.key = key
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidKey], tuple[object, str]]:
+        return type(self), (self.key, self.reason)
+
+
+class ObjectNotFound(SyncEngineError, FileNotFoundError):
+    """An object store has no object under the requested key."""
+
+    def __init__(self, key: str, where: str) -> None:
+        self.message = f"object {key!r} does not exist in {where}; check the key (or whether it was deleted)"
+        super().__init__(self.message)
+        self.filename = key
+        self.key = key
+        self.where = where
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type[ObjectNotFound], tuple[str, str]]:
+        return type(self), (self.key, self.where)
+
+
+class PreconditionFailed(SyncEngineError):
+    """A conditional write (create-if-absent or compare-and-swap) lost: nothing was written."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"{key!r} was not written: {detail}; re-read it and decide again")
+        self.key = key
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[PreconditionFailed], tuple[str, str]]:
+        return type(self), (self.key, self.detail)
+
+
+class UploadNotFound(SyncEngineError, FileNotFoundError):
+    """A multipart upload id is unknown for the key (never created, completed or aborted)."""
+
+    def __init__(self, key: str, upload_id: str) -> None:
+        self.message = (
+            f"no multipart upload {upload_id!r} for {key!r} (already completed or aborted?); "
+            "start a new upload"
+        )
+        super().__init__(self.message)
+        self.filename = key
+        self.key = key
+        self.upload_id = upload_id
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type[UploadNotFound], tuple[str, str]]:
+        return type(self), (self.key, self.upload_id)
+
+
+class InvalidPart(SyncEngineError, ValueError):
+    """A multipart part is out of range, too small or too large, or not the one uploaded."""
+
+
+class BodySizeMismatch(SyncEngineError, ValueError):
+    """A request body produced a different number of bytes than it declared."""
+
+
+class StoreClosed(SyncEngineError, RuntimeError):
+    """An object store was used after `close()`."""
