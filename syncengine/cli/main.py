@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from syncengine._version import __version__
+from syncengine.cli.repo_commands import register as register_repo_commands
 from syncengine.errors import SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import TreeDigest
@@ -299,6 +300,9 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
             )
     if problems.errors:
         sys.exit(1)
+
+
+register_repo_commands(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -140,3 +140,48 @@ def test_progress_line_on_a_terminal_only(tmp_path: Path) -> None:
     assert b"hashing" in seen  # drawn on the terminal, and erased at the end (transient)
     piped = cli("hash", str(tmp_path))
     assert "hashing" not in piped.stderr and piped.stderr == ""
+
+
+def test_put_get_versions_round_trip(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_bytes(b"hello")
+    (data / "sub" / "m.bin").write_bytes(os.urandom(400_000))
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    r = cli(
+        "put",
+        "-n",
+        "proj/data",
+        "-t",
+        "dataset",
+        "-a",
+        "best",
+        "-m",
+        '{"rows": 2}',
+        str(data),
+        "--json",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    v0 = json.loads(r.stdout)
+    assert (v0["ref"], v0["created_now"], v0["metadata"]) == ("proj/data:v0", True, {"rows": 2})
+    same = json.loads(cli("put", "-n", "proj/data", "-t", "dataset", str(data), "--json", env=env).stdout)
+    assert (same["ref"], same["created_now"], same["new_bytes"]) == ("proj/data:v0", False, 0)
+    (data / "b.txt").write_bytes(b"more")
+    v1 = json.loads(cli("put", "-n", "proj/data", "-t", "dataset", str(data), "--json", env=env).stdout)
+    assert v1["ref"] == "proj/data:v1" and v1["new_bytes"] == 4
+    listing = json.loads(cli("versions", "proj/data", "--json", env=env).stdout)
+    assert [(v["version"], v["aliases"]) for v in listing] == [(0, ["best"]), (1, ["latest"])]
+    out = tmp_path / "out"
+    g = cli("get", "proj/data:best", "--root", str(out), env=env)
+    assert g.returncode == 0, g.stderr
+    assert (out / "a.txt").read_bytes() == b"hello"
+    assert (out / "sub" / "m.bin").read_bytes() == (data / "sub" / "m.bin").read_bytes()
+    assert not (out / "b.txt").exists()
+    bad = cli("get", "proj/dta", env=env)
+    assert (
+        bad.returncode == 1
+        and bad.stderr.strip() == "error: project 'proj' has no artifact 'dta' (it has: data)"
+    )
+    wrong = cli("put", "-n", "proj/data", "-t", "model", str(data), env=env)
+    assert wrong.returncode == 1 and "has type 'dataset', not 'model'" in wrong.stderr

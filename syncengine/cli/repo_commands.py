@@ -1,0 +1,207 @@
+"""`put`, `get`, `versions`, `show`, `ls`: the artifact commands over a repository."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import msgspec
+import platformdirs
+
+from syncengine.errors import ConfigError
+from syncengine.hashing.tree import sources_for
+from syncengine.repo.records import VersionRecord, parse_ref
+from syncengine.repo.repository import Repository
+from syncengine.store.local import LocalStore
+
+T = TypeVar("T")
+
+
+def default_repo() -> str:
+    """`$SYNCENGINE_REPO`, else a repository in the user's data dir."""
+    return os.environ.get("SYNCENGINE_REPO") or str(Path(platformdirs.user_data_dir("syncengine")) / "repo")
+
+
+def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
+    url = repo_url or default_repo()
+    if "://" in url:
+        raise ConfigError(f"repository {url!r}: only local directories are supported so far (S3 is coming)")
+
+    async def go() -> T:
+        async with LocalStore(url) as store:
+            repo = await Repository.open(store)
+            return await job(repo)
+
+    return asyncio.run(go())
+
+
+repo_option = click.option(
+    "--repo",
+    "repo_url",
+    default=None,
+    envvar="SYNCENGINE_REPO",
+    help="Repository: a directory (default: the user data dir; see `syncengine put` output).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def _record_json(r: VersionRecord) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(r)
+    out["ref"] = f"{r.project}/{r.name}:v{r.version}"
+    return out
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("put")
+    @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+    @click.option("-n", "--name", "full_name", required=True, help="PROJECT/NAME of the artifact.")
+    @click.option("-t", "--type", "type_", required=True, help="Artifact type, e.g. dataset or model.")
+    @click.option("-a", "--alias", "aliases", multiple=True, help="Alias for this version (repeatable).")
+    @click.option("-d", "--description", default=None)
+    @click.option("-m", "--metadata", default=None, help="JSON object of metadata.")
+    @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
+    @click.option("--include", multiple=True)
+    @click.option("--exclude", multiple=True)
+    @repo_option
+    @json_option
+    def put(
+        paths: tuple[str, ...],
+        full_name: str,
+        type_: str,
+        aliases: tuple[str, ...],
+        description: str | None,
+        metadata: str | None,
+        tags: tuple[str, ...],
+        include: tuple[str, ...],
+        exclude: tuple[str, ...],
+        repo_url: str | None,
+        as_json: bool,
+    ) -> None:
+        """Log PATHS as the next version of PROJECT/NAME (or find the identical existing one)."""
+        ref = parse_ref(full_name)
+        if ref.version is not None or ref.alias is not None:
+            raise click.BadParameter(
+                "give PROJECT/NAME without :alias (use -a to set aliases)", param_hint="-n"
+            )
+        meta = None
+        if metadata is not None:
+            try:
+                meta = json.loads(metadata)
+            except json.JSONDecodeError as e:
+                raise click.BadParameter(f"not JSON: {e}", param_hint="-m") from None
+            if not isinstance(meta, dict):
+                raise click.BadParameter("metadata must be a JSON object", param_hint="-m")
+        start = time.perf_counter()
+        result = _run(
+            repo_url,
+            lambda repo: repo.log(
+                sources_for(list(paths)),
+                project=ref.project,
+                name=ref.name,
+                type=type_,
+                aliases=aliases,
+                description=description,
+                metadata=meta,
+                tags=tags,
+                include=include,
+                exclude=exclude,
+            ),
+        )
+        seconds = time.perf_counter() - start
+        for w in result.warnings:
+            click.echo(f"warning: {w}", err=True)
+        r = result.record
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        **_record_json(r),
+                        "created_now": result.created,
+                        "seconds": round(seconds, 6),
+                        "new_blobs": result.new_blobs,
+                        "new_bytes": result.new_bytes,
+                        "packs": result.packs,
+                        "repo": repo_url or default_repo(),
+                    }
+                )
+            )
+            return
+        what = "logged" if result.created else "unchanged, same content as"
+        click.echo(
+            f"{what} {r.project}/{r.name}:v{r.version} ({r.files} files, {r.size} bytes; "
+            f"{result.new_bytes} new bytes in {result.packs} packs, {seconds:.2f} s)"
+        )
+        click.echo(f"repository: {repo_url or default_repo()}")
+
+    @cli.command("get")
+    @click.argument("ref")
+    @click.option("--root", default=None, help="Where to write the files [./<name>].")
+    @repo_option
+    @json_option
+    def get(ref: str, root: str | None, repo_url: str | None, as_json: bool) -> None:
+        """Download PROJECT/NAME[:ALIAS|:vN] (verified) into --root."""
+        parsed = parse_ref(ref)
+        target = root or parsed.name
+
+        async def job(repo: Repository) -> tuple[VersionRecord, int]:
+            record = await repo.resolve(parsed)
+            return record, await repo.download(record, target)
+
+        record, n = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps({**_record_json(record), "root": os.path.abspath(target), "written": n}))
+        else:
+            click.echo(
+                f"{record.project}/{record.name}:v{record.version} -> {os.path.abspath(target)} ({n} files)"
+            )
+
+    @cli.command("versions")
+    @click.argument("name")
+    @repo_option
+    @json_option
+    def versions(name: str, repo_url: str | None, as_json: bool) -> None:
+        """The versions of PROJECT/NAME with their aliases."""
+        ref = parse_ref(name)
+
+        async def job(repo: Repository) -> tuple[list[VersionRecord], dict[str, int]]:
+            head = await repo.head(ref.project, ref.name)
+            return await repo.versions(ref.project, ref.name), head.aliases
+
+        records, aliases = _run(repo_url, job)
+        by_version: dict[int, list[str]] = {}
+        for a, v in aliases.items():
+            by_version.setdefault(v, []).append(a)
+        latest = max((r.version for r in records), default=None)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            **_record_json(r),
+                            "aliases": sorted(by_version.get(r.version, []))
+                            + (["latest"] if r.version == latest else []),
+                        }
+                        for r in records
+                    ]
+                )
+            )
+            return
+        for r in records:
+            names = sorted(by_version.get(r.version, [])) + (["latest"] if r.version == latest else [])
+            click.echo(f"v{r.version}  {r.created}  {r.files} files  {r.size} bytes  {' '.join(names)}")
+
+    @cli.command("show")
+    @click.argument("ref")
+    @repo_option
+    def show(ref: str, repo_url: str | None) -> None:
+        """One version's record as JSON."""
+        record = _run(repo_url, lambda repo: repo.resolve(parse_ref(ref)))
+        json.dump(_record_json(record), sys.stdout, indent=1)
+        click.echo()

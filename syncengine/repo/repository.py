@@ -1,0 +1,502 @@
+"""A repository on any ObjectStore: log versions (scan → hash → delta → pack → commit) and read them back.
+
+Commit order makes a crash harmless: packs, then the index segment naming their blobs, then
+manifest pages and record, then the version record (create-if-absent), then the artifact
+head (compare-and-swap). Every object a version names exists before the version does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import getpass
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import blake3 as _blake3
+import msgspec
+
+from syncengine.errors import (
+    ConfigError,
+    FileChangedError,
+    HashingFailed,
+    ObjectNotFound,
+    PreconditionFailed,
+    SyncEngineError,
+)
+from syncengine.hashing.params import GEAR_SEED, ChunkerParams
+from syncengine.hashing.stat_cache import StatCache
+from syncengine.hashing.tree import Source, TreeHasher
+from syncengine.repo.manifest import (
+    Manifest,
+    ManifestBuilder,
+    ManifestEntry,
+    ManifestReader,
+    decode_manifest,
+    encode_manifest,
+)
+from syncengine.repo.pack import (
+    CorruptData,
+    IndexEntry,
+    PackWriter,
+    blob_digest,
+    decode_index,
+    encode_index,
+    index_entries,
+    read_blob,
+)
+from syncengine.repo.records import (
+    FORMAT,
+    ArtifactHead,
+    ArtifactRef,
+    VersionRecord,
+    check_alias,
+    check_name,
+    check_tag,
+    decode_head,
+    decode_version,
+    encode_record,
+    head_key,
+    version_key,
+)
+from syncengine.store.base import ObjectStore
+
+PACK_TARGET: Final = 32 << 20
+
+
+class RepoConfig(msgspec.Struct, frozen=True):
+    format: int
+    id: str
+    hash: str
+    chunker: dict[str, int]
+    pack_target: int = PACK_TARGET
+
+    @property
+    def params(self) -> ChunkerParams:
+        c = self.chunker
+        if c.get("seed", GEAR_SEED) != GEAR_SEED:
+            raise ConfigError("this repository uses a gear seed this version of syncengine does not know")
+        return ChunkerParams(c["min"], c["avg"], c["max"])
+
+
+class ArtifactNotFound(SyncEngineError, LookupError):
+    """No such project/artifact/version/alias; the message says what exists instead."""
+
+
+class TypeMismatch(SyncEngineError, ValueError):
+    """An artifact was logged with a type other than the one it has."""
+
+
+class UnsafePath(SyncEngineError, ValueError):
+    """A manifest path would escape the download root."""
+
+
+@dataclass
+class PutResult:
+    record: VersionRecord
+    created: bool  # False: identical content already existed as this version
+    files: int = 0
+    bytes: int = 0
+    new_blobs: int = 0
+    new_bytes: int = 0
+    packs: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _obj_key(kind: str, digest: bytes) -> str:
+    h = digest.hex()
+    return f"{kind}/{h[:2]}/{h}"
+
+
+async def _put_immutable(store: ObjectStore, key: str, data: bytes) -> None:
+    """Content-addressed objects: an existing object with this name already has these bytes."""
+    with contextlib.suppress(PreconditionFailed):
+        await store.put(key, data, if_none_match=True)
+
+
+class Repository:
+    """A syncengine repository in an object store (async core; see `syncengine.api`)."""
+
+    def __init__(self, store: ObjectStore, config: RepoConfig) -> None:
+        self.store = store
+        self.config = config
+        self.params = config.params
+        self._index: dict[bytes, IndexEntry] | None = None
+        self._segments: set[str] = set()
+
+    @classmethod
+    async def open(
+        cls, store: ObjectStore, *, create: bool = True, params: ChunkerParams | None = None
+    ) -> Repository:
+        """Opens the repository in `store`, creating its config on first use."""
+        try:
+            raw = await store.get("config")
+        except ObjectNotFound:
+            if not create:
+                raise
+            p = params or ChunkerParams()
+            cfg = RepoConfig(
+                FORMAT,
+                uuid.uuid4().hex,
+                "blake3",
+                {"min": p.min_size, "avg": p.avg_size, "max": p.max_size, "seed": GEAR_SEED},
+            )
+            with contextlib.suppress(PreconditionFailed):  # another writer created it first
+                await store.put("config", msgspec.json.encode(cfg), if_none_match=True)
+            raw = await store.get("config")
+        try:
+            config = msgspec.json.decode(raw, type=RepoConfig)
+        except msgspec.DecodeError as e:
+            raise ConfigError(
+                f"the repository config is unreadable ({e}); is this a syncengine repository?"
+            ) from e
+        if config.format != FORMAT:
+            raise ConfigError(
+                f"repository format {config.format} is not supported (this syncengine reads {FORMAT})"
+            )
+        return cls(store, config)
+
+    # -- the blob index -------------------------------------------------------------------
+
+    async def index(self) -> dict[bytes, IndexEntry]:
+        """digest → location of every blob, from all index segments (loaded once, then
+        refreshed with segments written since)."""
+        if self._index is None:
+            self._index = {}
+        async for info in self.store.list("index/"):
+            if info.key in self._segments:
+                continue
+            data = await self.store.get(info.key)
+            for e in decode_index(bytes.fromhex(info.key.rsplit("/", 1)[1]), data):
+                self._index.setdefault(e.digest, e)
+            self._segments.add(info.key)
+        return self._index
+
+    # -- logging a version ----------------------------------------------------------------
+
+    async def log(
+        self,
+        sources: Sequence[Source],
+        *,
+        project: str,
+        name: str,
+        type: str,
+        aliases: Sequence[str] = (),
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        stat_cache: bool = True,
+        threads: int | None = None,
+    ) -> PutResult:
+        """Hashes `sources`, stores what the repository lacks, and records a version
+        (or returns the existing version with identical content)."""
+        check_name("project", project)
+        check_name("artifact name", name)
+        check_name("type", type)
+        aliases = [check_alias(a) for a in dict.fromkeys(aliases)]
+        tags = [check_tag(t) for t in dict.fromkeys(tags)]
+        if metadata is not None:
+            try:
+                metadata = msgspec.json.decode(msgspec.json.encode(metadata))
+            except (TypeError, msgspec.EncodeError) as e:
+                raise ConfigError(f"metadata must be JSON-serialisable: {e}") from e
+        head, _ = await self._read_head(project, name)
+        if head is not None and head.type != type:
+            raise TypeMismatch(f"artifact {project}/{name} has type {head.type!r}, not {type!r}")
+
+        index = await self.index()
+        cache = StatCache(None, self.params.label) if stat_cache else None
+        hasher = TreeHasher(self.params, threads=threads, stat_cache=cache, include=include, exclude=exclude)
+        result = PutResult(VersionRecord(FORMAT, project, name, -1, type, "", "", 0, 0, ""), False)
+        builder = ManifestBuilder()
+        writer = PackWriter()
+        new_entries: list[IndexEntry] = []
+        queued: set[bytes] = set()
+        uploads: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+
+        async def flush_pack() -> None:
+            nonlocal writer
+            if not len(writer):
+                return
+            pid, data, locs = await loop.run_in_executor(None, writer.finish)
+            writer = PackWriter()
+            new_entries.extend(index_entries(pid, locs))
+            result.packs += 1
+            task = asyncio.ensure_future(_put_immutable(self.store, _obj_key("data", pid), data))
+            uploads.add(task)
+            task.add_done_callback(uploads.discard)
+            if len(uploads) >= 4:  # bounded bytes in flight: at most 4 packs
+                await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
+
+        def read_blobs(path: str, wanted: list[tuple[bytes, int, int]]) -> list[tuple[bytes, bytes]]:
+            out = []
+            with open(path, "rb", buffering=0) as f:
+                for digest, offset, length in wanted:
+                    f.seek(offset)
+                    data = f.read(length)
+                    if len(data) != length or blob_digest(data) != digest:
+                        raise FileChangedError(path, "content differs from when it was hashed")
+                    out.append((digest, data))
+            return out
+
+        try:
+            for hashed in hasher.hash(list(sources)):
+                d, scanned = hashed.digest, hashed.entry
+                chunks = tuple((c.length, c.digest) for c in d.chunks)
+                entry = ManifestEntry(scanned.path, d.size, scanned.mode & 0o777, d.digest, chunks)
+                for pid, data in builder.add(entry):
+                    await _put_immutable(self.store, _obj_key("manifests", pid), data)
+                blobs = (
+                    [(c.digest, c.offset, c.length) for c in d.chunks]
+                    if d.chunks
+                    else [(d.digest, 0, d.size)]
+                )
+                wanted = [b for b in blobs if b[0] not in index and b[0] not in queued]
+                if wanted:
+                    for digest, data in await loop.run_in_executor(None, read_blobs, scanned.abspath, wanted):
+                        if digest in queued:
+                            continue
+                        queued.add(digest)
+                        writer.add(digest, data)
+                        result.new_blobs += 1
+                        result.new_bytes += len(data)
+                    if writer.size >= self.config.pack_target:
+                        await flush_pack()
+                result.files += 1
+                result.bytes += d.size
+        finally:
+            if cache is not None:
+                cache.close()
+        if hasher.stats.errors:
+            raise HashingFailed(hasher.stats.errors)
+        result.warnings = [w.message for w in hasher.stats.warnings]
+        await flush_pack()
+        if uploads:
+            await asyncio.gather(*uploads)
+        if new_entries:
+            sid, seg = encode_index(new_entries)
+            await _put_immutable(self.store, f"index/{sid.hex()}", seg)
+            for ie in new_entries:
+                index.setdefault(ie.digest, ie)
+            self._segments.add(f"index/{sid.hex()}")
+        pages, manifest = builder.finish()
+        for pid, data in pages:
+            await _put_immutable(self.store, _obj_key("manifests", pid), data)
+        mdata = encode_manifest(manifest)
+        mkey = _obj_key("manifests", _blake3.blake3(mdata).digest())
+        await _put_immutable(self.store, mkey, mdata)
+        record, created = await self._commit(
+            project, name, type, manifest, mkey, aliases, description or "", metadata or {}, tuple(tags)
+        )
+        result.record, result.created = record, created
+        return result
+
+    async def _read_head(self, project: str, name: str) -> tuple[ArtifactHead | None, str | None]:
+        try:
+            async with self.store.open_read(head_key(project, name)) as r:
+                return decode_head(await r.read()), r.info.etag
+        except ObjectNotFound:
+            return None, None
+
+    async def _write_head(self, head: ArtifactHead, etag: str | None) -> bool:
+        try:
+            if etag is None:
+                await self.store.put(
+                    head_key(head.project, head.name), encode_record(head), if_none_match=True
+                )
+            else:
+                await self.store.put(head_key(head.project, head.name), encode_record(head), if_match=etag)
+        except PreconditionFailed:
+            return False
+        return True
+
+    async def _commit(
+        self,
+        project: str,
+        name: str,
+        type: str,
+        manifest: Manifest,
+        mkey: str,
+        aliases: list[str],
+        description: str,
+        metadata: dict[str, Any],
+        tags: tuple[str, ...],
+    ) -> tuple[VersionRecord, bool]:
+        digest = manifest.content_digest.hex()
+        created = False
+        number: int | None = None
+        record: VersionRecord | None = None
+        while True:
+            head, etag = await self._read_head(project, name)
+            if head is not None and head.type != type:
+                raise TypeMismatch(f"artifact {project}/{name} has type {head.type!r}, not {type!r}")
+            if head is None:
+                head = ArtifactHead(FORMAT, project, name, type)
+            existing = head.digests.get(digest)
+            if record is None and existing is not None:
+                number = existing
+                record = await self.version(project, name, existing)
+            elif record is None:
+                number = (head.latest + 1) if head.latest is not None else 0
+                while True:  # the number is taken once its record exists: first come, first served
+                    candidate = VersionRecord(
+                        FORMAT,
+                        project,
+                        name,
+                        number,
+                        type,
+                        mkey,
+                        digest,
+                        manifest.entries,
+                        manifest.size,
+                        _now(),
+                        _created_by(),
+                        description,
+                        metadata,
+                        tags,
+                    )
+                    try:
+                        await self.store.put(
+                            version_key(project, name, number), encode_record(candidate), if_none_match=True
+                        )
+                        record, created = candidate, True
+                        break
+                    except PreconditionFailed:
+                        number += 1
+            assert record is not None and number is not None
+            new_aliases = {a: v for a, v in head.aliases.items() if a not in aliases}
+            new_aliases.update({a: number for a in aliases})
+            latest = max(number, head.latest if head.latest is not None else -1)
+            new_head = msgspec.structs.replace(
+                head, latest=latest, aliases=new_aliases, digests={**head.digests, digest: number}
+            )
+            if new_head == head or await self._write_head(new_head, etag):
+                return record, created
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def version(self, project: str, name: str, number: int) -> VersionRecord:
+        try:
+            return decode_version(await self.store.get(version_key(project, name, number)))
+        except ObjectNotFound:
+            raise ArtifactNotFound(f"{project}/{name} has no version v{number}") from None
+
+    async def head(self, project: str, name: str) -> ArtifactHead:
+        head, _ = await self._read_head(project, name)
+        if head is None:
+            names = [n async for n in self.artifacts(project)]
+            hint = f" (it has: {', '.join(names[:10])})" if names else ""
+            raise ArtifactNotFound(f"project {project!r} has no artifact {name!r}{hint}")
+        return head
+
+    async def artifacts(self, project: str) -> AsyncIterator[str]:
+        prefix = f"artifacts/{project}/"
+        async for info in self.store.list(prefix):
+            rest = info.key[len(prefix) :]
+            if rest.endswith("/head") and rest.count("/") == 1:
+                yield rest[: -len("/head")]
+
+    async def resolve(self, ref: ArtifactRef) -> VersionRecord:
+        """The version a reference names: `:vN`, `:alias`, or the newest (`latest`)."""
+        head = await self.head(ref.project, ref.name)
+        if ref.version is not None:
+            return await self.version(ref.project, ref.name, ref.version)
+        if ref.alias in (None, "latest"):
+            if head.latest is None:
+                raise ArtifactNotFound(f"{ref.full_name} has no versions")
+            return await self.version(ref.project, ref.name, head.latest)
+        assert ref.alias is not None
+        if ref.alias not in head.aliases:
+            known = ", ".join(sorted(head.aliases)) or "none"
+            raise ArtifactNotFound(f"{ref.full_name} has no alias {ref.alias!r} (aliases: {known})")
+        return await self.version(ref.project, ref.name, head.aliases[ref.alias])
+
+    async def versions(self, project: str, name: str) -> list[VersionRecord]:
+        head = await self.head(project, name)
+        out = []
+        prefix = f"artifacts/{project}/{name}/versions/v"
+        numbers = sorted([int(i.key[len(prefix) :]) async for i in self.store.list(prefix)])
+        for n in numbers:
+            out.append(await self.version(project, name, n))
+        del head
+        return out
+
+    async def manifest(self, record: VersionRecord) -> ManifestReader:
+        m = decode_manifest(await self.store.get(record.manifest))
+        return ManifestReader(m, lambda pid: self.store.get(_obj_key("manifests", pid)))
+
+    async def download(self, record: VersionRecord, root: str) -> int:
+        """Writes the version's files under `root` (verified; temp + fsync + rename); files
+        already there with the right content are left alone. Returns files written."""
+        reader = await self.manifest(record)
+        index = await self.index()
+        written = 0
+        root = os.path.abspath(root)
+        os.makedirs(root, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        async for entry in reader.entries():
+            target = safe_target(root, entry.path)
+            blobs = [(n, d) for n, d in entry.chunks] if entry.chunks else [(entry.size, entry.digest)]
+            parts = []
+            for _, digest in blobs:
+                loc = index.get(digest)
+                if loc is None:
+                    raise CorruptData(f"{entry.path}: blob {digest.hex()} is in no pack of this repository")
+                span = (loc.offset, loc.offset + loc.stored)
+                stored = await self.store.get(_obj_key("data", loc.pack), span)
+                parts.append(read_blob(loc.pack, stored, loc))
+            await loop.run_in_executor(None, _write_file, target, parts, entry.mode)
+            written += 1
+        return written
+
+
+def _created_by() -> dict[str, str]:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name on some containers
+        user = ""
+    return {"host": socket.gethostname(), "user": user}
+
+
+def safe_target(root: str, path: str) -> str:
+    """The file path for a manifest entry, refusing anything that could land outside root."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in path:
+        raise UnsafePath(f"manifest path {path!r} is absolute or contains '..'/empty parts; refused")
+    target = os.path.join(root, *parts)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    real = os.path.realpath(parent)
+    if real != root and not real.startswith(os.path.realpath(root) + os.sep):
+        raise UnsafePath(f"manifest path {path!r} would leave {root} through a symlink; refused")
+    if os.path.islink(target):
+        raise UnsafePath(f"{target} is a symlink; refusing to write through it")
+    return target
+
+
+def _write_file(target: str, parts: list[bytes], mode: int) -> None:
+    tmp = f"{target}.se-tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            for p in parts:
+                f.write(p)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode or 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

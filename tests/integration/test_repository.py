@@ -1,0 +1,166 @@
+"""Versions on the embedded local store: v0, v1…, identical content, dedup, download, safety."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syncengine.hashing.params import ChunkerParams
+from syncengine.hashing.tree import Source
+from syncengine.repo.pack import CorruptData
+from syncengine.repo.records import parse_ref
+from syncengine.repo.repository import ArtifactNotFound, Repository, TypeMismatch, UnsafePath, safe_target
+from syncengine.store.local import LocalStore
+
+PARAMS = ChunkerParams(4096, 16384, 65536)
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+async def open_repo(path: Path) -> Repository:
+    return await Repository.open(LocalStore(path), params=PARAMS)
+
+
+def test_versions_identical_content_dedup_and_download(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    files = {"a.txt": b"alpha", "big/model.bin": os.urandom(300_000), "c/d.csv": b"x,y\n" * 1000}
+    write_tree(data, files)
+
+    async def go() -> None:
+        repo = await open_repo(tmp_path / "repo")
+        r0 = await repo.log(
+            [Source(str(data))],
+            project="vision",
+            name="mnist",
+            type="dataset",
+            aliases=["best"],
+            metadata={"rows": 3},
+            description="first",
+        )
+        assert r0.created and r0.record.version == 0 and r0.files == 3
+        again = await repo.log(
+            [Source(str(data))], project="vision", name="mnist", type="dataset", aliases=["prod"]
+        )
+        assert not again.created and again.record.version == 0 and again.new_bytes == 0
+        head = await repo.head("vision", "mnist")
+        assert head.aliases == {"best": 0, "prod": 0} and head.latest == 0
+
+        (data / "extra.bin").write_bytes(os.urandom(50_000))
+        r1 = await repo.log([Source(str(data))], project="vision", name="mnist", type="dataset")
+        assert r1.created and r1.record.version == 1
+        assert 50_000 <= r1.new_bytes < 60_000  # only the new file moved: dedup across versions
+        assert (await repo.resolve(parse_ref("vision/mnist"))).version == 1
+        assert (await repo.resolve(parse_ref("vision/mnist:best"))).version == 0
+        assert (await repo.resolve(parse_ref("vision/mnist:v0"))).metadata == {"rows": 3}
+
+        out = tmp_path / "out"
+        await repo.download(await repo.resolve(parse_ref("vision/mnist:v0")), str(out))
+        assert read_tree(out) == files
+        assert [v.version for v in await repo.versions("vision", "mnist")] == [0, 1]
+
+        with pytest.raises(TypeMismatch, match="has type 'dataset', not 'model'"):
+            await repo.log([Source(str(data))], project="vision", name="mnist", type="model")
+        with pytest.raises(ArtifactNotFound, match=r"no alias 'nope'.*best, prod"):
+            await repo.resolve(parse_ref("vision/mnist:nope"))
+        with pytest.raises(ArtifactNotFound, match=r"has no artifact 'mnst'.*mnist"):
+            await repo.resolve(parse_ref("vision/mnst"))
+
+    asyncio.run(go())
+
+
+def test_corrupted_pack_byte_fails_download_naming_the_blob(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_tree(data, {"f.bin": os.urandom(10_000)})
+
+    async def go() -> None:
+        repo = await open_repo(tmp_path / "repo")
+        r = await repo.log([Source(str(data))], project="p", name="n", type="t")
+        pack = next((tmp_path / "repo" / "data").rglob("*"))
+        while pack.is_dir():
+            pack = next(pack.iterdir())
+        raw = bytearray(pack.read_bytes())
+        raw[100] ^= 0xFF
+        pack.write_bytes(bytes(raw))
+        with pytest.raises(CorruptData, match="BLAKE3 mismatch"):
+            await repo.download(r.record, str(tmp_path / "out"))
+        assert not (tmp_path / "out" / "f.bin").exists()
+
+    asyncio.run(go())
+
+
+def test_unsafe_manifest_paths_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    for bad in ("../x", "/etc/passwd", "a/../../x", "a//b", "./a"):
+        with pytest.raises(UnsafePath):
+            safe_target(str(root), bad)
+    (tmp_path / "outside").mkdir()
+    (root / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(UnsafePath, match="symlink"):
+        safe_target(str(root), "link/evil.txt")
+    assert safe_target(str(root), "ok/file.txt") == str(root / "ok" / "file.txt")
+
+
+WRITER = """
+import asyncio, os, sys
+from pathlib import Path
+from syncengine.hashing.params import ChunkerParams
+from syncengine.hashing.tree import Source
+from syncengine.repo.repository import Repository
+from syncengine.store.local import LocalStore
+
+async def main(repo_dir, work, me):
+    repo = await Repository.open(LocalStore(repo_dir), params=ChunkerParams(4096, 16384, 65536))
+    out = []
+    for i in range(3):
+        d = Path(work) / f"w{me}-{i}"
+        d.mkdir(parents=True)
+        (d / "f.txt").write_bytes(f"writer {me} log {i}".encode())
+        r = await repo.log([Source(str(d))], project="p", name="shared", type="t", aliases=[f"w{me}"])
+        out.append(r.record.version)
+    print(" ".join(map(str, out)))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
+"""
+
+
+def test_concurrent_writers_get_distinct_consecutive_versions(tmp_path: Path) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path / "repo"), str(tmp_path / "work"), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "SYNCENGINE_CACHE_DIR": str(tmp_path / f"cache{i}")},
+        )
+        for i in range(4)
+    ]
+    got = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        got += [int(x) for x in out.split()]
+    assert sorted(got) == list(range(12))
+
+    async def check() -> None:
+        repo = await open_repo(tmp_path / "repo")
+        head = await repo.head("p", "shared")
+        assert head.latest == 11
+        assert set(head.aliases) == {"w0", "w1", "w2", "w3"}  # no alias update lost
+        assert len(head.digests) == 12
+
+    asyncio.run(check())
