@@ -14,6 +14,7 @@ import click
 
 from syncengine._version import __version__
 from syncengine.cli.repo_commands import register as register_repo_commands
+from syncengine.cli.repo_commands import register_more as register_more_repo_commands
 from syncengine.errors import SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import TreeDigest
@@ -303,6 +304,7 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
 
 
 register_repo_commands(cli)
+register_more_repo_commands(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

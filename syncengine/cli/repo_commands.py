@@ -17,7 +17,8 @@ import platformdirs
 
 from syncengine.errors import ConfigError
 from syncengine.hashing.tree import sources_for
-from syncengine.repo.records import VersionRecord, parse_ref
+from syncengine.repo.manifest import Change
+from syncengine.repo.records import VersionRecord, check_name, parse_ref
 from syncengine.repo.repository import Repository
 from syncengine.store.local import LocalStore
 
@@ -179,14 +180,15 @@ def register(cli: click.Group) -> None:
         for a, v in aliases.items():
             by_version.setdefault(v, []).append(a)
         latest = max((r.version for r in records), default=None)
+        if latest is not None:
+            by_version.setdefault(latest, []).append("latest")
         if as_json:
             click.echo(
                 json.dumps(
                     [
                         {
                             **_record_json(r),
-                            "aliases": sorted(by_version.get(r.version, []))
-                            + (["latest"] if r.version == latest else []),
+                            "aliases": sorted(by_version.get(r.version, [])),
                         }
                         for r in records
                     ]
@@ -194,7 +196,7 @@ def register(cli: click.Group) -> None:
             )
             return
         for r in records:
-            names = sorted(by_version.get(r.version, [])) + (["latest"] if r.version == latest else [])
+            names = sorted(by_version.get(r.version, []))
             click.echo(f"v{r.version}  {r.created}  {r.files} files  {r.size} bytes  {' '.join(names)}")
 
     @cli.command("show")
@@ -205,3 +207,121 @@ def register(cli: click.Group) -> None:
         record = _run(repo_url, lambda repo: repo.resolve(parse_ref(ref)))
         json.dump(_record_json(record), sys.stdout, indent=1)
         click.echo()
+
+
+def register_more(cli: click.Group) -> None:
+    @cli.command("ls")
+    @click.argument("project", required=False)
+    @repo_option
+    @json_option
+    def ls(project: str | None, repo_url: str | None, as_json: bool) -> None:
+        """Projects, or the artifacts of PROJECT with type and newest version."""
+
+        async def job(repo: Repository) -> Any:
+            if project is None:
+                return await repo.projects()
+            out = []
+            async for name in repo.artifacts(check_name("project", project)):
+                head = await repo.head(project, name)
+                out.append(
+                    {
+                        "name": f"{project}/{name}",
+                        "type": head.type,
+                        "latest": head.latest,
+                        "aliases": head.aliases,
+                    }
+                )
+            return out
+
+        rows = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps(rows))
+        elif project is None:
+            for p in rows:
+                click.echo(p)
+        else:
+            for r in rows:
+                latest = f"v{r['latest']}" if r["latest"] is not None else "-"
+                click.echo(f"{r['name']}  {r['type']}  latest={latest}  {' '.join(sorted(r['aliases']))}")
+
+    @cli.command("diff")
+    @click.argument("a")
+    @click.argument("b")
+    @repo_option
+    @json_option
+    def diff_cmd(a: str, b: str, repo_url: str | None, as_json: bool) -> None:
+        """Files added (+), removed (-) and changed (M) from version A to version B."""
+
+        async def job(repo: Repository) -> list[Change]:
+            ra, rb = await repo.resolve(parse_ref(a)), await repo.resolve(parse_ref(b))
+            return await repo.diff(ra, rb)
+
+        changes = _run(repo_url, job)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            "path": c.path,
+                            "change": _kind(c),
+                            "old_size": c.old.size if c.old else None,
+                            "new_size": c.new.size if c.new else None,
+                        }
+                        for c in changes
+                    ]
+                )
+            )
+            return
+        for c in changes:
+            click.echo(f"{_SIGN[_kind(c)]} {c.path}")
+
+    @cli.group("alias")
+    def alias() -> None:
+        """Move or remove aliases of versions."""
+
+    @alias.command("add")
+    @click.argument("ref")
+    @click.argument("names", nargs=-1, required=True)
+    @repo_option
+    def alias_add(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
+        """Point alias NAMES at PROJECT/NAME:vN (moving them from other versions)."""
+        r = parse_ref(ref)
+        if r.version is None:
+            raise click.BadParameter("name the version as PROJECT/NAME:vN", param_hint="REF")
+        _run(repo_url, lambda repo: repo.set_aliases(r.project, r.name, r.version or 0, add=names))
+        click.echo(f"{', '.join(names)} -> {r}")
+
+    @alias.command("rm")
+    @click.argument("ref")
+    @click.argument("names", nargs=-1, required=True)
+    @repo_option
+    def alias_rm(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
+        """Remove alias NAMES from PROJECT/NAME:vN."""
+        r = parse_ref(ref)
+        if r.version is None:
+            raise click.BadParameter("name the version as PROJECT/NAME:vN", param_hint="REF")
+        _run(repo_url, lambda repo: repo.set_aliases(r.project, r.name, r.version or 0, remove=names))
+        click.echo(f"removed {', '.join(names)} from {r}")
+
+    @cli.command("check")
+    @click.option("--read-data", is_flag=True, help="Also read every blob and verify its BLAKE3.")
+    @repo_option
+    @json_option
+    def check(read_data: bool, repo_url: str | None, as_json: bool) -> None:
+        """Verify the repository: every version's manifest and blobs reachable (and intact)."""
+        problems = _run(repo_url, lambda repo: repo.check(read_data=read_data))
+        if as_json:
+            click.echo(json.dumps({"ok": not problems, "problems": problems}))
+        else:
+            for p in problems:
+                click.echo(f"problem: {p}", err=True)
+            click.echo("repository ok" if not problems else f"{len(problems)} problem(s) found")
+        if problems:
+            sys.exit(1)
+
+
+_SIGN = {"added": "+", "removed": "-", "modified": "M"}
+
+
+def _kind(c: Change) -> str:
+    return "added" if c.old is None else "removed" if c.new is None else "modified"

@@ -14,7 +14,7 @@ import getpass
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,6 +33,7 @@ from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.hashing.stat_cache import StatCache
 from syncengine.hashing.tree import Source, TreeHasher
 from syncengine.repo.manifest import (
+    Change,
     Manifest,
     ManifestBuilder,
     ManifestEntry,
@@ -40,6 +41,7 @@ from syncengine.repo.manifest import (
     decode_manifest,
     encode_manifest,
 )
+from syncengine.repo.manifest import diff as diff_manifests
 from syncengine.repo.pack import (
     CorruptData,
     IndexEntry,
@@ -431,6 +433,131 @@ class Repository:
         for n in numbers:
             out.append(await self.version(project, name, n))
         del head
+        return out
+
+    async def update_head(
+        self, project: str, name: str, change: Callable[[ArtifactHead], ArtifactHead]
+    ) -> ArtifactHead:
+        """Applies `change` to the artifact head by compare-and-swap, retrying on conflict,
+        so concurrent alias moves on any machine lose no update."""
+        while True:
+            head, etag = await self._read_head(project, name)
+            if head is None:
+                raise ArtifactNotFound(f"project {project!r} has no artifact {name!r}")
+            new = change(head)
+            if new == head or await self._write_head(new, etag):
+                return new
+
+    async def set_aliases(
+        self, project: str, name: str, version: int, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> ArtifactHead:
+        """Points aliases in `add` at `version` (moving them from other versions atomically)
+        and drops aliases in `remove` that point at it."""
+        add = [check_alias(a) for a in add]
+        remove = [check_alias(a) for a in remove]
+        await self.version(project, name, version)  # must exist
+
+        def change(head: ArtifactHead) -> ArtifactHead:
+            aliases = {a: v for a, v in head.aliases.items() if not (a in remove and v == version)}
+            aliases.update({a: version for a in add})
+            return msgspec.structs.replace(head, aliases=aliases)
+
+        return await self.update_head(project, name, change)
+
+    async def update_version(
+        self, project: str, name: str, version: int, change: Callable[[VersionRecord], VersionRecord]
+    ) -> VersionRecord:
+        """Applies `change` (description, metadata, tags, TTL) to a version record by
+        compare-and-swap; the immutable fields cannot change."""
+        key = version_key(project, name, version)
+        while True:
+            try:
+                async with self.store.open_read(key) as r:
+                    current, etag = decode_version(await r.read()), r.info.etag
+            except ObjectNotFound:
+                raise ArtifactNotFound(f"{project}/{name} has no version v{version}") from None
+            new = change(current)
+            frozen = (
+                "project",
+                "name",
+                "version",
+                "type",
+                "manifest",
+                "content_digest",
+                "files",
+                "size",
+                "created",
+            )
+            if any(getattr(new, f) != getattr(current, f) for f in frozen):
+                raise ConfigError("only description, metadata, tags and ttl of a version can change")
+            if new.metadata != current.metadata:
+                try:
+                    msgspec.json.encode(new.metadata)
+                except (TypeError, msgspec.EncodeError) as e:
+                    raise ConfigError(f"metadata must be JSON-serialisable: {e}") from e
+            for t in new.tags:
+                check_tag(t)
+            if new == current:
+                return current
+            try:
+                await self.store.put(key, encode_record(new), if_match=etag)
+                return new
+            except PreconditionFailed:
+                continue
+
+    async def check(self, read_data: bool = False) -> list[str]:
+        """Problems found in the repository, one line each (empty: healthy). Every version's
+        manifest pages must load and match their names, every blob they name must be in the
+        index and its pack present; with `read_data`, every blob is read and its BLAKE3 checked."""
+        problems: list[str] = []
+        index = await self.index()
+        packs: dict[str, int] = {}
+        async for info in self.store.list("data/"):
+            packs[info.key.rsplit("/", 1)[1]] = info.size
+        needed: dict[bytes, str] = {}
+        async for info in self.store.list("artifacts/"):
+            parts = info.key.split("/")
+            if len(parts) != 5 or parts[3] != "versions":
+                continue
+            try:
+                record = decode_version(await self.store.get(info.key))
+                reader = await self.manifest(record)
+                async for entry in reader.entries():
+                    blobs = [d for _, d in entry.chunks] if entry.chunks else [entry.digest]
+                    for d in blobs:
+                        needed.setdefault(d, f"{record.project}/{record.name}:v{record.version} {entry.path}")
+            except (SyncEngineError, msgspec.DecodeError) as e:
+                problems.append(f"{info.key}: {e}")
+        for digest, where in needed.items():
+            loc = index.get(digest)
+            if loc is None:
+                problems.append(f"{where}: blob {digest.hex()} is in no index segment")
+            elif loc.pack.hex() not in packs:
+                problems.append(f"{where}: pack {loc.pack.hex()} holding blob {digest.hex()} is missing")
+            elif loc.offset + loc.stored > packs[loc.pack.hex()]:
+                problems.append(f"{where}: pack {loc.pack.hex()} is shorter than blob {digest.hex()} needs")
+        if read_data:
+            for digest, where in needed.items():
+                loc = index.get(digest)
+                if loc is None or loc.pack.hex() not in packs:
+                    continue
+                try:
+                    span = (loc.offset, loc.offset + loc.stored)
+                    read_blob(loc.pack, await self.store.get(_obj_key("data", loc.pack), span), loc)
+                except CorruptData as e:
+                    problems.append(f"{where}: {e}")
+        return problems
+
+    async def diff(self, a: VersionRecord, b: VersionRecord) -> list[Change]:
+        """What changed from version `a` to version `b` (reads only pages they do not share)."""
+        return await diff_manifests(await self.manifest(a), await self.manifest(b))
+
+    async def projects(self) -> list[str]:
+        out: list[str] = []
+        async for info in self.store.list("artifacts/"):
+            p = info.key.split("/")[1]
+            if not out or out[-1] != p:
+                out.append(p)
         return out
 
     async def manifest(self, record: VersionRecord) -> ManifestReader:

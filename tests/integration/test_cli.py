@@ -185,3 +185,42 @@ def test_put_get_versions_round_trip(tmp_path: Path) -> None:
     )
     wrong = cli("put", "-n", "proj/data", "-t", "model", str(data), env=env)
     assert wrong.returncode == 1 and "has type 'dataset', not 'model'" in wrong.stderr
+
+
+def test_ls_diff_alias_and_check(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "keep.txt").write_bytes(b"keep")
+    (data / "gone.txt").write_bytes(b"gone")
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    assert cli("put", "-n", "p/a", "-t", "model", str(data), env=env).returncode == 0
+    (data / "gone.txt").unlink()
+    (data / "keep.txt").write_bytes(b"KEEP")
+    (data / "new.txt").write_bytes(b"new")
+    assert cli("put", "-n", "p/a", "-t", "model", str(data), env=env).returncode == 0
+    assert cli("ls", env=env).stdout.split() == ["p"]
+    assert json.loads(cli("ls", "p", "--json", env=env).stdout)[0]["latest"] == 1
+    assert cli("diff", "p/a:v0", "p/a:v1", env=env).stdout.splitlines() == [
+        "- gone.txt",
+        "M keep.txt",
+        "+ new.txt",
+    ]
+    assert cli("alias", "add", "p/a:v0", "prod", "stable", env=env).returncode == 0
+    assert cli("alias", "add", "p/a:v1", "prod", env=env).returncode == 0  # moves prod
+    assert cli("alias", "rm", "p/a:v0", "stable", env=env).returncode == 0
+    listing = json.loads(cli("versions", "p/a", "--json", env=env).stdout)
+    assert [v["aliases"] for v in listing] == [[], ["latest", "prod"]]
+    bad_alias = cli("alias", "add", "p/a:v1", "a:b", env=env)
+    assert bad_alias.returncode == 1 and "invalid alias" in bad_alias.stderr
+
+    assert json.loads(cli("check", "--read-data", "--json", env=env).stdout) == {"ok": True, "problems": []}
+    packs = sorted(p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file())
+    raw = bytearray(packs[0].read_bytes())
+    raw[9] ^= 1
+    packs[0].write_bytes(bytes(raw))
+    assert cli("check", env=env).returncode == 0  # structure intact; only reading the data can tell
+    r = cli("check", "--read-data", env=env)
+    assert r.returncode == 1 and "BLAKE3 mismatch" in r.stderr and "p/a:v" in r.stderr
+    packs[1].unlink()
+    r = cli("check", "--json", env=env)
+    assert r.returncode == 1 and "is missing" in json.loads(r.stdout)["problems"][0]
