@@ -8,6 +8,7 @@ hasher and its reusable buffer.
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 from collections import deque
@@ -209,8 +210,10 @@ class TreeHasher:
         return FileDigest(size, file_digest_from_chunks(chunks), tuple(chunks))
 
     def scan(self, sources: Sequence[Source]) -> Iterator[ScanEntry]:
-        for src in sorted(sources, key=_order_key):
-            yield from scan(
+        """All sources' entries merged into one path-ordered stream (prefixes may nest, e.g.
+        a folder at the root plus a file added under `sub/`); a path given twice is an error."""
+        walks = [
+            scan(
                 src.root,
                 prefix=src.prefix,
                 include=self.include,
@@ -218,6 +221,17 @@ class TreeHasher:
                 follow_symlinks=self.follow_symlinks,
                 on_warning=self.stats.warnings.append,
             )
+            for src in sorted(sources, key=_order_key)
+        ]
+        if not walks:
+            return
+        stream = walks[0] if len(walks) == 1 else heapq.merge(*walks, key=lambda e: e.path.encode())
+        last: ScanEntry | None = None
+        for entry in stream:
+            if last is not None and entry.path == last.path:
+                raise ConfigError(f"{entry.path!r} is given twice: by {last.abspath} and by {entry.abspath}")
+            last = entry
+            yield entry
 
     def hash(self, sources: Sequence[Source]) -> Iterator[HashedFile]:
         """Every regular file under `sources`, hashed, in path order. Files that cannot be read

@@ -1,0 +1,105 @@
+"""The synchronous facade over `syncengine.aio`: the same API without `await`.
+
+Calls run on one background event loop thread, so the facade works from plain scripts, from
+threads, and from code already inside a running event loop (a notebook) without deadlock.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp()); (d / "data").mkdir(); _ = (d / "data" / "x.txt").write_text("x")
+>>> repo = Repository.open(str(d / "repo"))
+>>> art = Artifact("mnist", type="dataset"); art.add_dir(str(d / "data"))
+>>> repo.log_artifact(art, project="vision").version
+'v0'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from syncengine import aio
+from syncengine.aio import Artifact, Manifest
+
+T = TypeVar("T")
+__all__ = ["Artifact", "ArtifactVersion", "Manifest", "Repository"]
+
+
+class _Loop:
+    """One event loop on a daemon thread, shared by every facade object."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def run(cls, coro: Coroutine[Any, Any, T]) -> T:
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="syncengine-loop", daemon=True).start()
+                cls._loop = loop
+        return asyncio.run_coroutine_threadsafe(coro, cls._loop).result()
+
+
+class ArtifactVersion:
+    """A logged version; see `syncengine.aio.ArtifactVersion`."""
+
+    def __init__(self, inner: aio.ArtifactVersion) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_inner":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._inner, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def save(self) -> None:
+        _Loop.run(self._inner.save())
+
+    def download(self, root: str | os.PathLike[str] | None = None) -> str:
+        return _Loop.run(self._inner.download(root))
+
+    @property
+    def manifest(self) -> Manifest:
+        return _Loop.run(self._inner.manifest())
+
+
+class Repository:
+    """A repository; `Repository.open(path)` (default location when no path)."""
+
+    def __init__(self, inner: aio.Repository) -> None:
+        self._inner = inner
+
+    @classmethod
+    def open(cls, url: str | os.PathLike[str] | None = None) -> Repository:
+        return cls(_Loop.run(aio.Repository.open(url)))
+
+    def close(self) -> None:
+        _Loop.run(self._inner.close())
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_artifact(
+        self, artifact: Artifact, project: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
+    ) -> ArtifactVersion:
+        return ArtifactVersion(_Loop.run(self._inner.log_artifact(artifact, project, aliases, tags)))
+
+    def artifact(self, ref: str) -> ArtifactVersion:
+        return ArtifactVersion(_Loop.run(self._inner.artifact(ref)))
+
+    def artifact_versions(self, name: str) -> list[ArtifactVersion]:
+        return [ArtifactVersion(v) for v in _Loop.run(self._inner.artifact_versions(name))]
+
+    def artifacts(self, project: str, type: str | None = None) -> list[str]:
+        return _Loop.run(self._inner.artifacts(project, type))
