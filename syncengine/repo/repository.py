@@ -340,6 +340,9 @@ class Repository:
         created = False
         number: int | None = None
         record: VersionRecord | None = None
+        # Versions met while looking for a free number; a crashed writer may have created them
+        # without reaching the head, so the head learns their digests now.
+        found: dict[str, int] = {}
         while True:
             head, etag = await self._read_head(project, name)
             if head is not None and head.type != type:
@@ -376,14 +379,18 @@ class Repository:
                         record, created = candidate, True
                         break
                     except PreconditionFailed:
+                        taken = await self.version(project, name, number)
+                        found.setdefault(taken.content_digest, number)
+                        if taken.content_digest == digest and taken.type == type:
+                            record = taken  # left by a writer that crashed before its head update
+                            break
                         number += 1
             assert record is not None and number is not None
             new_aliases = {a: v for a, v in head.aliases.items() if a not in aliases}
             new_aliases.update({a: number for a in aliases})
-            latest = max(number, head.latest if head.latest is not None else -1)
-            new_head = msgspec.structs.replace(
-                head, latest=latest, aliases=new_aliases, digests={**head.digests, digest: number}
-            )
+            latest = max(number, *found.values(), head.latest if head.latest is not None else -1)
+            digests = {**found, **head.digests, digest: number}
+            new_head = msgspec.structs.replace(head, latest=latest, aliases=new_aliases, digests=digests)
             if new_head == head or await self._write_head(new_head, etag):
                 return record, created
 
