@@ -266,8 +266,16 @@ class Repository:
                     else [(d.digest, 0, d.size)]
                 )
                 wanted = [b for b in blobs if b[0] not in index and b[0] not in queued]
-                if wanted:
-                    for digest, data in await loop.run_in_executor(None, read_blobs, scanned.abspath, wanted):
+                # Read a large file's new chunks a pack's worth at a time: memory stays bounded
+                # by the pack size and the packs in flight, whatever the file size.
+                start = 0
+                while start < len(wanted):
+                    end, budget = start + 1, self.config.pack_target - wanted[start][2]
+                    while end < len(wanted) and budget > 0:
+                        budget -= wanted[end][2]
+                        end += 1
+                    group, start = wanted[start:end], end
+                    for digest, data in await loop.run_in_executor(None, read_blobs, scanned.abspath, group):
                         if digest in queued:
                             continue
                         queued.add(digest)
