@@ -138,6 +138,18 @@ class ArtifactVersion:
         await self._repo.core.download(self._record, target)
         return os.path.abspath(target)
 
+    async def checkout(self, root: str | os.PathLike[str]) -> str:
+        """Makes `root` exactly this version: downloads what differs, removes files it lacks."""
+        await self._repo.core.download(self._record, os.fspath(root), checkout=True)
+        return os.path.abspath(root)
+
+    async def verify(self, root: str | os.PathLike[str]) -> None:
+        """Raises `VerifyFailed` listing missing, extra and changed files if `root` is not
+        exactly this version."""
+        from syncengine.repo.download import check
+
+        await check(self._repo.core, self._record, root)
+
     async def manifest(self) -> Manifest:
         reader = await self._repo.core.manifest(self._record)
         return Manifest({e.path: e async for e in reader.entries()})

@@ -66,6 +66,12 @@ class ArtifactVersion:
     def download(self, root: str | os.PathLike[str] | None = None) -> str:
         return _Loop.run(self._inner.download(root))
 
+    def checkout(self, root: str | os.PathLike[str]) -> str:
+        return _Loop.run(self._inner.checkout(root))
+
+    def verify(self, root: str | os.PathLike[str]) -> None:
+        _Loop.run(self._inner.verify(root))
+
     @property
     def manifest(self) -> Manifest:
         return _Loop.run(self._inner.manifest())

@@ -144,16 +144,25 @@ def register(cli: click.Group) -> None:
     @cli.command("get")
     @click.argument("ref")
     @click.option("--root", default=None, help="Where to write the files [./<name>].")
+    @click.option("--prefix", "path_prefix", default=None, help="Only files under this path.")
+    @click.option("--checkout", is_flag=True, help="Also delete files under --root that the version lacks.")
     @repo_option
     @json_option
-    def get(ref: str, root: str | None, repo_url: str | None, as_json: bool) -> None:
-        """Download PROJECT/NAME[:ALIAS|:vN] (verified) into --root."""
+    def get(
+        ref: str,
+        root: str | None,
+        path_prefix: str | None,
+        checkout: bool,
+        repo_url: str | None,
+        as_json: bool,
+    ) -> None:
+        """Download PROJECT/NAME[:ALIAS|:vN] (verified) into --root; files already right stay."""
         parsed = parse_ref(ref)
         target = root or parsed.name
 
         async def job(repo: Repository) -> tuple[VersionRecord, int]:
             record = await repo.resolve(parsed)
-            return record, await repo.download(record, target)
+            return record, await repo.download(record, target, path_prefix=path_prefix, checkout=checkout)
 
         record, n = _run(repo_url, job)
         if as_json:
@@ -198,6 +207,25 @@ def register(cli: click.Group) -> None:
         for r in records:
             names = sorted(by_version.get(r.version, []))
             click.echo(f"v{r.version}  {r.created}  {r.files} files  {r.size} bytes  {' '.join(names)}")
+
+    @cli.command("verify")
+    @click.argument("ref")
+    @click.option("--root", required=True, help="The folder to compare with the version.")
+    @repo_option
+    def verify(ref: str, root: str, repo_url: str | None) -> None:
+        """Exit 0 if --root holds exactly the version, else list missing/extra/changed files."""
+        from syncengine.repo.download import verify as verify_root
+
+        async def job(repo: Repository) -> list[Any]:
+            return await verify_root(repo, await repo.resolve(parse_ref(ref)), root)
+
+        differences = _run(repo_url, job)
+        for d in differences:
+            click.echo(str(d))
+        if differences:
+            click.echo(f"{len(differences)} difference(s)", err=True)
+            sys.exit(1)
+        click.echo(f"{root} matches {ref}")
 
     @cli.command("show")
     @click.argument("ref")

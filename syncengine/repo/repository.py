@@ -579,29 +579,18 @@ class Repository:
         m = decode_manifest(await self.store.get(record.manifest))
         return ManifestReader(m, lambda pid: self.store.get(_obj_key("manifests", pid)))
 
-    async def download(self, record: VersionRecord, root: str) -> int:
+    async def download(
+        self, record: VersionRecord, root: str, *, path_prefix: str | None = None, checkout: bool = False
+    ) -> int:
         """Writes the version's files under `root` (verified; temp + fsync + rename); files
-        already there with the right content are left alone. Returns files written."""
-        reader = await self.manifest(record)
-        index = await self.index()
-        written = 0
-        root = os.path.abspath(root)
-        os.makedirs(root, exist_ok=True)
-        loop = asyncio.get_running_loop()
-        async for entry in reader.entries():
-            target = safe_target(root, entry.path)
-            blobs = [(n, d) for n, d in entry.chunks] if entry.chunks else [(entry.size, entry.digest)]
-            parts = []
-            for _, digest in blobs:
-                loc = index.get(digest)
-                if loc is None:
-                    raise CorruptData(f"{entry.path}: blob {digest.hex()} is in no pack of this repository")
-                span = (loc.offset, loc.offset + loc.stored)
-                stored = await self.store.get(_obj_key("data", loc.pack), span)
-                parts.append(read_blob(loc.pack, stored, loc))
-            await loop.run_in_executor(None, _write_file, target, parts, entry.mode)
-            written += 1
-        return written
+        already there with the right content are left alone; `checkout` also removes files
+        the version does not have. Returns files written (syncengine.repo.download)."""
+        from syncengine.repo.download import download  # imports this module
+
+        result = await download(
+            self, record, root, path_prefix=path_prefix, mode="checkout" if checkout else "download"
+        )
+        return result.written
 
 
 def _created_by() -> dict[str, str]:
@@ -613,32 +602,23 @@ def _created_by() -> dict[str, str]:
 
 
 def safe_target(root: str, path: str) -> str:
-    """The file path for a manifest entry, refusing anything that could land outside root."""
+    """The file path for a manifest entry, refusing anything that could land outside root.
+    Every check runs before any directory is created."""
     parts = path.split("/")
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in path:
         raise UnsafePath(f"manifest path {path!r} is absolute or contains '..'/empty parts; refused")
-    target = os.path.join(root, *parts)
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    real = os.path.realpath(parent)
-    if real != root and not real.startswith(os.path.realpath(root) + os.sep):
-        raise UnsafePath(f"manifest path {path!r} would leave {root} through a symlink; refused")
+    base = os.path.realpath(root)
+    cur = base
+    for part in parts[:-1]:
+        cur = os.path.join(cur, part)
+        if os.path.islink(cur):
+            real = os.path.realpath(cur)
+            if real != base and not real.startswith(base + os.sep):
+                raise UnsafePath(
+                    f"manifest path {path!r} would leave {root} through the symlink {cur}; refused"
+                )
+    target = os.path.join(base, *parts)
     if os.path.islink(target):
         raise UnsafePath(f"{target} is a symlink; refusing to write through it")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
     return target
-
-
-def _write_file(target: str, parts: list[bytes], mode: int) -> None:
-    tmp = f"{target}.se-tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            for p in parts:
-                f.write(p)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode or 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

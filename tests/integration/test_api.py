@@ -117,3 +117,26 @@ def test_bad_input_is_clear(tmp_path: Path) -> None:
     art.add_dir(str(d))
     with pytest.raises(ConfigError, match="given twice"):
         repo.log_artifact(art, project="p")
+
+
+def test_checkout_and_verify(tmp_path: Path) -> None:
+    from syncengine.repo.download import VerifyFailed
+
+    data = make_data(tmp_path)
+    repo = se.Repository.open(str(tmp_path / "repo"))
+    art = se.Artifact("c", type="dataset")
+    art.add_dir(str(data))
+    v = repo.log_artifact(art, project="p")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stray.txt").write_bytes(b"not in the version")
+    v.download(str(out))
+    assert (out / "stray.txt").exists()  # download never deletes
+    with pytest.raises(VerifyFailed, match=r"extra: stray\.txt"):
+        v.verify(str(out))
+    v.checkout(str(out))
+    assert not (out / "stray.txt").exists()
+    v.verify(str(out))
+    (out / "labels.csv").write_bytes(b"changed")
+    with pytest.raises(VerifyFailed, match=r"changed: labels\.csv"):
+        v.verify(str(out))

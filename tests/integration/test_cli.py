@@ -224,3 +224,19 @@ def test_ls_diff_alias_and_check(tmp_path: Path) -> None:
     packs[1].unlink()
     r = cli("check", "--json", env=env)
     assert r.returncode == 1 and "is missing" in json.loads(r.stdout)["problems"][0]
+
+
+def test_verify_and_checkout_commands(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_bytes(b"a")
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    assert cli("put", "-n", "p/v", "-t", "t", str(data), env=env).returncode == 0
+    out = tmp_path / "out"
+    assert cli("get", "p/v", "--root", str(out), env=env).returncode == 0
+    assert cli("verify", "p/v", "--root", str(out), env=env).returncode == 0
+    (out / "extra.txt").write_bytes(b"x")
+    r = cli("verify", "p/v", "--root", str(out), env=env)
+    assert r.returncode == 1 and "extra: extra.txt" in r.stdout
+    assert cli("get", "p/v", "--root", str(out), "--checkout", env=env).returncode == 0
+    assert not (out / "extra.txt").exists()

@@ -1,0 +1,1094 @@
+"""Download, checkout and verify: a version's files in a local folder, moving only what is missing.
+
+A download streams the manifest in windows of entries. For each window it
+
+1. checks every path (relative, no ``..``, no way out of the root through a symlink) before
+   touching the disk, and that each entry is self-consistent (chunk lengths add up to the
+   size, the chunk list gives the file digest), so verified blobs make a verified file;
+2. skips files that are already there with the right content (same size, and the same
+   digest from the stat cache or by hashing the file), and takes others from the local
+   file cache when one is given (re-hashed before use);
+3. copies chunks that local files of the window already hold (above all the unchanged
+   chunks of a changed large file at its own path, which is hashed for this), each checked
+   against its digest, so a newer version moves only its new chunks;
+4. fetches the remaining blobs: grouped by pack, neighbouring ranges coalesced into one
+   ranged GET, up to ``concurrency`` requests and ``max_bytes_in_flight`` bytes at once;
+   every blob is checked against its BLAKE3 digest; chunks are written at their offsets
+   (``pwrite``) into a temp file next to the target (``.se-tmp-<hex>``), which is fsynced
+   and renamed over the target once all its chunks are in. A file never sits whole in
+   memory: a 2 GiB file needs a few ranges' worth of RAM.
+
+On any error (or cancellation) the window's temp files are removed after the worker threads
+stopped; files already renamed are complete and correct. No file that is not in the version
+is ever deleted, except by ``mode="checkout"``, which afterwards removes everything under the
+root (or under ``path_prefix``) that the version does not have, without following symlinks.
+See docs/DOWNLOAD.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import stat
+import threading
+import uuid
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
+
+import blake3 as _blake3
+
+from syncengine.errors import FileChangedError, ObjectNotFound, SyncEngineError
+from syncengine.hashing import backend
+from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunks
+from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
+from syncengine.repo.file_cache import FileCache
+from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReader
+from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, read_blob
+from syncengine.repo.records import VersionRecord
+from syncengine.repo.repository import Repository, UnsafePath, _obj_key, safe_target
+
+__all__ = [
+    "Difference",
+    "DownloadResult",
+    "PathConflict",
+    "VerifyFailed",
+    "check",
+    "default_root",
+    "download",
+    "verify",
+]
+
+Mode = Literal["download", "checkout"]
+
+#: Two blobs of a pack at most this far apart are fetched by one ranged GET (gap included).
+MAX_GAP: Final = 1 << 20
+#: A coalesced range grows to at most this many bytes (a larger single blob is its own range).
+MAX_RANGE: Final = 8 << 20
+#: Default bound on stored bytes fetched but not yet written. Peak memory is about twice this
+#: (freed range buffers stay with the allocator's per-thread arenas for a while).
+MAX_BYTES_IN_FLIGHT: Final = 64 << 20
+#: Manifest entries (and blobs) planned at once.
+WINDOW_FILES: Final = 4096
+WINDOW_BLOBS: Final = 65536
+#: At most this many large files are hashed at once (each needs a buffer of 4 x max chunk).
+HASH_THREADS: Final = 4
+TMP_PREFIX: Final = ".se-tmp-"
+_EMPTY_DIGEST: Final = _blake3.blake3(b"").digest()
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class PathConflict(SyncEngineError, FileExistsError):
+    """Something that is not a regular file is where the version has a file (or a file is
+    where it needs a directory); ``download`` refuses to remove it, ``checkout`` replaces it."""
+
+
+class Difference(NamedTuple):
+    """One way a folder differs from a version: ``missing`` (in the version, not on disk),
+    ``extra`` (on disk, not in the version) or ``changed`` (both, other content or type)."""
+
+    path: str
+    kind: Literal["missing", "extra", "changed"]
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.path} ({self.detail})"
+
+
+class VerifyFailed(SyncEngineError):
+    """A folder is not exactly the version; ``differences`` lists how."""
+
+    def __init__(self, root: str, differences: Sequence[Difference]) -> None:
+        self.root = root
+        self.differences = list(differences)
+        counts = {k: sum(d.kind == k for d in differences) for k in ("missing", "extra", "changed")}
+        summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        shown = "; ".join(str(d) for d in self.differences[:10])
+        more = f"; and {len(self.differences) - 10} more" if len(self.differences) > 10 else ""
+        super().__init__(f"{root} differs from the version ({summary}): {shown}{more}")
+
+
+@dataclass
+class DownloadResult:
+    """What a download did. ``bytes_fetched`` counts bytes received from the store (stored,
+    possibly compressed, including gaps of coalesced ranges); ``requests`` the ranged GETs of
+    packs (manifest pages and index segments are not counted)."""
+
+    root: str
+    files: int = 0  # entries of the version (under path_prefix)
+    written: int = 0  # files written: fetched, taken from the cache, or empty
+    present: int = 0  # already there with the right content, left untouched
+    from_cache: int = 0
+    bytes_written: int = 0
+    bytes_fetched: int = 0
+    bytes_reused: int = 0  # taken from local files (e.g. unchanged chunks of a changed file)
+    requests: int = 0
+    removed: int = 0  # checkout: files, symlinks and other non-directories deleted
+    references: list[str] = field(default_factory=list)  # entries naming external objects: skipped
+
+
+def default_root(record: VersionRecord) -> str:
+    """Where a download goes when no root is given: ``./artifacts/<name>-v<N>`` under the
+    current directory (the default of ``syncengine.aio`` too)."""
+    return os.path.join("artifacts", f"{record.name}-v{record.version}")
+
+
+# -- paths -------------------------------------------------------------------------------------
+
+
+def check_path(path: str) -> list[str]:
+    """The parts of a manifest path; ``UnsafePath`` unless it is relative and plain."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or "\x00" in path
+        or (os.sep != "/" and os.sep in path)
+        or (os.altsep is not None and os.altsep != "/" and os.altsep in path)
+    ):
+        raise UnsafePath(f"manifest path {path!r} is absolute or contains '..'/empty parts; refused")
+    return parts
+
+
+def _norm_prefix(prefix: str | None) -> str:
+    if not prefix:
+        return ""
+    p = prefix.strip("/")
+    if not p:
+        return ""
+    try:
+        check_path(p)
+    except UnsafePath:
+        raise UnsafePath(f"path_prefix {prefix!r} is not a plain relative path") from None
+    return p
+
+
+def _under(path: str, prefix: str) -> bool:
+    return not prefix or path == prefix or path.startswith(prefix + "/")
+
+
+def _within(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _check_entry(e: ManifestEntry) -> None:
+    """An entry whose sizes and digests agree: then blobs that match their digests can only
+    assemble into a file with the entry's digest."""
+    if e.size < 0:
+        raise ManifestError(f"{e.path}: manifest entry has a negative size")
+    if e.chunks:
+        if sum(n for n, _ in e.chunks) != e.size or any(n <= 0 for n, _ in e.chunks):
+            raise ManifestError(f"{e.path}: manifest entry's chunk lengths do not add up to its size")
+        if file_digest_from_chunks(Chunk(0, n, d) for n, d in e.chunks) != e.digest:
+            raise ManifestError(f"{e.path}: manifest entry's chunk list does not give its digest")
+    elif e.size == 0 and e.digest != _EMPTY_DIGEST:
+        raise ManifestError(f"{e.path}: manifest entry of an empty file has another digest")
+
+
+async def _entries(reader: ManifestReader, prefix: str) -> AsyncIterator[ManifestEntry]:
+    """Entries under ``prefix`` in strictly increasing path order (a manifest out of order
+    would make checkout delete wanted files, so it is refused)."""
+    last: bytes | None = None
+    # Earlier paths that are string prefixes of the current one: the only ones that can be
+    # its ancestors (in byte order, a path that stops being a prefix never becomes one again).
+    stack: list[bytes] = []
+    async for e in reader.entries(prefix):
+        if not _under(e.path, prefix):
+            continue
+        key = e.path.encode()
+        if last is not None and key <= last:
+            raise ManifestError(f"manifest entries out of order or repeated: {e.path!r}")
+        last = key
+        while stack and not key.startswith(stack[-1]):
+            stack.pop()
+        for p in stack:
+            if key[len(p) : len(p) + 1] == b"/":
+                raise ManifestError(f"manifest has a file {p.decode()!r} and a file {e.path!r} inside it")
+        stack.append(key)
+        yield e
+
+
+# -- the folder walk (checkout and verify) -------------------------------------------------------
+
+
+class _Item(NamedTuple):
+    key: bytes  # relative path as bytes (UTF-8 for valid names): the merge order
+    abspath: str
+    kind: Literal["file", "symlink", "other"]
+
+
+def _walk_dir(absdir: str, rel: bytes) -> Iterator[_Item]:
+    """Non-directories under ``absdir`` in byte order of their relative paths (directories
+    sorted as ``name/``, like the scanner), never following symlinks."""
+    with os.scandir(absdir) as it:
+        listing = []
+        for e in it:
+            name = os.fsencode(e.name)
+            is_dir = e.is_dir(follow_symlinks=False)
+            listing.append((name + b"/" if is_dir else name, name, e, is_dir))
+    listing.sort(key=lambda t: t[0])
+    for _, name, e, is_dir in listing:
+        r = rel + b"/" + name if rel else name
+        if is_dir:
+            yield from _walk_dir(e.path, r)
+        elif e.is_file(follow_symlinks=False):
+            yield _Item(r, e.path, "file")
+        else:
+            yield _Item(r, e.path, "symlink" if e.is_symlink() else "other")
+
+
+def _scope(root: str, prefix: str) -> tuple[str | None, os.stat_result | None]:
+    """The real path of root/prefix if every directory on the way is a real directory (no
+    symlink) and its lstat; (None, None) if there is nothing of the root's tree there."""
+    if not prefix:
+        return root, os.lstat(root) if os.path.lexists(root) else None
+    cur = root
+    parts = prefix.split("/")
+    for i, name in enumerate(parts):
+        cur = os.path.join(cur, name)
+        try:
+            st = os.lstat(cur)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None
+        if i == len(parts) - 1:
+            return cur, st
+        if not stat.S_ISDIR(st.st_mode):
+            return None, None
+    return None, None  # unreachable
+
+
+def _walk(root: str, prefix: str) -> Iterator[_Item]:
+    top, st = _scope(root, prefix)
+    if top is None or st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        yield from _walk_dir(top, prefix.encode())
+    elif stat.S_ISREG(st.st_mode):
+        yield _Item(prefix.encode(), top, "file")
+    else:
+        yield _Item(prefix.encode(), top, "symlink" if stat.S_ISLNK(st.st_mode) else "other")
+
+
+def _show(key: bytes) -> str:
+    return key.decode("utf-8", "backslashreplace")
+
+
+async def _all(aws: Sequence[Awaitable[Any]]) -> None:
+    """Runs ``aws`` concurrently; on the first error cancels the rest, waits for them and
+    raises that error itself (not an ExceptionGroup)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    if not tasks:
+        return
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None:
+                raise exc
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- shared machinery ------------------------------------------------------------------------------
+
+
+class _Session:
+    """Threads, hashers and the stat cache shared by download and verify."""
+
+    def __init__(self, repo: Repository, root: str, workers: int, use_stat_cache: bool) -> None:
+        self.repo = repo
+        self.root = root
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(4, workers), thread_name_prefix="syncengine-dl")
+        self.inflight: set[concurrent.futures.Future[Any]] = set()
+        self._hashers: list[Any] = []
+        self._hash_lock = threading.Lock()
+        self._hash_slots = threading.BoundedSemaphore(HASH_THREADS)
+        self._stat_lock = threading.Lock()
+        self.stat_cache = StatCache(None, repo.params.label) if use_stat_cache else None
+
+    async def run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn`` in the session's threads; the future is tracked until it finishes, so
+        cleanup can wait for every thread that might still write."""
+        cf = self.pool.submit(fn, *args, **kwargs)
+        self.inflight.add(cf)
+        cf.add_done_callback(self.inflight.discard)
+        return await asyncio.wrap_future(cf)
+
+    def wait_threads(self) -> None:
+        concurrent.futures.wait(list(self.inflight))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        if self.stat_cache is not None:
+            with self._stat_lock:
+                self.stat_cache.close()
+
+    def digest_of(self, path: str, st: os.stat_result, *, remember: bool = True) -> FileDigest | None:
+        """The digest (and chunks) of the regular file with lstat ``st`` (stat cache, else
+        hashing); None if it changed while read or vanished."""
+        size = st.st_size
+        key = StatKey(st.st_dev, st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns)
+        if self.stat_cache is not None and remember:
+            with self._stat_lock:
+                hit = self.stat_cache.lookup(path, key)
+            if hit is not None:
+                return hit
+        started = now_ns()
+        with self._hash_slots:
+            with self._hash_lock:
+                hasher = self._hashers.pop() if self._hashers else backend.impl.FileHasher(self.repo.params)
+            try:
+                d = hasher.hash_file(path, size)
+            except (FileChangedError, FileNotFoundError):
+                return None
+            finally:
+                with self._hash_lock:
+                    self._hashers.append(hasher)
+        if self.stat_cache is not None and remember:
+            with self._stat_lock:
+                self.stat_cache.store(path, key, d, started)
+        return FileDigest(d.size, bytes(d.digest), tuple(Chunk(*c) for c in d.chunks))
+
+    def inspect(self, path: str, entry: ManifestEntry, *, want_chunks: bool = False) -> _Inspection:
+        """Whether ``path`` is a regular file with the entry's content (and why not). With
+        ``want_chunks``, a large file of another size is hashed too, so that its chunks can
+        be reused."""
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return _Inspection(False, "not on disk")
+        if stat.S_ISLNK(st.st_mode):
+            return _Inspection(False, "is a symlink, not a regular file")
+        if stat.S_ISDIR(st.st_mode):
+            return _Inspection(False, "is a directory, not a regular file")
+        if not stat.S_ISREG(st.st_mode):
+            return _Inspection(False, "is not a regular file")
+        why = ""
+        if st.st_size != entry.size:
+            why = f"size {st.st_size}, the version has {entry.size}"
+            if not (want_chunks and entry.chunks and st.st_size > self.repo.params.small_file_limit):
+                return _Inspection(False, why)
+        try:
+            d = self.digest_of(path, st)
+        except PermissionError:
+            return _Inspection(False, "cannot be read")
+        if d is None:
+            return _Inspection(False, "changed while being read")
+        if why or d.digest != entry.digest:
+            return _Inspection(False, why or "content differs", d)
+        return _Inspection(True, "", d)
+
+
+class _Inspection(NamedTuple):
+    ok: bool
+    why: str
+    digest: FileDigest | None = None
+
+
+# -- download ---------------------------------------------------------------------------------------
+
+
+class _Aborted(Exception):
+    pass
+
+
+_FETCH, _PRESENT, _WRITTEN, _CACHED = "fetch", "present", "written", "cached"
+
+
+class _FileJob:
+    __slots__ = (
+        "blobs",
+        "created",
+        "done",
+        "entry",
+        "local",
+        "lock",
+        "parts",
+        "remaining",
+        "seq",
+        "state",
+        "target",
+        "tmp",
+    )
+
+    def __init__(self, entry: ManifestEntry, parts: list[str], root: str, seq: int) -> None:
+        self.entry = entry
+        self.parts = parts
+        self.target = os.path.join(root, *parts)
+        self.tmp = os.path.join(os.path.dirname(self.target), TMP_PREFIX + uuid.uuid4().hex)
+        self.seq = seq
+        self.state = ""
+        self.remaining = 0
+        #: (digest, offset, length) of the blobs still to be written.
+        self.blobs: list[tuple[bytes, int, int]] = []
+        #: Digest and chunks of the file that was at the target (reusable content).
+        self.local: FileDigest | None = None
+        self.created = False
+        self.done = False
+        self.lock = threading.Lock()
+
+    def open(self, abort: threading.Event) -> int:
+        with self.lock:
+            if abort.is_set():
+                raise _Aborted
+            flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+            if not self.created:
+                fd = os.open(self.tmp, flags | os.O_CREAT | os.O_EXCL, 0o600)
+                self.created = True
+                return fd
+            return os.open(self.tmp, flags)
+
+
+@dataclass
+class _Range:
+    pack: bytes
+    start: int
+    end: int
+    blobs: list[IndexEntry]
+    seq: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+class _Budget:
+    """Bytes in flight: waits while ``limit`` would be exceeded (one request may always run)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def acquire(self, n: int) -> None:
+        while self.used and self.used + n > self.limit:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+        self.used += n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
+        self._waiters.clear()
+
+
+def _verified(loc: IndexEntry, stored: memoryview) -> bytes | memoryview:
+    """The raw bytes of a blob, checked against its digest. A raw-stored blob that checks out
+    is returned as a view of the fetched range (no copy); anything else goes through
+    ``read_blob``, which decodes it or raises ``CorruptData`` naming the blob and pack."""
+    if (
+        loc.codec == CODEC_NONE
+        and len(stored) == loc.stored == loc.raw
+        and _blake3.blake3(stored).digest() == loc.digest
+    ):
+        return stored
+    return read_blob(loc.pack, stored, loc)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _write_whole(tmp: str, target: str, data: bytes, mode: int) -> None:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            _pwrite_all(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _names(dests: Sequence[tuple[_FileJob, int]]) -> str:
+    paths = list(dict.fromkeys(j.entry.path for j, _ in dests))
+    more = f" (and {len(paths) - 3} more files)" if len(paths) > 3 else ""
+    return ", ".join(paths[:3]) + more
+
+
+class _Downloader(_Session):
+    def __init__(
+        self,
+        repo: Repository,
+        root: str,
+        index: dict[bytes, IndexEntry],
+        *,
+        mode: Mode,
+        concurrency: int,
+        cache: FileCache | None,
+        max_bytes_in_flight: int,
+        max_gap: int,
+        max_range: int,
+        use_stat_cache: bool,
+    ) -> None:
+        super().__init__(repo, root, concurrency, use_stat_cache)
+        self.index = index
+        self.mode = mode
+        self.concurrency = concurrency
+        self.cache = cache
+        self.budget = _Budget(max_bytes_in_flight)
+        self.max_gap = max_gap
+        self.max_range = max_range
+        self.result = DownloadResult(root)
+        self.abort = threading.Event()
+        self.dests: dict[bytes, list[tuple[_FileJob, int]]] = {}
+        self._seq = 0
+
+    # -- per entry, in a thread ------------------------------------------------------------------
+
+    def _make_room(self, job: _FileJob) -> None:
+        """Checks every existing directory on the way to the target. A symlink there (or at
+        the target) that leads out of the root is refused in both modes: it may be the user's
+        deliberate link to other storage, and following it would write outside the root.
+        Other things in the way (files where the version needs a directory, symlinks within
+        the root, a directory or special file at the target) are refused by ``download`` and
+        removed by ``checkout``. Nothing is created here."""
+        root = self.root
+        checkout = self.mode == "checkout"
+        cur = root
+        path = job.entry.path
+        for name in job.parts[:-1]:
+            cur = os.path.join(cur, name)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                break  # the rest is created below, inside the root
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(cur)
+                if not _within(real, root):
+                    raise UnsafePath(
+                        f"manifest path {path!r} would leave {root} through the symlink {cur}; refused"
+                    )
+                if checkout:
+                    os.unlink(cur)  # the version has a directory here
+                    self.result.removed += 1
+                    break
+                if not os.path.isdir(real):
+                    raise PathConflict(f"{path}: {cur} links to something that is not a directory")
+                continue
+            if checkout:
+                os.unlink(cur)
+                self.result.removed += 1
+                break
+            raise PathConflict(f"{path}: {cur} exists and is not a directory (checkout would replace it)")
+        try:
+            st = os.lstat(job.target)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISREG(st.st_mode):
+            return
+        if stat.S_ISLNK(st.st_mode):
+            if not _within(os.path.realpath(job.target), root):
+                raise UnsafePath(f"{job.target} is a symlink leading out of {root}; refused")
+            if not checkout:
+                raise UnsafePath(
+                    f"{job.target} is a symlink; refusing to write through it (checkout replaces it)"
+                )
+        if stat.S_ISDIR(st.st_mode):
+            if not checkout:
+                raise PathConflict(f"{path}: {job.target} is a directory (checkout would replace it)")
+            shutil.rmtree(job.target)
+        else:
+            os.unlink(job.target)
+        self.result.removed += 1
+
+    def _prepare_dirs(self, jobs: list[_FileJob]) -> None:
+        for job in jobs:
+            self._make_room(job)
+            safe_target(self.root, job.entry.path)  # creates the parent directories, checks again
+
+    def _prepare(self, job: _FileJob) -> None:
+        e = job.entry
+        seen = self.inspect(job.target, e, want_chunks=True)
+        job.local = seen.digest
+        if seen.ok:
+            job.state = _PRESENT
+            return
+        mode = (e.mode & 0o777) or 0o644
+        if e.size == 0:
+            _write_whole(job.tmp, job.target, b"", mode)
+            job.done, job.state = True, _WRITTEN
+            return
+        if self.cache is not None and self.cache.wants(e.size) and self._from_cache(job, mode):
+            job.done, job.state = True, _CACHED
+            return
+        job.state = _FETCH
+        if e.chunks:
+            offset = 0
+            for n, d in e.chunks:
+                job.blobs.append((d, offset, n))
+                offset += n
+        else:
+            job.blobs.append((e.digest, 0, e.size))
+
+    def _from_cache(self, job: _FileJob, mode: int) -> bool:
+        assert self.cache is not None
+        e = job.entry
+        try:
+            how = self.cache.materialize(e.digest, e.size, job.tmp)
+        except OSError:
+            how = None
+        if how is None:
+            return False
+        try:
+            st = os.lstat(job.tmp)
+            # Never pass on a damaged cache file.
+            d = self.digest_of(job.tmp, st, remember=False)
+            if d is None or d.digest != e.digest:
+                self.cache.discard(e.digest)
+                os.unlink(job.tmp)
+                return False
+            if how != "hardlink":
+                with open(job.tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.chmod(job.tmp, mode)
+            os.replace(job.tmp, job.target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(job.tmp)
+            raise
+        return True
+
+    # -- reusing local content ----------------------------------------------------------------------
+
+    def _reuse(self, job: _FileJob, local: dict[bytes, tuple[str, int, int]]) -> int:
+        """Writes the blobs found in local files (the old content of changed files, files
+        already present) into the job's temp file, each checked against its digest; what
+        cannot be read or does not match stays in ``job.blobs`` to be fetched. Returns the
+        bytes reused."""
+        fd: int | None = None
+        sources: dict[str, int] = {}
+        left: list[tuple[bytes, int, int]] = []
+        reused = 0
+        try:
+            for d, offset, n in job.blobs:
+                data = None
+                src = local.get(d)
+                if src is not None:
+                    path, at, _ = src
+                    sfd = sources.get(path)
+                    if sfd is None:
+                        with contextlib.suppress(OSError):
+                            sfd = sources[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                    if sfd is not None:
+                        with contextlib.suppress(OSError):
+                            data = os.pread(sfd, n, at)
+                    if data is not None and (len(data) != n or _blake3.blake3(data).digest() != d):
+                        data = None  # the file changed since it was hashed: fetch instead
+                if data is None:
+                    left.append((d, offset, n))
+                    continue
+                if fd is None:
+                    fd = job.open(self.abort)
+                _pwrite_all(fd, data, offset)
+                reused += n
+            job.blobs = left
+            if not left and fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                    fd = None
+                self._finish(job)
+        finally:
+            for sfd in sources.values():
+                os.close(sfd)
+            if fd is not None:
+                os.close(fd)
+        return reused
+
+    async def _reuse_local(self, jobs: list[_FileJob]) -> None:
+        local: dict[bytes, tuple[str, int, int]] = {}
+        for j in jobs:
+            d = j.local
+            if d is None or j.state not in (_PRESENT, _FETCH):
+                continue
+            if d.chunks:
+                for c in d.chunks:
+                    local.setdefault(c.digest, (j.target, c.offset, c.length))
+            else:
+                local.setdefault(d.digest, (j.target, 0, d.size))
+        todo = [j for j in jobs if j.state == _FETCH and any(b[0] in local for b in j.blobs)]
+        for n in await asyncio.gather(*(self.run(self._reuse, j, local) for j in todo)):
+            self.result.bytes_reused += n
+
+    # -- fetching ----------------------------------------------------------------------------------
+
+    def _plan(self, jobs: list[_FileJob]) -> list[_Range]:
+        dests: dict[bytes, list[tuple[_FileJob, int]]] = defaultdict(list)
+        for job in jobs:
+            e = job.entry
+            job.remaining = len(job.blobs)
+            for d, offset, n in job.blobs:
+                loc = self.index.get(d)
+                if loc is None:
+                    raise CorruptData(f"{e.path}: blob {d.hex()} is in no pack of this repository")
+                if loc.raw != n:
+                    raise CorruptData(
+                        f"{e.path}: blob {d.hex()} is {loc.raw} bytes in the index, the manifest says {n}"
+                    )
+                dests[d].append((job, offset))
+        self.dests = dests
+        by_pack: dict[bytes, list[IndexEntry]] = defaultdict(list)
+        for d in dests:
+            loc = self.index[d]
+            by_pack[loc.pack].append(loc)
+        ranges: list[_Range] = []
+        for pack, locs in by_pack.items():
+            locs.sort(key=lambda x: x.offset)
+            cur: _Range | None = None
+            for loc in locs:
+                end = loc.offset + loc.stored
+                if (
+                    cur is not None
+                    and loc.offset - cur.end <= self.max_gap
+                    and max(end, cur.end) - cur.start <= self.max_range
+                ):
+                    cur.end = max(cur.end, end)
+                    cur.blobs.append(loc)
+                else:
+                    cur = _Range(pack, loc.offset, end, [loc])
+                    ranges.append(cur)
+        for r in ranges:  # files complete in manifest order, so few are half-written at a time
+            r.seq = min(j.seq for loc in r.blobs for j, _ in dests[loc.digest])
+        ranges.sort(key=lambda r: (r.seq, r.pack, r.start))
+        return ranges
+
+    async def _fetch(self, r: _Range) -> None:
+        await self.budget.acquire(r.size)
+        try:
+            try:
+                data = await self.repo.store.get(_obj_key("data", r.pack), (r.start, r.end))
+            except ObjectNotFound as e:
+                who = _names([x for loc in r.blobs for x in self.dests[loc.digest]])
+                raise CorruptData(f"{who}: pack {r.pack.hex()} is missing from the store") from e
+            self.result.requests += 1
+            self.result.bytes_fetched += len(data)
+            await self.run(self._apply, r, data)
+        finally:
+            self.budget.release(r.size)
+
+    def _apply(self, r: _Range, data: bytes) -> None:
+        view = memoryview(data)
+        fds: dict[_FileJob, int] = {}
+        try:
+            for loc in r.blobs:
+                rel = loc.offset - r.start
+                dests = self.dests[loc.digest]
+                try:
+                    raw = _verified(loc, view[rel : rel + loc.stored])
+                except CorruptData as e:
+                    raise CorruptData(f"{_names(dests)}: {e}") from e
+                for job, offset in dests:
+                    self._write(job, offset, raw, fds)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _write(self, job: _FileJob, offset: int, raw: bytes | memoryview, fds: dict[_FileJob, int]) -> None:
+        fd = fds.get(job)
+        if fd is None:
+            fd = fds[job] = job.open(self.abort)
+        _pwrite_all(fd, raw, offset)
+        with job.lock:
+            job.remaining -= 1
+            last = job.remaining == 0
+        if last:
+            del fds[job]
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._finish(job)
+
+    def _finish(self, job: _FileJob) -> None:
+        e = job.entry
+        os.chmod(job.tmp, (e.mode & 0o777) or 0o644)
+        os.replace(job.tmp, job.target)
+        job.done = True
+        if self.cache is not None and self.cache.wants(e.size):
+            with contextlib.suppress(OSError):  # a cache that cannot take the file is no error
+                self.cache.add(job.target, e.digest, e.size)
+
+    async def _fetch_all(self, ranges: list[_Range]) -> None:
+        queue = deque(ranges)
+
+        async def worker() -> None:
+            while queue:
+                await self._fetch(queue.popleft())
+
+        await _all([worker() for _ in range(min(self.concurrency, len(ranges)))])
+
+    # -- windows -------------------------------------------------------------------------------------
+
+    async def window(self, entries: list[ManifestEntry]) -> None:
+        res = self.result
+        jobs: list[_FileJob] = []
+        for e in entries:  # every check that needs no disk, before the disk is touched
+            res.files += 1
+            parts = check_path(e.path)
+            if e.ref is not None:
+                res.references.append(e.path)
+                continue
+            _check_entry(e)
+            jobs.append(_FileJob(e, parts, self.root, self._seq))
+            self._seq += 1
+        try:
+            await self.run(self._prepare_dirs, jobs)  # one thread, in path order
+            await _all([self.run(self._prepare, j) for j in jobs])  # hashing etc. in parallel
+            await self._reuse_local(jobs)
+            await self._fetch_all(self._plan([j for j in jobs if j.state == _FETCH and j.blobs]))
+            await self.run(_fsync_dirs, {os.path.dirname(j.target) for j in jobs if j.state != _PRESENT})
+        except BaseException:
+            self.abort.set()
+            self.wait_threads()  # no thread may create a temp file after the cleanup below
+            for j in jobs:
+                if j.created and not j.done:
+                    with contextlib.suppress(OSError):
+                        os.unlink(j.tmp)
+            raise
+        finally:
+            self.dests = {}
+        for j in jobs:
+            if j.state == _PRESENT:
+                res.present += 1
+            else:
+                res.written += 1
+                res.bytes_written += j.entry.size
+                res.from_cache += j.state == _CACHED
+
+    async def prune(self, reader: ManifestReader, prefix: str) -> None:
+        """Checkout: deletes what the version does not have under root/prefix, then empty dirs."""
+        extras: list[str] = []
+        async for entry, item in _merge(self, reader, self.root, prefix):
+            if item is not None and (entry is None or (item.kind != "file" and entry.ref is None)):
+                extras.append(item.abspath)
+                if len(extras) >= 1024:
+                    await self.run(_remove, extras)
+                    self.result.removed += len(extras)
+                    extras = []
+        if extras:
+            await self.run(_remove, extras)
+            self.result.removed += len(extras)
+        await self.run(_remove_empty_dirs, self.root, prefix)
+
+
+def _remove(paths: list[str]) -> None:
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)  # files, symlinks (the link itself), FIFOs, sockets
+
+
+def _remove_empty_dirs(root: str, prefix: str) -> None:
+    top, st = _scope(root, prefix)
+    if top is None or st is None or not stat.S_ISDIR(st.st_mode):
+        return
+    for dirpath, _, _ in os.walk(top, topdown=False, followlinks=False):
+        if dirpath != top:
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+
+
+def _fsync_dirs(dirs: set[str]) -> None:
+    for d in dirs:
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+async def _merge(
+    session: _Session, reader: ManifestReader, root: str, prefix: str
+) -> AsyncIterator[tuple[ManifestEntry | None, _Item | None]]:
+    """The version's entries and the folder's items under prefix, paired by path, in order."""
+    walk = _walk(root, prefix)
+    items: deque[_Item] = deque()
+    exhausted = False
+
+    async def peek() -> _Item | None:
+        nonlocal exhausted
+        if not items and not exhausted:
+            batch = await session.run(lambda: list(islice(walk, 1024)))
+            exhausted = not batch
+            items.extend(batch)
+        return items[0] if items else None
+
+    async for entry in _entries(reader, prefix):
+        key = entry.path.encode()
+        while (item := await peek()) is not None and item.key < key:
+            yield None, items.popleft()
+        if item is not None and item.key == key:
+            yield entry, items.popleft()
+        else:
+            yield entry, None
+    while await peek() is not None:
+        yield None, items.popleft()
+
+
+async def download(
+    repo: Repository,
+    record: VersionRecord,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    path_prefix: str | None = None,
+    mode: Mode = "download",
+    concurrency: int = 16,
+    cache: FileCache | None = None,
+    max_bytes_in_flight: int = MAX_BYTES_IN_FLIGHT,
+    max_gap: int = MAX_GAP,
+    max_range: int = MAX_RANGE,
+    stat_cache: bool = True,
+) -> DownloadResult:
+    """Writes the files of ``record`` under ``root`` (default: :func:`default_root`).
+
+    Only entries whose path is ``path_prefix`` or lies under it (``data`` selects ``data``
+    and ``data/…``, not ``database.csv``) when given. Files already there with the right
+    content are not fetched again. ``mode="download"`` never deletes anything that is not in
+    the version and refuses to replace symlinks or directories that stand where the version
+    has a file; ``mode="checkout"`` makes the folder (or the prefix within it) exactly the
+    version: it replaces those and then deletes everything else, never outside the root.
+
+    Raises ``UnsafePath`` for a path that is absolute, has ``..``, or leads out of the root
+    through a symlink; ``CorruptData`` naming the file and blob when stored bytes do not
+    match their digest (nothing is written for that file); ``PathConflict``.
+    """
+    if mode not in ("download", "checkout"):
+        raise ValueError(f"mode must be 'download' or 'checkout', not {mode!r}")
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    prefix = _norm_prefix(path_prefix)
+    target_root = os.fspath(root) if root is not None else default_root(record)
+    real_root = await asyncio.to_thread(_make_root, target_root)
+    reader = await repo.manifest(record)
+    index = await repo.index()
+    d = _Downloader(
+        repo,
+        real_root,
+        index,
+        mode=mode,
+        concurrency=concurrency,
+        cache=cache,
+        max_bytes_in_flight=max_bytes_in_flight,
+        max_gap=max_gap,
+        max_range=max_range,
+        use_stat_cache=stat_cache,
+    )
+    try:
+        window: list[ManifestEntry] = []
+        blobs = 0
+        async for e in _entries(reader, prefix):
+            window.append(e)
+            blobs += max(1, len(e.chunks))
+            if len(window) >= WINDOW_FILES or blobs >= WINDOW_BLOBS:
+                await d.window(window)
+                window, blobs = [], 0
+        if window:
+            await d.window(window)
+        if mode == "checkout":
+            await d.prune(reader, prefix)
+    finally:
+        await asyncio.to_thread(d.close)
+    return d.result
+
+
+def _make_root(root: str) -> str:
+    os.makedirs(root, exist_ok=True)
+    real = os.path.realpath(root)
+    if not os.path.isdir(real):
+        raise PathConflict(f"{root} is not a directory")
+    return real
+
+
+# -- verify --------------------------------------------------------------------------------------
+
+
+async def verify(
+    repo: Repository,
+    record: VersionRecord,
+    root: str | os.PathLike[str],
+    *,
+    path_prefix: str | None = None,
+    stat_cache: bool = True,
+    concurrency: int = 16,
+) -> list[Difference]:
+    """How the folder ``root`` (or ``path_prefix`` in it) differs from the version, in path
+    order; empty when it holds exactly the version's files with their content. Symlinks are
+    never followed (one where the version has a file is ``changed``); directories are not
+    compared (versions hold files only); entries that reference external objects are not
+    checked."""
+    prefix = _norm_prefix(path_prefix)
+    real_root = os.path.realpath(os.fspath(root))
+    reader = await repo.manifest(record)
+    session = _Session(repo, real_root, concurrency, stat_cache)
+    out: list[Difference] = []
+    pending: list[tuple[ManifestEntry, asyncio.Future[_Inspection]]] = []
+
+    async def drain(limit: int) -> None:
+        while len(pending) > limit:
+            entry, fut = pending.pop(0)
+            seen = await fut
+            if not seen.ok:
+                out.append(Difference(entry.path, "changed", seen.why))
+
+    try:
+        async for entry, item in _merge(session, reader, real_root, prefix):
+            if item is None:
+                assert entry is not None
+                if entry.ref is None:
+                    out.append(Difference(entry.path, "missing", "not on disk"))
+            elif entry is None:
+                what = {"file": "file", "symlink": "symlink", "other": "special file"}[item.kind]
+                out.append(Difference(_show(item.key), "extra", f"{what} not in the version"))
+            elif entry.ref is None:
+                fut = asyncio.ensure_future(session.run(session.inspect, item.abspath, entry))
+                pending.append((entry, fut))
+                await drain(4 * concurrency)
+        await drain(0)
+    finally:
+        for _, waiting in pending:
+            waiting.cancel()
+        await asyncio.to_thread(session.close)
+    out.sort(key=lambda d: d.path.encode("utf-8", "surrogateescape"))
+    return out
+
+
+async def check(
+    repo: Repository, record: VersionRecord, root: str | os.PathLike[str], *, path_prefix: str | None = None
+) -> None:
+    """:func:`verify`, raising ``VerifyFailed`` with the list of differences if there are any."""
+    diffs = await verify(repo, record, root, path_prefix=path_prefix)
+    if diffs:
+        raise VerifyFailed(os.fspath(root), diffs)
