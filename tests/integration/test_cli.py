@@ -240,3 +240,15 @@ def test_verify_and_checkout_commands(tmp_path: Path) -> None:
     assert r.returncode == 1 and "extra: extra.txt" in r.stdout
     assert cli("get", "p/v", "--root", str(out), "--checkout", env=env).returncode == 0
     assert not (out / "extra.txt").exists()
+
+
+def test_put_with_a_symlink_loop_warns_and_completes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "f.txt").write_bytes(b"f")
+    (data / "sub" / "loop").symlink_to(data)
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    r = cli("put", "-n", "p/loop", "-t", "t", str(data), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["files"] == 1
+    assert "warning:" in r.stderr and "loop" in r.stderr

@@ -117,6 +117,7 @@ def test_unsafe_manifest_paths_are_refused(tmp_path: Path) -> None:
 
 WRITER = """
 import asyncio, os, sys
+import msgspec
 from pathlib import Path
 from syncengine.hashing.params import ChunkerParams
 from syncengine.hashing.tree import Source
@@ -126,12 +127,14 @@ from syncengine.store.local import LocalStore
 async def main(repo_dir, work, me):
     repo = await Repository.open(LocalStore(repo_dir), params=ChunkerParams(4096, 16384, 65536))
     out = []
-    for i in range(3):
+    for i in range(5):
         d = Path(work) / f"w{me}-{i}"
         d.mkdir(parents=True)
         (d / "f.txt").write_bytes(f"writer {me} log {i}".encode())
         r = await repo.log([Source(str(d))], project="p", name="shared", type="t", aliases=[f"w{me}"])
         out.append(r.record.version)
+        await repo.update_version("p", "shared", 0, lambda v: msgspec.structs.replace(
+            v, metadata={**v.metadata, f"w{me}-{i}": i}))
     print(" ".join(map(str, out)))
 
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
@@ -154,13 +157,15 @@ def test_concurrent_writers_get_distinct_consecutive_versions(tmp_path: Path) ->
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         got += [int(x) for x in out.split()]
-    assert sorted(got) == list(range(12))
+    assert sorted(got) == list(range(20))
 
     async def check() -> None:
         repo = await open_repo(tmp_path / "repo")
         head = await repo.head("p", "shared")
-        assert head.latest == 11
+        assert head.latest == 19
         assert set(head.aliases) == {"w0", "w1", "w2", "w3"}  # no alias update lost
-        assert len(head.digests) == 12
+        assert len(head.digests) == 20
+        v0 = await repo.version("p", "shared", 0)
+        assert len(v0.metadata) == 20  # every writer's metadata update kept (compare-and-swap)
 
     asyncio.run(check())
