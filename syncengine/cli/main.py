@@ -7,12 +7,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import click
 
 from syncengine._version import __version__
+from syncengine.cli.progress import human_bytes, progress_bar
 from syncengine.cli.repo_commands import register as register_repo_commands
 from syncengine.cli.repo_commands import register_more as register_more_repo_commands
 from syncengine.errors import SyncEngineError
@@ -48,14 +48,6 @@ def parse_size(text: str) -> int:
     return int(float(num) * _UNITS[unit])
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
 def implementation_label() -> str:
     if backend.IMPLEMENTATION == "native":
         return f"native core, BLAKE3 {backend.impl.blake3_impl()}"
@@ -70,39 +62,6 @@ def params_for(avg: int) -> ChunkerParams:
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
-
-
-@contextmanager
-def progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress line on stderr when it is a terminal; nothing when piped."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    columns = (
-        SpinnerColumn(),
-        TextColumn("hashing {task.fields[files]} files, {task.fields[size]}, {task.fields[rate]}"),
-        TimeElapsedColumn(),
-    )
-    # No refresh thread: it would compete with the hashing threads for the GIL. The callback
-    # redraws at most 5 times a second.
-    with Progress(*columns, console=Console(stderr=True), transient=True, auto_refresh=False) as prog:
-        task = prog.add_task("hash", total=None, files=0, size="0 B", rate="")
-        start = time.perf_counter()
-        last = start
-
-        def update(files: int, nbytes: int) -> None:
-            nonlocal last
-            now = time.perf_counter()
-            if now - last < 0.2:
-                return
-            last = now
-            rate = human_bytes(nbytes / max(now - start, 1e-9)) + "/s"
-            prog.update(task, files=files, size=human_bytes(nbytes), rate=rate, refresh=True)
-
-        yield update
 
 
 def report_problems(stats: TreeStats) -> None:

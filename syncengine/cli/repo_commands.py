@@ -15,6 +15,7 @@ import click
 import msgspec
 import platformdirs
 
+from syncengine.cli.progress import progress_bar
 from syncengine.errors import ConfigError
 from syncengine.hashing.tree import sources_for
 from syncengine.repo.manifest import Change
@@ -100,21 +101,23 @@ def register(cli: click.Group) -> None:
             if not isinstance(meta, dict):
                 raise click.BadParameter("metadata must be a JSON object", param_hint="-m")
         start = time.perf_counter()
-        result = _run(
-            repo_url,
-            lambda repo: repo.log(
-                sources_for(list(paths)),
-                project=ref.project,
-                name=ref.name,
-                type=type_,
-                aliases=aliases,
-                description=description,
-                metadata=meta,
-                tags=tags,
-                include=include,
-                exclude=exclude,
-            ),
-        )
+        with progress_bar(not as_json, "logging") as progress:
+            result = _run(
+                repo_url,
+                lambda repo: repo.log(
+                    sources_for(list(paths)),
+                    project=ref.project,
+                    name=ref.name,
+                    type=type_,
+                    aliases=aliases,
+                    description=description,
+                    metadata=meta,
+                    tags=tags,
+                    include=include,
+                    exclude=exclude,
+                    on_progress=progress,
+                ),
+            )
         seconds = time.perf_counter() - start
         for w in result.warnings:
             click.echo(f"warning: {w}", err=True)

@@ -200,6 +200,7 @@ class Repository:
         exclude: Sequence[str] = (),
         stat_cache: bool = True,
         threads: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> PutResult:
         """Hashes `sources`, stores what the repository lacks, and records a version
         (or returns the existing version with identical content)."""
@@ -219,7 +220,14 @@ class Repository:
 
         index = await self.index()
         cache = StatCache(None, self.params.label) if stat_cache else None
-        hasher = TreeHasher(self.params, threads=threads, stat_cache=cache, include=include, exclude=exclude)
+        hasher = TreeHasher(
+            self.params,
+            threads=threads,
+            stat_cache=cache,
+            include=include,
+            exclude=exclude,
+            on_progress=on_progress,
+        )
         result = PutResult(VersionRecord(FORMAT, project, name, -1, type, "", "", 0, 0, ""), False)
         builder = ManifestBuilder()
         writer = PackWriter()

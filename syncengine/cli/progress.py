@@ -1,0 +1,49 @@
+"""A rich progress line on stderr when it is a terminal; nothing when piped."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+@contextmanager
+def progress_bar(enabled: bool, verb: str = "hashing") -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress line on stderr when it is a terminal; nothing when piped."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn(verb + " {task.fields[files]} files, {task.fields[size]}, {task.fields[rate]}"),
+        TimeElapsedColumn(),
+    )
+    # No refresh thread: it would compete with the hashing threads for the GIL. The callback
+    # redraws at most 5 times a second.
+    with Progress(*columns, console=Console(stderr=True), transient=True, auto_refresh=False) as prog:
+        task = prog.add_task("hash", total=None, files=0, size="0 B", rate="")
+        start = time.perf_counter()
+        last = start
+
+        def update(files: int, nbytes: int) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - last < 0.2:
+                return
+            last = now
+            rate = human_bytes(nbytes / max(now - start, 1e-9)) + "/s"
+            prog.update(task, files=files, size=human_bytes(nbytes), rate=rate, refresh=True)
+
+        yield update
