@@ -31,4 +31,9 @@ typedef struct {
    any pieces gives exactly the chunks of se_cdc_next. */
 size_t se_cdc_feed(const se_cdc_params *p, se_cdc_state *st, const uint8_t *data, size_t len, int *cut);
 
+/* Which cut-point scan runs: "avx512" (x86-64 with AVX-512 F/BW/VBMI) or "scalar". Chosen once,
+   at the first scan; SE_CDC_FORCE=scalar in the environment forces the scalar loop. Every path
+   gives the same cut points. */
+const char *se_cdc_impl(void);
+
 #endif
