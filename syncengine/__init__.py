@@ -5,8 +5,9 @@
 True
 """
 
+from typing import TYPE_CHECKING, Any
+
 from syncengine._version import __version__
-from syncengine.api import Artifact, ArtifactVersion, Repository
 from syncengine.errors import FileChangedError, HashingFailed, SyncEngineError
 from syncengine.hashing import IMPLEMENTATION, ChunkerParams, FileDigest
 
@@ -22,3 +23,15 @@ __all__ = [
     "SyncEngineError",
     "__version__",
 ]
+
+if TYPE_CHECKING:
+    from syncengine.api import Artifact, ArtifactVersion, Repository
+
+
+def __getattr__(name: str) -> Any:
+    # The repository API pulls in asyncio and the stores; `syncengine hash` needs neither.
+    if name in {"Artifact", "ArtifactVersion", "Repository"}:
+        from syncengine import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'syncengine' has no attribute {name!r}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
@@ -18,10 +17,11 @@ import platformdirs
 from syncengine.cli.progress import progress_bar
 from syncengine.errors import ConfigError
 from syncengine.hashing.tree import sources_for
-from syncengine.repo.manifest import Change
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
-from syncengine.repo.repository import Repository
-from syncengine.store.local import LocalStore
+
+if TYPE_CHECKING:  # the repository stack (asyncio, stores) loads only when a command runs
+    from syncengine.repo.manifest import Change
+    from syncengine.repo.repository import Repository
 
 T = TypeVar("T")
 
@@ -36,10 +36,15 @@ def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
     if "://" in url:
         raise ConfigError(f"repository {url!r}: only local directories are supported so far (S3 is coming)")
 
+    from syncengine.repo.repository import Repository
+    from syncengine.store.local import LocalStore
+
     async def go() -> T:
         async with LocalStore(url) as store:
             repo = await Repository.open(store)
             return await job(repo)
+
+    import asyncio
 
     return asyncio.run(go())
 

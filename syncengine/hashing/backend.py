@@ -6,6 +6,7 @@ error, never a silent fallback.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
@@ -22,14 +23,14 @@ def load(prefer_native: bool = True) -> ModuleType:
     if not prefer_native or _truthy("SYNCENGINE_NO_EXTENSIONS"):
         return reference
     try:
-        from syncengine import _native  # type: ignore[attr-defined]
+        native = importlib.import_module("syncengine._native")
     except ImportError as e:
         if _truthy("CI"):
             raise NativeExtensionMissing(
                 f"the compiled core syncengine._native is missing ({e}); build it with `pip install .`"
             ) from e
         return reference
-    return _native  # type: ignore[no-any-return]
+    return native
 
 
 impl: ModuleType = load()
