@@ -27,7 +27,9 @@ def make_data(root: Path) -> None:
 
 
 def du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes of the objects under path; temp files of killed writes (never listed, removed by
+    the store's cleanup) do not count."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith(".se-tmp-"))
 
 
 def put(repo: Path, data: Path, cache: Path) -> subprocess.Popen[bytes]:
