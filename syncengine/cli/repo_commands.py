@@ -315,17 +315,22 @@ def register_more(cli: click.Group) -> None:
     def alias() -> None:
         """Move or remove aliases of versions."""
 
+    def change_aliases(ref: str, names: tuple[str, ...], repo_url: str | None, *, add: bool) -> None:
+        r = parse_ref(ref)
+        if r.version is None:
+            raise click.BadParameter("name the version as PROJECT/NAME:vN", param_hint="REF")
+        version = r.version
+        change = {"add": names} if add else {"remove": names}
+        _run(repo_url, lambda repo: repo.set_aliases(r.project, r.name, version, **change))
+        click.echo(f"{', '.join(names)} -> {r}" if add else f"removed {', '.join(names)} from {r}")
+
     @alias.command("add")
     @click.argument("ref")
     @click.argument("names", nargs=-1, required=True)
     @repo_option
     def alias_add(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
         """Point alias NAMES at PROJECT/NAME:vN (moving them from other versions)."""
-        r = parse_ref(ref)
-        if r.version is None:
-            raise click.BadParameter("name the version as PROJECT/NAME:vN", param_hint="REF")
-        _run(repo_url, lambda repo: repo.set_aliases(r.project, r.name, r.version or 0, add=names))
-        click.echo(f"{', '.join(names)} -> {r}")
+        change_aliases(ref, names, repo_url, add=True)
 
     @alias.command("rm")
     @click.argument("ref")
@@ -333,11 +338,7 @@ def register_more(cli: click.Group) -> None:
     @repo_option
     def alias_rm(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
         """Remove alias NAMES from PROJECT/NAME:vN."""
-        r = parse_ref(ref)
-        if r.version is None:
-            raise click.BadParameter("name the version as PROJECT/NAME:vN", param_hint="REF")
-        _run(repo_url, lambda repo: repo.set_aliases(r.project, r.name, r.version or 0, remove=names))
-        click.echo(f"removed {', '.join(names)} from {r}")
+        change_aliases(ref, names, repo_url, add=False)
 
     @cli.command("check")
     @click.option("--read-data", is_flag=True, help="Also read every blob and verify its BLAKE3.")

@@ -26,6 +26,7 @@ import pytest
 from syncengine.hashing import reference
 from syncengine.hashing.params import ChunkerParams, gear_table
 from tests.conftest import native_module
+from tests.native.conftest import SanitizedBuild
 
 ROOT = Path(__file__).resolve().parents[2]
 M64 = (1 << 64) - 1
@@ -294,31 +295,14 @@ SANITIZED_WORKLOAD = (
 
 @pytest.mark.slow
 def test_sanitized_build_gives_the_same_cuts(
-    tmp_path: Path, work: str, expected: dict[str, list[int]], expected_streams: list[list[Any]]
+    tmp_path: Path,
+    work: str,
+    expected: dict[str, list[int]],
+    expected_streams: list[list[Any]],
+    sanitized_native: SanitizedBuild,
 ) -> None:
     """The vector path under AddressSanitizer/UBSan (tests/native/test_debug_build.py's build)."""
-    runtime = subprocess.run(
-        ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True
-    ).stdout.strip()
-    if not (os.path.isabs(runtime) and os.path.exists(runtime)):
-        pytest.fail("gcc with AddressSanitizer (libasan) is required for the sanitized build test")
-    build = subprocess.run(
-        [
-            sys.executable,
-            "setup.py",
-            "build_ext",
-            "--build-lib",
-            str(tmp_path / "lib"),
-            "--build-temp",
-            str(tmp_path / "tmp"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "SYNCENGINE_DEBUG_BUILD": "1"},
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    so = next((tmp_path / "lib" / "syncengine").glob("_native*.so"))
+    so, runtime = sanitized_native
     env = {k: v for k, v in os.environ.items() if k != "SE_CDC_FORCE"}
     env.update(
         LD_PRELOAD=runtime,

@@ -8,13 +8,14 @@ undefined behaviour aborts the subprocess and fails the test.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.native.conftest import SanitizedBuild
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,35 +60,9 @@ WORKLOAD = textwrap.dedent(
 )
 
 
-def _asan_runtime() -> str:
-    path = subprocess.run(
-        ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True
-    ).stdout.strip()
-    return path if os.path.isabs(path) and os.path.exists(path) else ""
-
-
 @pytest.mark.slow
-def test_sanitized_build_runs_clean(tmp_path: Path) -> None:
-    runtime = _asan_runtime()
-    if not runtime or shutil.which("gcc") is None:
-        pytest.fail("gcc with AddressSanitizer (libasan) is required for the debug build test")
-    build = subprocess.run(
-        [
-            sys.executable,
-            "setup.py",
-            "build_ext",
-            "--build-lib",
-            str(tmp_path / "lib"),
-            "--build-temp",
-            str(tmp_path / "tmp"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "SYNCENGINE_DEBUG_BUILD": "1"},
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    so = next((tmp_path / "lib" / "syncengine").glob("_native*.so"))
+def test_sanitized_build_runs_clean(tmp_path: Path, sanitized_native: SanitizedBuild) -> None:
+    so, runtime = sanitized_native
     work = tmp_path / "work"
     work.mkdir()
     script = tmp_path / "workload.py"
