@@ -29,6 +29,9 @@ _COUNT = struct.Struct("<I")
 #: zstd is kept only when it saves at least this share of a blob.
 _MIN_SAVING: Final = 0.10
 _PROBE: Final = 64 * 1024
+#: Small blobs are first tried on this many bytes with the fastest level.
+_SMALL_PROBE: Final = 4096
+_FAST = zstandard.ZstdCompressor(level=1)
 
 
 class CorruptData(SyncEngineError):
@@ -88,10 +91,15 @@ class PackWriter:
     def _encode(self, raw: bytes | memoryview) -> tuple[bytes | memoryview, int]:
         if self._zstd is None or len(raw) < 512:
             return raw, CODEC_NONE
-        if self.compression == "auto" and len(raw) > _PROBE:
-            probe = self._zstd.compress(raw[:_PROBE])
-            if len(probe) > (1 - _MIN_SAVING) * _PROBE:
-                return raw, CODEC_NONE  # incompressible (model weights, media): skip the work
+        if self.compression == "auto":
+            # Incompressible data (model weights, media, random bytes) is the common case for
+            # large artifacts: find out from a sample instead of compressing every byte.
+            if len(raw) > _PROBE:
+                probe = self._zstd.compress(raw[:_PROBE])
+                if len(probe) > (1 - _MIN_SAVING) * _PROBE:
+                    return raw, CODEC_NONE
+            elif len(raw) > 2 * _SMALL_PROBE and len(_FAST.compress(raw[:_SMALL_PROBE])) >= _SMALL_PROBE:
+                return raw, CODEC_NONE
         packed = self._zstd.compress(raw)
         if len(packed) <= (1 - _MIN_SAVING) * len(raw):
             return packed, CODEC_ZSTD

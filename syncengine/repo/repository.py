@@ -69,6 +69,8 @@ from syncengine.repo.records import (
 from syncengine.store.base import ObjectStore
 
 PACK_TARGET: Final = 32 << 20
+#: New blobs are read and packed in batches of about this many bytes per worker-thread hop.
+READ_BATCH: Final = 8 << 20
 
 
 class RepoConfig(msgspec.Struct, frozen=True):
@@ -250,16 +252,35 @@ class Repository:
             if len(uploads) >= 4:  # bounded bytes in flight: at most 4 packs
                 await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
 
-        def read_blobs(path: str, wanted: list[tuple[bytes, int, int]]) -> list[tuple[bytes, bytes]]:
-            out = []
-            with open(path, "rb", buffering=0) as f:
-                for digest, offset, length in wanted:
-                    f.seek(offset)
-                    data = f.read(length)
-                    if len(data) != length or blob_digest(data) != digest:
-                        raise FileChangedError(path, "content differs from when it was hashed")
-                    out.append((digest, data))
-            return out
+        Reads = list[tuple[str, list[tuple[bytes, int, int]]]]
+        pending: Reads = []
+        pending_bytes = 0
+
+        def read_and_pack(pw: PackWriter, jobs: Reads) -> None:
+            """Reads new blobs, checks them against the digests the hash pass saw, and packs
+            (and maybe compresses) them — in a worker thread, off the event loop, many small
+            files per thread hop."""
+            for path, wanted in jobs:
+                with open(path, "rb", buffering=0) as f:
+                    for digest, offset, length in wanted:
+                        if digest in queued:
+                            continue
+                        f.seek(offset)
+                        data = f.read(length)
+                        if len(data) != length or blob_digest(data) != digest:
+                            raise FileChangedError(path, "content differs from when it was hashed")
+                        queued.add(digest)
+                        pw.add(digest, data)
+                        result.new_blobs += 1
+                        result.new_bytes += length
+
+        async def drain_reads() -> None:
+            nonlocal pending, pending_bytes
+            if pending:
+                jobs, pending, pending_bytes = pending, [], 0
+                await loop.run_in_executor(None, read_and_pack, writer, jobs)
+                if writer.size >= self.config.pack_target:
+                    await flush_pack()
 
         try:
             for hashed in hasher.hash(list(sources)):
@@ -283,15 +304,10 @@ class Repository:
                         budget -= wanted[end][2]
                         end += 1
                     group, start = wanted[start:end], end
-                    for digest, data in await loop.run_in_executor(None, read_blobs, scanned.abspath, group):
-                        if digest in queued:
-                            continue
-                        queued.add(digest)
-                        writer.add(digest, data)
-                        result.new_blobs += 1
-                        result.new_bytes += len(data)
-                    if writer.size >= self.config.pack_target:
-                        await flush_pack()
+                    pending.append((scanned.abspath, group))
+                    pending_bytes += sum(b[2] for b in group)
+                    if pending_bytes >= READ_BATCH:
+                        await drain_reads()
                 result.files += 1
                 result.bytes += d.size
         finally:
@@ -300,6 +316,7 @@ class Repository:
         if hasher.stats.errors:
             raise HashingFailed(hasher.stats.errors)
         result.warnings = [w.message for w in hasher.stats.warnings]
+        await drain_reads()
         await flush_pack()
         if uploads:
             await asyncio.gather(*uploads)
