@@ -375,21 +375,16 @@ size_t se_cdc_feed(const se_cdc_params *p, se_cdc_state *st, const uint8_t *data
         st->len += skip;
         used = skip;
     }
-    if (st->len >= p->min_size && st->len < p->avg_size && used < len) {
-        size_t n = p->avg_size - st->len;
+    /* Two phases: the strict threshold up to avg_size, the loose one up to max_size. */
+    const size_t starts[2] = {p->min_size, p->avg_size}, ends[2] = {p->avg_size, p->max_size};
+    const uint64_t thresholds[2] = {p->thr_small, p->thr_large};
+    for (int phase = 0; phase < 2; phase++) {
+        if (st->len < starts[phase] || st->len >= ends[phase] || used >= len)
+            continue;
+        size_t n = ends[phase] - st->len;
         if (n > len - used)
             n = len - used;
-        size_t c = scan_phase(p->gear, &st->h, data + used, n, p->thr_small, cut);
-        used += c;
-        st->len += c;
-        if (*cut)
-            return used;
-    }
-    if (st->len >= p->avg_size && st->len < p->max_size && used < len) {
-        size_t n = p->max_size - st->len;
-        if (n > len - used)
-            n = len - used;
-        size_t c = scan_phase(p->gear, &st->h, data + used, n, p->thr_large, cut);
+        size_t c = scan_phase(p->gear, &st->h, data + used, n, thresholds[phase], cut);
         used += c;
         st->len += c;
         if (*cut)

@@ -466,13 +466,12 @@ class Repository:
         return await self.version(ref.project, ref.name, head.aliases[ref.alias])
 
     async def versions(self, project: str, name: str) -> list[VersionRecord]:
-        head = await self.head(project, name)
+        await self.head(project, name)  # an unknown artifact raises, naming the ones that exist
         out = []
         prefix = f"artifacts/{project}/{name}/versions/v"
         numbers = sorted([int(i.key[len(prefix) :]) async for i in self.store.list(prefix)])
         for n in numbers:
             out.append(await self.version(project, name, n))
-        del head
         return out
 
     async def update_head(
