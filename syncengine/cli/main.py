@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -82,6 +83,9 @@ class _Group(click.Group):
         except SyncEngineError as e:
             fail(str(e))
         except OSError as e:
+            if e.errno == errno.EPIPE:  # the reader went away (`| head`): stop quietly, as Unix tools do
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(141)
             fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
 
 

@@ -252,3 +252,18 @@ def test_put_with_a_symlink_loop_warns_and_completes(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["files"] == 1
     assert "warning:" in r.stderr and "loop" in r.stderr
+
+
+def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    (tmp_path / "x").write_bytes(b"x")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written, as with `| true`
+    p = subprocess.run(
+        [sys.executable, "-m", "syncengine", "hash", str(tmp_path)],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    os.close(write_end)
+    assert p.stderr == "" and p.returncode == 141
