@@ -11,6 +11,8 @@ import pytest
 
 from syncengine.hashing import reference
 
+from tests.s3server import S3ServerUnavailable, S3TestServer
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -38,3 +40,27 @@ def _private_cache_dir(
     d = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("SYNCENGINE_CACHE_DIR", str(d))
     yield d
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3TestServer]:
+    """One SeaweedFS server for the whole run (started on first use, stopped at the end).
+
+    Without the `weed` binary the S3 tests skip, except under CI=true, where they fail.
+    """
+    try:
+        srv = S3TestServer().start()
+    except S3ServerUnavailable as e:
+        if IN_CI:
+            pytest.fail(f"CI=true but the S3 test server cannot start: {e}")
+        pytest.skip(str(e))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3TestServer) -> str:
+    """A fresh, empty bucket on the session's server."""
+    return s3_server.new_bucket()
