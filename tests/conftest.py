@@ -10,7 +10,6 @@ from types import ModuleType
 import pytest
 
 from syncengine.hashing import reference
-
 from tests.s3server import S3ServerUnavailable, S3TestServer
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
