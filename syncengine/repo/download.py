@@ -43,6 +43,7 @@ from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
 
 import blake3 as _blake3
 
+from syncengine.durable import SyncBatch
 from syncengine.errors import FileChangedError, ObjectNotFound, SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunks
@@ -510,22 +511,6 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
-def _write_whole(tmp: str, target: str, data: bytes, mode: int) -> None:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            _pwrite_all(fd, data, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _names(dests: Sequence[tuple[_FileJob, int]]) -> str:
     paths = list(dict.fromkeys(j.entry.path for j, _ in dests))
     more = f" (and {len(paths) - 3} more files)" if len(paths) > 3 else ""
@@ -559,10 +544,12 @@ class _Downloader(_Session):
         self.abort = threading.Event()
         self.dests: dict[bytes, list[tuple[_FileJob, int]]] = {}
         self._seq = 0
+        self._pending: list[tuple[_FileJob, bool]] = []
+        self._pending_lock = threading.Lock()
 
     # -- per entry, in a thread ------------------------------------------------------------------
 
-    def _make_room(self, job: _FileJob) -> None:
+    def _make_room(self, job: _FileJob, dirs_checked: bool = False) -> None:
         """Checks every existing directory on the way to the target. A symlink there (or at
         the target) that leads out of the root is refused in both modes: it may be the user's
         deliberate link to other storage, and following it would write outside the root.
@@ -573,7 +560,7 @@ class _Downloader(_Session):
         checkout = self.mode == "checkout"
         cur = root
         path = job.entry.path
-        for name in job.parts[:-1]:
+        for name in [] if dirs_checked else job.parts[:-1]:
             cur = os.path.join(cur, name)
             try:
                 st = os.lstat(cur)
@@ -621,9 +608,15 @@ class _Downloader(_Session):
         self.result.removed += 1
 
     def _prepare_dirs(self, jobs: list[_FileJob]) -> None:
+        ready: set[str] = set()  # parent directories checked (and created) in this pass
         for job in jobs:
+            parent = os.path.dirname(job.target)
+            if parent in ready:
+                self._make_room(job, dirs_checked=True)
+                continue
             self._make_room(job)
             safe_target(self.root, job.entry.path)  # creates the parent directories, checks again
+            ready.add(parent)
 
     def _prepare(self, job: _FileJob) -> None:
         e = job.entry
@@ -634,8 +627,9 @@ class _Downloader(_Session):
             return
         mode = (e.mode & 0o777) or 0o644
         if e.size == 0:
-            _write_whole(job.tmp, job.target, b"", mode)
-            job.done, job.state = True, _WRITTEN
+            os.close(job.open(self.abort))
+            job.state = _WRITTEN
+            self._written(job)
             return
         if self.cache is not None and self.cache.wants(e.size) and self._from_cache(job, mode):
             job.done, job.state = True, _CACHED
@@ -666,15 +660,16 @@ class _Downloader(_Session):
                 self.cache.discard(e.digest)
                 os.unlink(job.tmp)
                 return False
-            if how != "hardlink":
-                with open(job.tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.chmod(job.tmp, mode)
-            os.replace(job.tmp, job.target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(job.tmp)
             raise
+        job.created = True
+        if how == "hardlink":  # the cache's file is durable already; only the rename is new
+            os.replace(job.tmp, job.target)
+            job.done = True
+        else:
+            self._written(job, cached=True)
         return True
 
     # -- reusing local content ----------------------------------------------------------------------
@@ -712,12 +707,9 @@ class _Downloader(_Session):
                 reused += n
             job.blobs = left
             if not left and fd is not None:
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                    fd = None
-                self._finish(job)
+                os.close(fd)
+                fd = None
+                self._written(job)
         finally:
             for sfd in sources.values():
                 os.close(sfd)
@@ -823,18 +815,31 @@ class _Downloader(_Session):
             last = job.remaining == 0
         if last:
             del fds[job]
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._finish(job)
+            os.close(fd)
+            self._written(job)
 
-    def _finish(self, job: _FileJob) -> None:
+    def _written(self, job: _FileJob, *, cached: bool = False) -> None:
+        """The temp file is complete: it is made durable and renamed with the rest of the
+        window (one syncfs for all of them, see syncengine.durable)."""
+        with self._pending_lock:
+            self._pending.append((job, cached))
+
+    def _commit(self, batch: SyncBatch, jobs: list[_FileJob]) -> None:
+        """Durable temp files → renames → durable directory entries, for the window."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        pending.sort(key=lambda p: p[0].seq)
+        batch.flush(j.tmp for j, _ in pending)
+        for job, cached in pending:
+            self._finish(job, cached)
+        batch.flush_dirs({os.path.dirname(j.target) for j in jobs if j.state != _PRESENT})
+
+    def _finish(self, job: _FileJob, cached: bool) -> None:
         e = job.entry
         os.chmod(job.tmp, (e.mode & 0o777) or 0o644)
         os.replace(job.tmp, job.target)
         job.done = True
-        if self.cache is not None and self.cache.wants(e.size):
+        if not cached and self.cache is not None and self.cache.wants(e.size):
             with contextlib.suppress(OSError):  # a cache that cannot take the file is no error
                 self.cache.add(job.target, e.digest, e.size)
 
@@ -861,12 +866,13 @@ class _Downloader(_Session):
             _check_entry(e)
             jobs.append(_FileJob(e, parts, self.root, self._seq))
             self._seq += 1
+        batch = await self.run(SyncBatch, self.root)  # before any write: see syncengine.durable
         try:
             await self.run(self._prepare_dirs, jobs)  # one thread, in path order
             await _all([self.run(self._prepare, j) for j in jobs])  # hashing etc. in parallel
             await self._reuse_local(jobs)
             await self._fetch_all(self._plan([j for j in jobs if j.state == _FETCH and j.blobs]))
-            await self.run(_fsync_dirs, {os.path.dirname(j.target) for j in jobs if j.state != _PRESENT})
+            await self.run(self._commit, batch, jobs)
         except BaseException:
             self.abort.set()
             self.wait_threads()  # no thread may create a temp file after the cleanup below
@@ -877,6 +883,8 @@ class _Downloader(_Session):
             raise
         finally:
             self.dests = {}
+            self._pending = []
+            batch.close()
         for j in jobs:
             if j.state == _PRESENT:
                 res.present += 1
@@ -915,19 +923,6 @@ def _remove_empty_dirs(root: str, prefix: str) -> None:
         if dirpath != top:
             with contextlib.suppress(OSError):
                 os.rmdir(dirpath)
-
-
-def _fsync_dirs(dirs: set[str]) -> None:
-    for d in dirs:
-        try:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            with contextlib.suppress(OSError):
-                os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 async def _merge(
