@@ -13,6 +13,7 @@ import datetime as _dt
 import getpass
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from syncengine.repo.pack import (
     index_entries,
     read_blob,
 )
+from syncengine.repo.put_memo import Fingerprint, Memo, PutMemo, memo_key
 from syncengine.repo.records import (
     FORMAT,
     ArtifactHead,
@@ -219,7 +221,68 @@ class Repository:
         head, _ = await self._read_head(project, name)
         if head is not None and head.type != type:
             raise TypeMismatch(f"artifact {project}/{name} has type {head.type!r}, not {type!r}")
+        loop = asyncio.get_running_loop()
+        result = PutResult(VersionRecord(FORMAT, project, name, -1, type, "", "", 0, 0, ""), False)
 
+        memo: PutMemo | None = None
+        key = b""
+        if stat_cache:
+            walk = [
+                sorted((os.path.realpath(s.root), s.prefix) for s in sources),
+                list(include),
+                list(exclude),
+            ]
+            key = memo_key(self.config.id, project, name, type, [*walk, self.params.label])
+            memo = await loop.run_in_executor(None, PutMemo)
+        try:
+            if memo is not None and head is not None:
+                scanner = TreeHasher(self.params, include=include, exclude=exclude)
+                recalled = await loop.run_in_executor(None, _recall, memo, key, scanner, sources)
+                if recalled is not None and head.digests.get(recalled.content_digest) == recalled.version:
+                    committed = await self._commit(
+                        project, name, type, recalled.content_digest, None, "", aliases, "", {}, ()
+                    )
+                    if committed is not None:
+                        result.record, result.created = committed
+                        result.files, result.bytes = result.record.files, result.record.size
+                        result.warnings = [w.message for w in scanner.stats.warnings]
+                        return result
+            return await self._log(
+                result,
+                sources,
+                aliases,
+                description,
+                metadata,
+                tags,
+                include,
+                exclude,
+                stat_cache,
+                threads,
+                on_progress,
+                memo,
+                key,
+            )
+        finally:
+            if memo is not None:
+                await loop.run_in_executor(None, memo.close)
+
+    async def _log(
+        self,
+        result: PutResult,
+        sources: Sequence[Source],
+        aliases: list[str],
+        description: str | None,
+        metadata: dict[str, Any] | None,
+        tags: list[str],
+        include: Sequence[str],
+        exclude: Sequence[str],
+        stat_cache: bool,
+        threads: int | None,
+        on_progress: Callable[[int, int], None] | None,
+        memo: PutMemo | None,
+        key: bytes,
+    ) -> PutResult:
+        project, name, type = result.record.project, result.record.name, result.record.type
         index = await self.index()
         cache = StatCache(None, self.params.label) if stat_cache else None
         hasher = TreeHasher(
@@ -230,13 +293,14 @@ class Repository:
             exclude=exclude,
             on_progress=on_progress,
         )
-        result = PutResult(VersionRecord(FORMAT, project, name, -1, type, "", "", 0, 0, ""), False)
+        fingerprint = Fingerprint()
         builder = ManifestBuilder()
         writer = PackWriter()
         new_entries: list[IndexEntry] = []
         queued: set[bytes] = set()
         uploads: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
+        hashed_ns = time.time_ns()
 
         async def flush_pack() -> None:
             nonlocal writer
@@ -285,6 +349,7 @@ class Repository:
         try:
             for hashed in hasher.hash(list(sources)):
                 d, scanned = hashed.digest, hashed.entry
+                fingerprint.add(scanned)
                 chunks = tuple((c.length, c.digest) for c in d.chunks)
                 entry = ManifestEntry(scanned.path, d.size, scanned.mode & 0o777, d.digest, chunks)
                 for pid, data in builder.add(entry):
@@ -332,10 +397,32 @@ class Repository:
         mdata = encode_manifest(manifest)
         mkey = _obj_key("manifests", _blake3.blake3(mdata).digest())
         await _put_immutable(self.store, mkey, mdata)
-        record, created = await self._commit(
-            project, name, type, manifest, mkey, aliases, description or "", metadata or {}, tuple(tags)
+        committed = await self._commit(
+            project,
+            name,
+            type,
+            manifest.content_digest.hex(),
+            manifest,
+            mkey,
+            aliases,
+            description or "",
+            metadata or {},
+            tuple(tags),
         )
-        result.record, result.created = record, created
+        assert committed is not None
+        result.record, result.created = committed
+        if memo is not None and not result.warnings:
+            rec = result.record
+            m = Memo(
+                fingerprint.digest(),
+                fingerprint.files,
+                b"".join(fingerprint.checkpoints),
+                hashed_ns,
+                rec.content_digest,
+                rec.version,
+                rec.size,
+            )
+            await loop.run_in_executor(None, memo.put, key, m)
         return result
 
     async def _read_head(self, project: str, name: str) -> tuple[ArtifactHead | None, str | None]:
@@ -362,14 +449,16 @@ class Repository:
         project: str,
         name: str,
         type: str,
-        manifest: Manifest,
+        digest: str,
+        manifest: Manifest | None,
         mkey: str,
         aliases: list[str],
         description: str,
         metadata: dict[str, Any],
         tags: tuple[str, ...],
-    ) -> tuple[VersionRecord, bool]:
-        digest = manifest.content_digest.hex()
+    ) -> tuple[VersionRecord, bool] | None:
+        """Records the version with content ``digest`` (or finds it) and moves the head.
+        Without ``manifest`` only an existing version can be found: None if there is none."""
         created = False
         number: int | None = None
         record: VersionRecord | None = None
@@ -387,6 +476,8 @@ class Repository:
                 number = existing
                 record = await self.version(project, name, existing)
             elif record is None:
+                if manifest is None:
+                    return None
                 number = (head.latest + 1) if head.latest is not None else 0
                 while True:  # the number is taken once its record exists: first come, first served
                     candidate = VersionRecord(
@@ -646,3 +737,11 @@ def safe_target(root: str, path: str) -> str:
         raise UnsafePath(f"{target} is a symlink; refusing to write through it")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     return target
+
+
+def _recall(memo: PutMemo, key: bytes, scanner: TreeHasher, sources: Sequence[Source]) -> Memo | None:
+    """The remembered put if a stat-only walk of ``sources`` shows the same, trusted files."""
+    m = memo.get(key)
+    if m is None:
+        return None
+    return m if PutMemo.matches(m, scanner.scan(list(sources))) else None
