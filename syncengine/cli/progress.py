@@ -17,23 +17,37 @@ def human_bytes(n: float) -> str:
 
 
 @contextmanager
-def progress_bar(enabled: bool, verb: str = "hashing") -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress line on stderr when it is a terminal; nothing when piped."""
+def progress_bar(
+    enabled: bool, verb: str = "hashing", *, total_files: int | None = None, total_bytes: int | None = None
+) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress line on stderr when it is a terminal; nothing when piped. With
+    ``total_bytes`` it has a bar and an ETA."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    columns = (
-        SpinnerColumn(),
-        TextColumn(verb + " {task.fields[files]} files, {task.fields[size]}, {task.fields[rate]}"),
-        TimeElapsedColumn(),
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
     )
+
+    of = f"/{total_files}" if total_files is not None else ""
+    columns: tuple[ProgressColumn, ...] = (
+        SpinnerColumn(),
+        TextColumn(verb + " {task.fields[files]}" + of + " files, {task.fields[size]}, {task.fields[rate]}"),
+    )
+    if total_bytes is not None:
+        columns += (BarColumn(), TimeRemainingColumn())
+    columns += (TimeElapsedColumn(),)
     # No refresh thread: it would compete with the hashing threads for the GIL. The callback
     # redraws at most 5 times a second.
     with Progress(*columns, console=Console(stderr=True), transient=True, auto_refresh=False) as prog:
-        task = prog.add_task("hash", total=None, files=0, size="0 B", rate="")
+        task = prog.add_task("hash", total=total_bytes, files=0, size="0 B", rate="")
         start = time.perf_counter()
         last = start
 
@@ -44,6 +58,8 @@ def progress_bar(enabled: bool, verb: str = "hashing") -> Iterator[Callable[[int
                 return
             last = now
             rate = human_bytes(nbytes / max(now - start, 1e-9)) + "/s"
-            prog.update(task, files=files, size=human_bytes(nbytes), rate=rate, refresh=True)
+            prog.update(
+                task, completed=nbytes, files=files, size=human_bytes(nbytes), rate=rate, refresh=True
+            )
 
         yield update

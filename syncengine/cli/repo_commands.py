@@ -97,14 +97,7 @@ def register(cli: click.Group) -> None:
             raise click.BadParameter(
                 "give PROJECT/NAME without :alias (use -a to set aliases)", param_hint="-n"
             )
-        meta = None
-        if metadata is not None:
-            try:
-                meta = json.loads(metadata)
-            except json.JSONDecodeError as e:
-                raise click.BadParameter(f"not JSON: {e}", param_hint="-m") from None
-            if not isinstance(meta, dict):
-                raise click.BadParameter("metadata must be a JSON object", param_hint="-m")
+        meta = _json_object(metadata, "-m") if metadata is not None else None
         start = time.perf_counter()
         with progress_bar(not as_json, "logging") as progress:
             result = _run(
@@ -170,7 +163,17 @@ def register(cli: click.Group) -> None:
 
         async def job(repo: Repository) -> tuple[VersionRecord, int]:
             record = await repo.resolve(parsed)
-            return record, await repo.download(record, target, path_prefix=path_prefix, checkout=checkout)
+            whole = path_prefix is None  # the totals are known: a bar with an ETA
+            with progress_bar(
+                not as_json,
+                "getting",
+                total_files=record.files if whole else None,
+                total_bytes=record.size if whole else None,
+            ) as progress:
+                n = await repo.download(
+                    record, target, path_prefix=path_prefix, checkout=checkout, on_progress=progress
+                )
+            return record, n
 
         record, n = _run(repo_url, job)
         if as_json:
@@ -340,6 +343,98 @@ def register_more(cli: click.Group) -> None:
         """Remove alias NAMES from PROJECT/NAME:vN."""
         change_aliases(ref, names, repo_url, add=False)
 
+    @cli.group("tag")
+    def tag() -> None:
+        """Add or remove tags of a version."""
+
+    def change_tags(ref: str, names: tuple[str, ...], repo_url: str | None, *, add: bool) -> None:
+        from syncengine.repo.records import check_tag
+
+        r = parse_ref(ref)
+        checked = [check_tag(t) for t in names]
+
+        async def job(repo: Repository) -> VersionRecord:
+            record = await repo.resolve(r)
+
+            def change(v: VersionRecord) -> VersionRecord:
+                tags = [t for t in v.tags if add or t not in checked]
+                tags += [t for t in checked if add and t not in tags]
+                return msgspec.structs.replace(v, tags=tuple(tags))
+
+            return await repo.update_version(r.project, r.name, record.version, change)
+
+        record = _run(repo_url, job)
+        where = f"{record.project}/{record.name}:v{record.version}"
+        click.echo(f"{where} tags: {', '.join(record.tags) or '(none)'}")
+
+    @tag.command("add")
+    @click.argument("ref")
+    @click.argument("names", nargs=-1, required=True)
+    @repo_option
+    def tag_add(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
+        """Add tags NAMES to PROJECT/NAME[:ALIAS|:vN]."""
+        change_tags(ref, names, repo_url, add=True)
+
+    @tag.command("rm")
+    @click.argument("ref")
+    @click.argument("names", nargs=-1, required=True)
+    @repo_option
+    def tag_rm(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
+        """Remove tags NAMES from PROJECT/NAME[:ALIAS|:vN]."""
+        change_tags(ref, names, repo_url, add=False)
+
+    @cli.command("edit")
+    @click.argument("ref")
+    @click.option("-d", "--description", default=None, help="New description.")
+    @click.option("-m", "--metadata", default=None, help="JSON object replacing the metadata.")
+    @click.option("--set", "set_items", multiple=True, metavar="KEY=JSON", help="Set one metadata key.")
+    @click.option("--unset", "unset_keys", multiple=True, metavar="KEY", help="Remove one metadata key.")
+    @repo_option
+    @json_option
+    def edit(
+        ref: str,
+        description: str | None,
+        metadata: str | None,
+        set_items: tuple[str, ...],
+        unset_keys: tuple[str, ...],
+        repo_url: str | None,
+        as_json: bool,
+    ) -> None:
+        """Change the description or metadata of PROJECT/NAME[:ALIAS|:vN] (compare-and-swap:
+        concurrent edits of other keys are kept)."""
+        r = parse_ref(ref)
+        replace = _json_object(metadata, "--metadata") if metadata is not None else None
+        updates: dict[str, Any] = {}
+        for item in set_items:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                raise click.BadParameter(f"{item!r}: expected KEY=JSON", param_hint="--set")
+            try:
+                updates[k] = json.loads(v)
+            except json.JSONDecodeError:
+                updates[k] = v  # a bare word is a string
+        if description is None and replace is None and not updates and not unset_keys:
+            raise click.UsageError("nothing to change: give -d, -m, --set or --unset")
+
+        async def job(repo: Repository) -> VersionRecord:
+            record = await repo.resolve(r)
+
+            def change(v: VersionRecord) -> VersionRecord:
+                meta = dict(replace if replace is not None else v.metadata)
+                meta.update(updates)
+                for k in unset_keys:
+                    meta.pop(k, None)
+                desc = description if description is not None else v.description
+                return msgspec.structs.replace(v, description=desc, metadata=meta)
+
+            return await repo.update_version(r.project, r.name, record.version, change)
+
+        record = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps(_record_json(record)))
+        else:
+            click.echo(f"updated {record.project}/{record.name}:v{record.version}")
+
     @cli.command("check")
     @click.option("--read-data", is_flag=True, help="Also read every blob and verify its BLAKE3.")
     @repo_option
@@ -355,6 +450,16 @@ def register_more(cli: click.Group) -> None:
             click.echo("repository ok" if not problems else f"{len(problems)} problem(s) found")
         if problems:
             sys.exit(1)
+
+
+def _json_object(text: str, hint: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint=hint) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("metadata must be a JSON object", param_hint=hint)
+    return value
 
 
 _SIGN = {"added": "+", "removed": "-", "modified": "M"}

@@ -546,6 +546,9 @@ class _Downloader(_Session):
         self._seq = 0
         self._pending: list[tuple[_FileJob, bool]] = []
         self._pending_lock = threading.Lock()
+        self.on_progress: Callable[[int, int], None] | None = None
+        self._done_files = 0
+        self._done_bytes = 0
 
     # -- per entry, in a thread ------------------------------------------------------------------
 
@@ -624,6 +627,7 @@ class _Downloader(_Session):
         job.local = seen.digest
         if seen.ok:
             job.state = _PRESENT
+            self._progress(1, e.size)
             return
         mode = (e.mode & 0o777) or 0o644
         if e.size == 0:
@@ -668,6 +672,7 @@ class _Downloader(_Session):
         if how == "hardlink":  # the cache's file is durable already; only the rename is new
             os.replace(job.tmp, job.target)
             job.done = True
+            self._progress(1, e.size)
         else:
             self._written(job, cached=True)
         return True
@@ -823,6 +828,16 @@ class _Downloader(_Session):
         window (one syncfs for all of them, see syncengine.durable)."""
         with self._pending_lock:
             self._pending.append((job, cached))
+        self._progress(1, job.entry.size)
+
+    def _progress(self, files: int, nbytes: int) -> None:
+        if self.on_progress is None:
+            return
+        with self._pending_lock:
+            self._done_files += files
+            self._done_bytes += nbytes
+            done = self._done_files, self._done_bytes
+        self.on_progress(*done)
 
     def _commit(self, batch: SyncBatch, jobs: list[_FileJob]) -> None:
         """Durable temp files → renames → durable directory entries, for the window."""
@@ -966,6 +981,7 @@ async def download(
     max_gap: int = MAX_GAP,
     max_range: int = MAX_RANGE,
     stat_cache: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> DownloadResult:
     """Writes the files of ``record`` under ``root`` (default: :func:`default_root`).
 
@@ -1001,6 +1017,7 @@ async def download(
         max_range=max_range,
         use_stat_cache=stat_cache,
     )
+    d.on_progress = on_progress  # (files done, bytes done), from worker threads
     try:
         window: list[ManifestEntry] = []
         blobs = 0

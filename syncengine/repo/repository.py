@@ -695,7 +695,13 @@ class Repository:
         return ManifestReader(m, lambda pid: self.store.get(_obj_key("manifests", pid)))
 
     async def download(
-        self, record: VersionRecord, root: str, *, path_prefix: str | None = None, checkout: bool = False
+        self,
+        record: VersionRecord,
+        root: str,
+        *,
+        path_prefix: str | None = None,
+        checkout: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> int:
         """Writes the version's files under `root` (verified; temp + fsync + rename); files
         already there with the right content are left alone; `checkout` also removes files
@@ -703,7 +709,12 @@ class Repository:
         from syncengine.repo.download import download  # imports this module
 
         result = await download(
-            self, record, root, path_prefix=path_prefix, mode="checkout" if checkout else "download"
+            self,
+            record,
+            root,
+            path_prefix=path_prefix,
+            mode="checkout" if checkout else "download",
+            on_progress=on_progress,
         )
         return result.written
 

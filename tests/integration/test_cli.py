@@ -267,3 +267,78 @@ def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     )
     os.close(write_end)
     assert p.stderr == "" and p.returncode == 141
+
+
+def test_tag_and_edit_after_logging(tmp_path: Path) -> None:
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a")
+    assert (
+        cli("put", "-n", "p/d", "-t", "dataset", "-m", '{"a": 1, "b": 2}', str(data), env=env).returncode == 0
+    )
+
+    r = cli("tag", "add", "p/d:v0", "nightly", "gold", env=env)
+    assert r.returncode == 0 and "nightly, gold" in r.stdout
+    r = cli("tag", "rm", "p/d", "nightly", env=env)  # latest
+    assert r.returncode == 0 and "tags: gold" in r.stdout
+    r = cli("tag", "add", "p/d:v0", "bad tag", env=env)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "invalid tag 'bad tag'" in r.stderr
+
+    r = cli(
+        "edit",
+        "p/d:latest",
+        "-d",
+        "new words",
+        "--set",
+        "split=train",
+        "--set",
+        "n=3",
+        "--unset",
+        "a",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(cli("show", "p/d:v0", env=env).stdout)
+    assert shown["description"] == "new words"
+    assert shown["metadata"] == {"b": 2, "n": 3, "split": "train"}
+    assert shown["tags"] == ["gold"]
+    r = cli("edit", "p/d", "-m", '{"only": true}', env=env)
+    assert r.returncode == 0
+    assert json.loads(cli("show", "p/d", env=env).stdout)["metadata"] == {"only": True}
+    assert cli("edit", "p/d", env=env).returncode == 2  # nothing to change: usage error
+    assert cli("edit", "p/d", "-m", "[1]", env=env).returncode == 2
+
+
+def test_get_draws_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    import pty
+    import select
+
+    env = {**os.environ, "SYNCENGINE_REPO": str(tmp_path / "repo"), "COLUMNS": "120", "TERM": "xterm"}
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(30):
+        (data / f"f{i}.bin").write_bytes(os.urandom(70_000))
+    assert cli("put", "-n", "p/d", "-t", "dataset", str(data), env=env).returncode == 0
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncengine", "get", "p/d", "--root", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    seen = b""
+    while select.select([master], [], [], 60)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=60) == 0
+    assert proc.stdout is not None and b"(30 files)" in proc.stdout.read()
+    assert b"getting" in seen and b"/30 files" in seen
+    piped = cli("get", "p/d", "--root", str(tmp_path / "out2"), env=env)
+    assert piped.returncode == 0 and piped.stderr == ""
