@@ -542,6 +542,9 @@ def measure_get(tool: Tool, out: Path, data: Corpus) -> Result:
     rewarm(repo_files, sum(p.stat().st_size for p in repo_files), f"get/{tool.name} (repository)")
     os.sync()
     result = tool.get(out)
+    t0 = time.perf_counter()
+    os.sync()  # what the tool left unwritten: the price of its durability, paid now
+    result.extra["sync_after_seconds"] = round(time.perf_counter() - t0, 4)
     files, nbytes = tree_size(out)
     result.extra.update(output_files=files, output_bytes=nbytes)
     if files != data.files or nbytes not in (data.bytes, data.modified_bytes):
@@ -549,6 +552,37 @@ def measure_get(tool: Tool, out: Path, data: Corpus) -> Result:
             f"wrote {files} files / {nbytes} bytes, expected {data.files} / {data.bytes}"
         )
     return result
+
+
+def measure_floors(data: Corpus, scratch: Path) -> dict[str, Any]:
+    """What this machine's disk allows, whatever the tool: writing the corpus's bytes once,
+    durably (the floor of a durable put), and copying the corpus tree with ``cp -r`` then
+    ``sync`` (the floor of a durable get: every file created and written)."""
+    out: dict[str, Any] = {}
+    target = scratch / "floor.bin"
+    count = -(-data.bytes // (16 << 20))
+    os.sync()
+    run = run_measured(["dd", "if=/dev/zero", f"of={target}", "bs=16M", f"count={count}", "conv=fsync"])
+    target.unlink(missing_ok=True)
+    if run.returncode == 0:
+        out["durable_write_seconds"] = round(run.seconds, 4)
+        out["durable_write_meaning"] = f"dd of {count} x 16 MiB with conv=fsync (the corpus's bytes)"
+    copy = scratch / "floor-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    rewarm(sorted(walk_files(data.dir)), data.bytes, "floor (corpus)")
+    os.sync()
+    run = run_measured(["cp", "-r", str(data.dir), str(copy)])
+    t0 = time.perf_counter()
+    os.sync()
+    synced = time.perf_counter() - t0
+    shutil.rmtree(copy, ignore_errors=True)
+    os.sync()
+    if run.returncode == 0:
+        out["copy_tree_seconds"] = round(run.seconds, 4)
+        out["copy_tree_sync_seconds"] = round(run.seconds + synced, 4)
+        out["copy_tree_meaning"] = "cp -r of the corpus into an empty folder, then sync"
+    log(f"floors: {out}")
+    return out
 
 
 def run_sequence(
@@ -718,6 +752,22 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def versus_floors(results: dict[str, Any], floors: dict[str, Any]) -> dict[str, Any]:
+    """Each tool's time over the disk's floor for the same job (1.0 = as fast as the disk
+    allows; restic's get counts the sync it left to do, as syncengine's get is durable)."""
+    out: dict[str, Any] = {}
+    put_floor = floors.get("durable_write_seconds")
+    get_floor = floors.get("copy_tree_sync_seconds")
+    for name, r in results.get("initial", {}).items():
+        if put_floor and "seconds" in r:
+            out.setdefault("initial", {})[name] = round(r["seconds"] / put_floor, 3)
+    for name, r in results.get("get", {}).items():
+        if get_floor and "seconds" in r:
+            durable = r["seconds"] + r.get("sync_after_seconds", 0.0)
+            out.setdefault("get_durable", {})[name] = round(durable / get_floor, 3)
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -764,6 +814,8 @@ def resolve_syncengine(arg: str | None, cwd: Path) -> tuple[list[str], dict[str,
     if command and os.sep in command[0] and Path(command[0]).exists():
         command[0] = str(Path(command[0]).absolute())
     env = dict(os.environ)
+    # An installed package has its bytecode compiled; let the first run write it here too.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     def works(e: dict[str, str]) -> bool:
         try:
@@ -841,6 +893,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-dvc", action="store_true", help="do not measure DVC")
     p.add_argument("--syncengine", help="command that runs syncengine (default: this python -m syncengine)")
     p.add_argument("--keep", action="store_true", help="keep the repositories and outputs in the scratch dir")
+    p.add_argument("--no-floors", action="store_true", help="skip measuring the disk's floors (dd, cp -r)")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be at least 1")
@@ -874,6 +927,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"WARNING: 1-minute load average is {load_start} before starting: the machine is not idle")
 
     data = prepare_corpus(own, spec)
+    floors: dict[str, Any] = {}
     tools: list[Tool] = []
     try:
         se_info: dict[str, Any] = {}
@@ -912,6 +966,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{name}: {msg}")
         tools.sort(key=lambda t: TOOLS.index(t.name))
 
+        if not args.no_floors:
+            floors = measure_floors(data, scratch)
         runs = []
         for seq in range(args.runs):
             if seq:
@@ -957,6 +1013,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "modified_bytes": data.modified_bytes,
         },
         "steps": {s: STEP_DESCRIPTIONS[s] for s in args.steps},
+        "floors": floors,
         "commands": {
             "syncengine": [
                 f"{shlex.join(se_command)} put -n {ARTIFACT} -t dataset CORPUS --json --repo REPO"
@@ -977,6 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
         "ratios": ratios(results),
         "targets": targets(results),
+        "versus_floors": versus_floors(results, floors),
         "notes": [
             "seconds: subprocess wall time (process start included), best of runs; "
             "reported_seconds: syncengine's own timing of the put (no interpreter start-up)",
