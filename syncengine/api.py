@@ -20,6 +20,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from syncengine import aio
+from syncengine._loop import new_event_loop
 from syncengine.aio import Artifact, Manifest
 
 T = TypeVar("T")
@@ -36,7 +37,7 @@ class _Loop:
     def run(cls, coro: Coroutine[Any, Any, T]) -> T:
         with cls._lock:
             if cls._loop is None:
-                loop = asyncio.new_event_loop()
+                loop = new_event_loop()
                 threading.Thread(target=loop.run_forever, name="syncengine-loop", daemon=True).start()
                 cls._loop = loop
         return asyncio.run_coroutine_threadsafe(coro, cls._loop).result()

@@ -44,9 +44,9 @@ def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
             repo = await Repository.open(store)
             return await job(repo)
 
-    import asyncio
+    from syncengine._loop import run
 
-    return asyncio.run(go())
+    return run(go())
 
 
 repo_option = click.option(

@@ -140,3 +140,22 @@ def test_checkout_and_verify(tmp_path: Path) -> None:
     (out / "labels.csv").write_bytes(b"changed")
     with pytest.raises(VerifyFailed, match=r"changed: labels\.csv"):
         v.verify(str(out))
+
+
+def test_the_facade_runs_on_uvloop_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from syncengine._loop import loop_name, new_event_loop
+
+    pytest.importorskip("uvloop")
+    loop = new_event_loop()
+    try:
+        assert loop_name(loop) == "uvloop"
+    finally:
+        loop.close()
+    monkeypatch.setenv("SYNCENGINE_NO_UVLOOP", "1")
+    loop = new_event_loop()
+    try:
+        assert loop_name(loop) == "asyncio" and isinstance(loop, asyncio.BaseEventLoop)
+    finally:
+        loop.close()
