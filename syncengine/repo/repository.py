@@ -31,7 +31,7 @@ from syncengine.errors import (
     SyncEngineError,
 )
 from syncengine.hashing.params import GEAR_SEED, ChunkerParams
-from syncengine.hashing.stat_cache import StatCache
+from syncengine.hashing.stat_cache import StatCache, default_cache_dir
 from syncengine.hashing.tree import Source, TreeHasher
 from syncengine.repo.manifest import (
     Change,
@@ -178,14 +178,28 @@ class Repository:
         refreshed with segments written since)."""
         if self._index is None:
             self._index = {}
-        async for info in self.store.list("index/"):
-            if info.key in self._segments:
-                continue
-            data = await self.store.get(info.key)
-            for e in decode_index(bytes.fromhex(info.key.rsplit("/", 1)[1]), data):
-                self._index.setdefault(e.digest, e)
-            self._segments.add(info.key)
-        return self._index
+        index = self._index
+        new = [info.key async for info in self.store.list("index/") if info.key not in self._segments]
+        if not new:
+            return index
+        cache = _segment_cache_dir(self.config.id)
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(16)
+
+        async def load(key: str) -> tuple[str, list[IndexEntry]]:
+            sid = bytes.fromhex(key.rsplit("/", 1)[1])
+            entries = await loop.run_in_executor(None, _cached_segment, cache, sid)
+            if entries is None:
+                async with gate:
+                    data = await self.store.get(key)
+                entries = await loop.run_in_executor(None, _remember_segment, cache, sid, data)
+            return key, entries
+
+        for key, entries in await asyncio.gather(*(load(k) for k in new)):
+            for e in entries:
+                index.setdefault(e.digest, e)
+            self._segments.add(key)
+        return index
 
     # -- logging a version ----------------------------------------------------------------
 
@@ -388,6 +402,7 @@ class Repository:
         if new_entries:
             sid, seg = encode_index(new_entries)
             await _put_immutable(self.store, f"index/{sid.hex()}", seg)
+            await loop.run_in_executor(None, _remember_segment, _segment_cache_dir(self.config.id), sid, seg)
             for ie in new_entries:
                 index.setdefault(ie.digest, ie)
             self._segments.add(f"index/{sid.hex()}")
@@ -756,3 +771,37 @@ def _recall(memo: PutMemo, key: bytes, scanner: TreeHasher, sources: Sequence[So
     if m is None:
         return None
     return m if PutMemo.matches(m, scanner.scan(list(sources))) else None
+
+
+# Index segments are immutable and named by their BLAKE3: a local copy, checked against its
+# name when read, saves a GET per segment on every later put (a cache: deleting it loses
+# nothing).
+
+
+def _segment_cache_dir(repo_id: str) -> str:
+    return os.path.join(default_cache_dir(), "index-segments", repo_id)
+
+
+def _cached_segment(cache: str, sid: bytes) -> list[IndexEntry] | None:
+    try:
+        with open(os.path.join(cache, sid.hex()), "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    try:
+        return decode_index(sid, data)
+    except CorruptData:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(cache, sid.hex()))
+        return None
+
+
+def _remember_segment(cache: str, sid: bytes, data: bytes) -> list[IndexEntry]:
+    entries = decode_index(sid, data)  # raises CorruptData for a damaged segment
+    with contextlib.suppress(OSError):  # a cache that cannot be written is no error
+        os.makedirs(cache, exist_ok=True)
+        tmp = os.path.join(cache, f".tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(cache, sid.hex()))
+    return entries

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -119,6 +120,7 @@ WRITER = """
 import asyncio, os, sys
 import msgspec
 from pathlib import Path
+from typing import ClassVar
 from syncengine.hashing.params import ChunkerParams
 from syncengine.hashing.tree import Source
 from syncengine.repo.repository import Repository
@@ -169,3 +171,38 @@ def test_concurrent_writers_get_distinct_consecutive_versions(tmp_path: Path) ->
         assert len(v0.metadata) == 20  # every writer's metadata update kept (compare-and-swap)
 
     asyncio.run(check())
+
+
+def test_index_segments_are_cached_locally_and_checked(tmp_path: Path) -> None:
+    from syncengine.repo import repository as repo_mod
+
+    data = tmp_path / "data"
+    write_tree(data, {"a.bin": os.urandom(20_000), "b.bin": os.urandom(30_000)})
+
+    class CountingStore(LocalStore):
+        gets: ClassVar[list[str]] = []
+
+        async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
+            self.gets.append(key)
+            return await super().get(key, range)
+
+    async def go() -> None:
+        repo = await Repository.open(CountingStore(tmp_path / "repo"), params=PARAMS)
+        await repo.log([Source(str(data))], project="p", name="a", type="dataset", stat_cache=False)
+        cache = Path(repo_mod._segment_cache_dir(repo.config.id))
+        [seg] = list(cache.iterdir())
+        CountingStore.gets = []
+        fresh = await Repository.open(CountingStore(tmp_path / "repo"), params=PARAMS)
+        index = await fresh.index()
+        n = len(await repo.index())
+        assert len(index) == n and not [k for k in CountingStore.gets if k.startswith("index/")]
+        # A damaged local copy is never believed: it is fetched again and replaced.
+        seg.write_bytes(seg.read_bytes()[:-1] + b"\0")
+        again = await Repository.open(CountingStore(tmp_path / "repo"), params=PARAMS)
+        assert len(await again.index()) == n
+        assert [k for k in CountingStore.gets if k.startswith("index/")] == [f"index/{seg.name}"]
+        from syncengine.repo.pack import decode_index
+
+        assert len(decode_index(bytes.fromhex(seg.name), seg.read_bytes())) == n  # repaired
+
+    asyncio.run(go())
