@@ -110,3 +110,42 @@ class BodySizeMismatch(SyncEngineError, ValueError):
 
 class StoreClosed(SyncEngineError, RuntimeError):
     """An object store was used after `close()`."""
+
+
+class StoreError(SyncEngineError):
+    """A remote object store refused or failed a request (base of the store errors below)."""
+
+
+class StoreAccessDenied(StoreError, PermissionError):
+    """The store rejected the credentials or their permissions (403, bad signature, unknown
+    key id, missing credentials). Retrying cannot help; the message says what to check and
+    never contains a secret."""
+
+
+class BucketNotFound(StoreError, FileNotFoundError):
+    """The bucket does not exist at the endpoint (or these credentials cannot see it)."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """A request kept failing with transient errors (connection resets, timeouts, 5xx,
+    throttling) until the retry policy gave up."""
+
+
+class StoreRequestFailed(StoreError):
+    """The store answered with an error that retrying cannot fix (e.g. 400 InvalidArgument)."""
+
+
+class ConditionalWritesUnsupported(StoreError):
+    """The server does not honour conditional writes (``If-None-Match: *`` / ``If-Match``),
+    on which version records and refs rely; using it would risk lost updates."""
+
+
+class ObjectChanged(StoreError):
+    """An object was replaced or deleted while a pinned read (``open_read``) was resuming it."""
+
+
+class PreconditionFailedAfterRetry(PreconditionFailed):
+    """A conditional write lost after an earlier attempt of the same write failed in transit.
+
+    The earlier attempt may have been applied and then changed by another writer, so the
+    write's outcome is unknown: re-read the object and decide again (see docs/S3.md)."""
