@@ -1,4 +1,4 @@
-"""Shared fixtures: both hashing implementations, and a private stat-cache dir per test."""
+"""Shared fixtures: both hashing implementations, private cache and state dirs per test, the S3 server."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def _private_cache_dir(
 ) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("SYNCENGINE_CACHE_DIR", str(d))
+    monkeypatch.setenv("SYNCENGINE_STATE_DIR", str(tmp_path_factory.mktemp("state")))
     yield d
 
 

@@ -53,6 +53,7 @@ from syncengine.repo.pack import (
     index_entries,
     read_blob,
 )
+from syncengine.repo.put_journal import PutJournal
 from syncengine.repo.put_memo import Fingerprint, Memo, PutMemo, memo_key
 from syncengine.repo.records import (
     FORMAT,
@@ -261,60 +262,96 @@ class Repository:
                         result.files, result.bytes = result.record.files, result.record.size
                         result.warnings = [w.message for w in scanner.stats.warnings]
                         return result
-            return await self._log(
-                result,
-                sources,
-                aliases,
-                description,
-                metadata,
-                tags,
-                include,
-                exclude,
-                stat_cache,
-                threads,
-                on_progress,
-                memo,
-                key,
+            index = await self.index()
+            cache = StatCache(None, self.params.label) if stat_cache else None
+            hasher = TreeHasher(
+                self.params,
+                threads=threads,
+                stat_cache=cache,
+                include=include,
+                exclude=exclude,
+                on_progress=on_progress,
             )
+            journal = await loop.run_in_executor(None, PutJournal, self.config.id)
+            try:
+                return await self._log(
+                    result, aliases, description, metadata, tags, sources, index, cache, hasher,
+                    journal, memo, key,
+                )  # fmt: skip
+            finally:
+                await loop.run_in_executor(None, journal.close)
         finally:
             if memo is not None:
                 await loop.run_in_executor(None, memo.close)
 
+    async def _adopt(
+        self, journal: PutJournal, index: dict[bytes, IndexEntry]
+    ) -> tuple[list[bytes], list[IndexEntry]]:
+        """Packs a killed put of this machine uploaded but never indexed (see put_journal):
+        those still in the store join the index. Returns every pack the journal held (to
+        forget once this put's segment is written) and the entries of those adopted."""
+        loop = asyncio.get_running_loop()
+        pending = await loop.run_in_executor(None, journal.pending)
+        if not pending:
+            return [], []
+        gate = asyncio.Semaphore(16)
+
+        async def exists(pack: bytes, entries: list[IndexEntry]) -> bool:
+            if all(e.digest in index for e in entries):
+                return False  # indexed since (by this put's segment or another writer's)
+            end = max(e.offset + e.stored for e in entries)
+            async with gate:
+                try:
+                    info = await self.store.head(_obj_key("data", pack))
+                except ObjectNotFound:
+                    return False
+            return info.size >= end
+
+        found = await asyncio.gather(*(exists(p, es) for p, es in pending))
+        adopted = [e for (_, es), ok in zip(pending, found, strict=True) if ok for e in es]
+        for e in adopted:
+            index.setdefault(e.digest, e)
+        return [p for p, _ in pending], adopted
+
     async def _log(
         self,
         result: PutResult,
-        sources: Sequence[Source],
         aliases: list[str],
         description: str | None,
         metadata: dict[str, Any] | None,
         tags: list[str],
-        include: Sequence[str],
-        exclude: Sequence[str],
-        stat_cache: bool,
-        threads: int | None,
-        on_progress: Callable[[int, int], None] | None,
+        sources: Sequence[Source],
+        index: dict[bytes, IndexEntry],
+        cache: StatCache | None,
+        hasher: TreeHasher,
+        journal: PutJournal,
         memo: PutMemo | None,
         key: bytes,
     ) -> PutResult:
+        """The full put: hash, pack and upload what the repository lacks, commit."""
         project, name, type = result.record.project, result.record.name, result.record.type
-        index = await self.index()
-        cache = StatCache(None, self.params.label) if stat_cache else None
-        hasher = TreeHasher(
-            self.params,
-            threads=threads,
-            stat_cache=cache,
-            include=include,
-            exclude=exclude,
-            on_progress=on_progress,
-        )
         fingerprint = Fingerprint()
+        journaled, adopted = await self._adopt(journal, index)
         builder = ManifestBuilder()
         writer = PackWriter()
-        new_entries: list[IndexEntry] = []
+        new_entries: list[IndexEntry] = adopted
         queued: set[bytes] = set()
         uploads: set[asyncio.Task[None]] = set()
+        failed: list[BaseException] = []  # uploads that failed, whenever they finished
         loop = asyncio.get_running_loop()
         hashed_ns = time.time_ns()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            uploads.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failed.append(task.exception())  # type: ignore[arg-type]
+
+        async def settle_uploads() -> None:
+            """Waits for the uploads in flight; raises the first failure of any upload."""
+            if uploads:
+                await asyncio.wait(set(uploads))
+            if failed:
+                raise failed[0]
 
         async def flush_pack() -> None:
             nonlocal writer
@@ -322,13 +359,22 @@ class Repository:
                 return
             pid, data, locs = await loop.run_in_executor(None, writer.finish)
             writer = PackWriter()
-            new_entries.extend(index_entries(pid, locs))
+            entries = index_entries(pid, locs)
+            new_entries.extend(entries)
+            journaled.append(pid)
             result.packs += 1
-            task = asyncio.ensure_future(_put_immutable(self.store, _obj_key("data", pid), data))
+
+            async def upload() -> None:
+                await _put_immutable(self.store, _obj_key("data", pid), data)
+                await loop.run_in_executor(None, journal.record, pid, entries)
+
+            task = asyncio.ensure_future(upload())
             uploads.add(task)
-            task.add_done_callback(uploads.discard)
+            task.add_done_callback(finished)
             if len(uploads) >= 4:  # bounded bytes in flight: at most 4 packs
-                await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(set(uploads), return_when=asyncio.FIRST_COMPLETED)
+            if failed:
+                raise failed[0]
 
         Reads = list[tuple[str, list[tuple[bytes, int, int]]]]
         pending: Reads = []
@@ -361,44 +407,48 @@ class Repository:
                     await flush_pack()
 
         try:
-            for hashed in hasher.hash(list(sources)):
-                d, scanned = hashed.digest, hashed.entry
-                fingerprint.add(scanned)
-                chunks = tuple((c.length, c.digest) for c in d.chunks)
-                entry = ManifestEntry(scanned.path, d.size, scanned.mode & 0o777, d.digest, chunks)
-                for pid, data in builder.add(entry):
-                    await _put_immutable(self.store, _obj_key("manifests", pid), data)
-                blobs = (
-                    [(c.digest, c.offset, c.length) for c in d.chunks]
-                    if d.chunks
-                    else [(d.digest, 0, d.size)]
-                )
-                wanted = [b for b in blobs if b[0] not in index and b[0] not in queued]
-                # Read a large file's new chunks a pack's worth at a time: memory stays bounded
-                # by the pack size and the packs in flight, whatever the file size.
-                start = 0
-                while start < len(wanted):
-                    end, budget = start + 1, self.config.pack_target - wanted[start][2]
-                    while end < len(wanted) and budget > 0:
-                        budget -= wanted[end][2]
-                        end += 1
-                    group, start = wanted[start:end], end
-                    pending.append((scanned.abspath, group))
-                    pending_bytes += sum(b[2] for b in group)
-                    if pending_bytes >= READ_BATCH:
-                        await drain_reads()
-                result.files += 1
-                result.bytes += d.size
-        finally:
-            if cache is not None:
-                cache.close()
-        if hasher.stats.errors:
-            raise HashingFailed(hasher.stats.errors)
-        result.warnings = [w.message for w in hasher.stats.warnings]
-        await drain_reads()
-        await flush_pack()
-        if uploads:
-            await asyncio.gather(*uploads)
+            try:
+                for hashed in hasher.hash(list(sources)):
+                    d, scanned = hashed.digest, hashed.entry
+                    fingerprint.add(scanned)
+                    chunks = tuple((c.length, c.digest) for c in d.chunks)
+                    entry = ManifestEntry(scanned.path, d.size, scanned.mode & 0o777, d.digest, chunks)
+                    for pid, data in builder.add(entry):
+                        await _put_immutable(self.store, _obj_key("manifests", pid), data)
+                    blobs = (
+                        [(c.digest, c.offset, c.length) for c in d.chunks]
+                        if d.chunks
+                        else [(d.digest, 0, d.size)]
+                    )
+                    wanted = [b for b in blobs if b[0] not in index and b[0] not in queued]
+                    # Read a large file's new chunks a pack's worth at a time: memory stays bounded
+                    # by the pack size and the packs in flight, whatever the file size.
+                    start = 0
+                    while start < len(wanted):
+                        end, budget = start + 1, self.config.pack_target - wanted[start][2]
+                        while end < len(wanted) and budget > 0:
+                            budget -= wanted[end][2]
+                            end += 1
+                        group, start = wanted[start:end], end
+                        pending.append((scanned.abspath, group))
+                        pending_bytes += sum(b[2] for b in group)
+                        if pending_bytes >= READ_BATCH:
+                            await drain_reads()
+                    result.files += 1
+                    result.bytes += d.size
+            finally:
+                if cache is not None:
+                    cache.close()
+            if hasher.stats.errors:
+                raise HashingFailed(hasher.stats.errors)
+            result.warnings = [w.message for w in hasher.stats.warnings]
+            await drain_reads()
+            await flush_pack()
+            await settle_uploads()
+        except BaseException:
+            if uploads:  # pack writes in flight finish (and are journaled) before the error
+                await asyncio.wait(set(uploads))
+            raise
         if new_entries:
             sid, seg = encode_index(new_entries)
             await _put_immutable(self.store, f"index/{sid.hex()}", seg)
@@ -406,6 +456,7 @@ class Repository:
             for ie in new_entries:
                 index.setdefault(ie.digest, ie)
             self._segments.add(f"index/{sid.hex()}")
+        await loop.run_in_executor(None, journal.forget, journaled)
         pages, manifest = builder.finish()
         for pid, data in pages:
             await _put_immutable(self.store, _obj_key("manifests", pid), data)
