@@ -1,8 +1,14 @@
 """Contract-suite fixtures: a `store` per backend, and a guard that fails any store I/O on the event loop.
 
-Adding a backend (e.g. S3 on a real server) means adding a name to `BACKENDS` and a branch
-to `store_factory`; the tests do not change. A factory must be picklable: the multi-process
-tests rebuild the store in each child from it.
+Adding a backend means adding a name to `BACKENDS` and a branch to `store_factory`; the
+tests do not change. A factory must be picklable: the multi-process tests rebuild the store
+in each child from it.
+
+Backends: ``local`` (a fresh directory) and ``s3`` (a fresh key prefix in one bucket of the
+session's SeaweedFS server, tests/s3server.py). The S3 store takes its credentials from a
+shared credentials file under the test's tmp dir (through ``AWS_SHARED_CREDENTIALS_FILE``
+and a profile, which spawned children inherit), so the loop guard also checks that
+credential resolution reads its files off the event loop.
 """
 
 from __future__ import annotations
@@ -14,24 +20,65 @@ import functools
 import io
 import os
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from syncengine.store import LocalStore, ObjectStore
+from syncengine.store import LocalStore, ObjectStore, S3Store
 
 StoreFactory = Callable[[], ObjectStore]
 
-BACKENDS = ["local"]
+BACKENDS = ["local", "s3"]
+#: The profile the contract suite's S3 stores read from their credentials file.
+S3_PROFILE = "syncengine-contract"
+
+
+def s3_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, access_key: str, secret_key: str, profile: str
+) -> None:
+    """Point the AWS credential chain at a credentials file under ``tmp_path`` (and nothing
+    else: no env keys, no instance metadata)."""
+    aws = tmp_path / "aws"
+    aws.mkdir(exist_ok=True)
+    (aws / "credentials").write_text(
+        f"[{profile}]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n"
+    )
+    (aws / "config").write_text(f"[profile {profile}]\nregion = us-east-1\n")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws / "config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never probe 169.254.169.254
+
+
+@pytest.fixture(scope="session")
+def contract_bucket(s3_server: Any) -> str:
+    """One bucket for the whole S3 contract run; each test gets its own prefix in it."""
+    name: str = s3_server.new_bucket("contract")
+    return name
 
 
 @pytest.fixture(params=BACKENDS)
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+def store_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> StoreFactory:
     """A picklable callable returning a new client of one fresh, empty store."""
     if request.param == "local":
         return functools.partial(LocalStore, tmp_path / "store")
+    if request.param == "s3":
+        srv = request.getfixturevalue("s3_server")
+        bucket = request.getfixturevalue("contract_bucket")
+        s3_environment(monkeypatch, tmp_path, srv.access_key, srv.secret_key, S3_PROFILE)
+        return functools.partial(
+            S3Store,
+            bucket,
+            prefix=f"t-{uuid.uuid4().hex[:16]}",
+            endpoint_url=srv.endpoint,
+            profile=S3_PROFILE,
+        )
     raise AssertionError(f"unknown backend {request.param!r}")
 
 
