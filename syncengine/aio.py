@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,7 +25,7 @@ from syncengine.hashing.tree import Source
 from syncengine.repo.manifest import ManifestEntry
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
 from syncengine.repo.repository import Repository as _Core
-from syncengine.store.local import LocalStore
+from syncengine.store import open_store
 
 
 def default_repo() -> str:
@@ -156,20 +155,30 @@ class ArtifactVersion:
 
 
 class Repository:
-    """A repository: a local directory (the default) — S3 URLs come with the S3 store."""
+    """A repository: a local directory (the default) or ``s3://bucket/prefix``."""
 
     def __init__(self, core: _Core, url: str) -> None:
         self.core = core
         self.url = url
 
     @classmethod
-    async def open(cls, url: str | os.PathLike[str] | None = None) -> Repository:
+    async def open(
+        cls,
+        url: str | os.PathLike[str] | None = None,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ) -> Repository:
+        """Opens (creating on first use) the repository at ``url``: a directory, ``file://…``
+        or ``s3://bucket/prefix`` (credentials from the standard AWS chain; ``endpoint_url``
+        or ``AWS_ENDPOINT_URL`` for other S3-compatible services)."""
         target = os.fspath(url) if url is not None else default_repo()
-        if "://" in target:
-            raise ConfigError(f"repository {target!r}: only local directories are supported so far")
-        Path(target).mkdir(parents=True, exist_ok=True)
-        store = LocalStore(target)
-        return cls(await _Core.open(store), target)
+        store = open_store(target, endpoint_url=endpoint_url, region=region)
+        try:
+            return cls(await _Core.open(store), target)
+        except BaseException:
+            await store.close()
+            raise
 
     async def close(self) -> None:
         await self.core.store.close()

@@ -85,8 +85,15 @@ class Repository:
         self._inner = inner
 
     @classmethod
-    def open(cls, url: str | os.PathLike[str] | None = None) -> Repository:
-        return cls(_Loop.run(aio.Repository.open(url)))
+    def open(
+        cls,
+        url: str | os.PathLike[str] | None = None,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ) -> Repository:
+        """A directory, ``file://…`` or ``s3://bucket/prefix`` (see `syncengine.aio.Repository.open`)."""
+        return cls(_Loop.run(aio.Repository.open(url, endpoint_url=endpoint_url, region=region)))
 
     def close(self) -> None:
         _Loop.run(self._inner.close())

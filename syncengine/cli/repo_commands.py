@@ -15,7 +15,6 @@ import msgspec
 import platformdirs
 
 from syncengine.cli.progress import progress_bar
-from syncengine.errors import ConfigError
 from syncengine.hashing.tree import sources_for
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
 
@@ -33,14 +32,14 @@ def default_repo() -> str:
 
 def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
     url = repo_url or default_repo()
-    if "://" in url:
-        raise ConfigError(f"repository {url!r}: only local directories are supported so far (S3 is coming)")
 
     from syncengine.repo.repository import Repository
-    from syncengine.store.local import LocalStore
+    from syncengine.store import open_store
+
+    endpoint = click.get_current_context().find_root().meta.get("endpoint_url")
 
     async def go() -> T:
-        async with LocalStore(url) as store:
+        async with open_store(url, endpoint_url=endpoint) as store:
             repo = await Repository.open(store)
             return await job(repo)
 
@@ -49,13 +48,33 @@ def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
     return run(go())
 
 
-repo_option = click.option(
+def _endpoint_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    ctx.find_root().meta["endpoint_url"] = value
+    return value
+
+
+_repo = click.option(
     "--repo",
     "repo_url",
     default=None,
     envvar="SYNCENGINE_REPO",
-    help="Repository: a directory (default: the user data dir; see `syncengine put` output).",
+    help="Repository: a directory or s3://BUCKET/PREFIX (default: the user data dir; `put` prints it).",
 )
+_endpoint = click.option(
+    "--endpoint-url",
+    default=None,
+    envvar="AWS_ENDPOINT_URL",
+    expose_value=False,
+    callback=_endpoint_callback,
+    help="S3-compatible endpoint for s3:// repositories (also AWS_ENDPOINT_URL).",
+)
+
+
+def repo_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--repo and --endpoint-url."""
+    return _repo(_endpoint(f))
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 

@@ -150,6 +150,9 @@ class Repository:
         except ObjectNotFound:
             if not create:
                 raise
+            probe = getattr(store, "check_conditional_writes", None)
+            if probe is not None:  # a new repository on a remote server: refs need conditional writes
+                await probe()
             p = params or ChunkerParams()
             cfg = RepoConfig(
                 FORMAT,
