@@ -82,6 +82,15 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except SyncEngineError as e:
             fail(str(e))
+        except KeyboardInterrupt:
+            # asyncio cancelled the work: a put let its pack uploads in flight finish and
+            # journaled them; a get removed its temp files and kept the verified files.
+            click.echo(
+                "interrupted: nothing half-written was committed; run the same command again to "
+                "continue (uploaded packs are journaled, downloaded files kept)",
+                err=True,
+            )
+            sys.exit(130)
         except OSError as e:
             if e.errno == errno.EPIPE:  # the reader went away (`| head`): stop quietly, as Unix tools do
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -342,3 +342,41 @@ def test_get_draws_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     assert b"getting" in seen and b"/30 files" in seen
     piped = cli("get", "p/d", "--root", str(tmp_path / "out2"), env=env)
     assert piped.returncode == 0 and piped.stderr == ""
+
+
+def test_ctrl_c_during_put_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    env = {**os.environ, "SYNCENGINE_REPO": str(tmp_path / "repo")}
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        (data / f"big{i}.bin").write_bytes(blake3.blake3(str(i).encode()).digest(length=48 << 20))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncengine", "put", "-n", "p/d", "-t", "dataset", str(data)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    packs = tmp_path / "repo" / "data"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if packs.exists() and any(p.is_file() for p in packs.rglob("*")):
+            break
+        time.sleep(0.02)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the put finished before the interrupt landed")
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "run the same command again" in err and "Traceback" not in err
+    assert not (tmp_path / "repo" / "artifacts").exists() or not list(
+        (tmp_path / "repo" / "artifacts").rglob("v0")
+    )
+    r = cli("put", "-n", "p/d", "-t", "dataset", str(data), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ref"] == "p/d:v0"
+    assert cli("check", "--read-data", env=env).returncode == 0
