@@ -133,6 +133,7 @@ def register(cli: click.Group) -> None:
                     include=include,
                     exclude=exclude,
                     on_progress=progress,
+                    on_upload=progress.upload if progress is not None else None,
                 ),
             )
         seconds = time.perf_counter() - start
@@ -454,6 +455,43 @@ def register_more(cli: click.Group) -> None:
         else:
             click.echo(f"updated {record.project}/{record.name}:v{record.version}")
 
+    @cli.command("abort-uploads")
+    @click.option(
+        "--older-than",
+        default="24h",
+        show_default=True,
+        help="Only uploads started before this (30m, 24h, 7d).",
+    )
+    @click.option("--dry-run", is_flag=True, help="List them; abort nothing.")
+    @repo_option
+    @json_option
+    def abort_uploads(older_than: str, dry_run: bool, repo_url: str | None, as_json: bool) -> None:
+        """Abort multipart uploads left behind by interrupted transfers (after a grace period)."""
+        seconds = parse_duration(older_than)
+
+        async def job(repo: Repository) -> list[Any]:
+            from syncengine.transfer import abort_stale_uploads
+
+            return await abort_stale_uploads(repo.store, older_than=seconds, dry_run=dry_run)
+
+        found = _run(repo_url, job)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "dry_run": dry_run,
+                        "uploads": [
+                            {"key": u.key, "upload_id": u.upload_id, "initiated": u.initiated} for u in found
+                        ],
+                    }
+                )
+            )
+            return
+        verb = "would abort" if dry_run else "aborted"
+        for u in found:
+            click.echo(f"{verb} {u.key} (upload {u.upload_id[:16]}…, started {_ago(u.initiated)} ago)")
+        click.echo(f"{verb} {len(found)} upload(s) older than {older_than}")
+
     @cli.command("check")
     @click.option("--read-data", is_flag=True, help="Also read every blob and verify its BLAKE3.")
     @repo_option
@@ -469,6 +507,29 @@ def register_more(cli: click.Group) -> None:
             click.echo("repository ok" if not problems else f"{len(problems)} problem(s) found")
         if problems:
             sys.exit(1)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``15m``, ``24h``, ``7d`` → seconds (a usage error otherwise)."""
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * _UNITS[t[-1]] if t and t[-1] in _UNITS else float(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected a duration like 90s, 30m, 24h or 7d") from None
+    if value < 0:
+        raise click.BadParameter(f"{text!r}: a duration cannot be negative")
+    return value
+
+
+def _ago(ts: float) -> str:
+    s = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s / size:.1f}{unit}"
+    return f"{s:.0f}s"
 
 
 def _json_object(text: str, hint: str) -> dict[str, Any]:

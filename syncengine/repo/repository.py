@@ -22,6 +22,7 @@ from typing import Any, Final
 import blake3 as _blake3
 import msgspec
 
+from syncengine import transfer
 from syncengine.errors import (
     ConfigError,
     FileChangedError,
@@ -223,9 +224,11 @@ class Repository:
         stat_cache: bool = True,
         threads: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        on_upload: Callable[[int, int], None] | None = None,
     ) -> PutResult:
         """Hashes `sources`, stores what the repository lacks, and records a version
-        (or returns the existing version with identical content)."""
+        (or returns the existing version with identical content). ``on_progress(files,
+        bytes)`` follows the hashing, ``on_upload(bytes_sent, packs_in_flight)`` the uploads."""
         check_name("project", project)
         check_name("artifact name", name)
         check_name("type", type)
@@ -279,7 +282,7 @@ class Repository:
             try:
                 return await self._log(
                     result, aliases, description, metadata, tags, sources, index, cache, hasher,
-                    journal, memo, key,
+                    journal, memo, key, on_upload,
                 )  # fmt: skip
             finally:
                 await loop.run_in_executor(None, journal.close)
@@ -330,6 +333,7 @@ class Repository:
         journal: PutJournal,
         memo: PutMemo | None,
         key: bytes,
+        on_upload: Callable[[int, int], None] | None,
     ) -> PutResult:
         """The full put: hash, pack and upload what the repository lacks, commit."""
         project, name, type = result.record.project, result.record.name, result.record.type
@@ -341,6 +345,7 @@ class Repository:
         queued: set[bytes] = set()
         uploads: set[asyncio.Task[None]] = set()
         failed: list[BaseException] = []  # uploads that failed, whenever they finished
+        sent = 0  # pack bytes sent so far (progress)
         loop = asyncio.get_running_loop()
         hashed_ns = time.time_ns()
 
@@ -368,7 +373,22 @@ class Repository:
             result.packs += 1
 
             async def upload() -> None:
-                await _put_immutable(self.store, _obj_key("data", pid), data)
+                nonlocal sent
+                done = 0
+
+                def progress(n: int) -> None:
+                    nonlocal done, sent
+                    sent += n - done
+                    done = n
+                    if on_upload is not None:
+                        on_upload(sent, len(uploads))
+
+                # Through the transfer layer: the process-wide request and byte limits, and
+                # multipart for a pack above the threshold (docs/TRANSFER.md).
+                with contextlib.suppress(PreconditionFailed):  # already there: same bytes
+                    await transfer.upload(
+                        self.store, _obj_key("data", pid), data, if_none_match=True, on_progress=progress
+                    )
                 await loop.run_in_executor(None, journal.record, pid, entries)
 
             task = asyncio.ensure_future(upload())

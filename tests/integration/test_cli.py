@@ -380,3 +380,37 @@ def test_ctrl_c_during_put_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ref"] == "p/d:v0"
     assert cli("check", "--read-data", env=env).returncode == 0
+
+
+def test_abort_uploads_respects_the_grace_period(tmp_path: Path) -> None:
+    import asyncio
+
+    from syncengine.store.local import LocalStore
+
+    repo = tmp_path / "repo"
+    env = {"SYNCENGINE_REPO": str(repo)}
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a").write_text("a")
+    assert cli("put", "-n", "p/d", "-t", "dataset", str(data), env=env).returncode == 0
+
+    async def start() -> str:
+        async with LocalStore(repo) as store:
+            return await store.create_multipart("data/zz/left-behind")
+
+    asyncio.run(start())
+    r = cli("abort-uploads", "--older-than", "1h", env=env)
+    assert r.returncode == 0 and "aborted 0 upload(s)" in r.stdout  # too young
+    r = cli("abort-uploads", "--older-than", "0s", "--dry-run", "--json", env=env)
+    assert r.returncode == 0
+    listed = json.loads(r.stdout)
+    assert listed["dry_run"] and [u["key"] for u in listed["uploads"]] == ["data/zz/left-behind"]
+    r = cli("abort-uploads", "--older-than", "0", env=env)
+    assert r.returncode == 0 and "aborted 1 upload(s)" in r.stdout
+
+    async def left() -> int:
+        async with LocalStore(repo) as store:
+            return len(await store.list_multipart_uploads())
+
+    assert asyncio.run(left()) == 0
+    assert cli("abort-uploads", "--older-than", "soon", env=env).returncode == 2
