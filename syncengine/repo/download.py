@@ -74,8 +74,10 @@ MAX_RANGE: Final = 8 << 20
 #: Default bound on stored bytes fetched but not yet written. Peak memory is about twice this
 #: (freed range buffers stay with the allocator's per-thread arenas for a while).
 MAX_BYTES_IN_FLIGHT: Final = 64 << 20
-#: Manifest entries (and blobs) planned at once.
-WINDOW_FILES: Final = 4096
+#: Manifest entries (and blobs) planned at once; a window's files are made durable with one
+#: syncfs. 16384 rather than 4096: on the 10,042-file corpus one window instead of three took
+#: `get` from 6.5–7.2 s to 5.0–5.9 s (less kernel time; fewer serial sync points).
+WINDOW_FILES: Final = 16384
 WINDOW_BLOBS: Final = 65536
 #: At most this many large files are hashed at once (each needs a buffer of 4 x max chunk).
 HASH_THREADS: Final = 4
