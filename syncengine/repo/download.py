@@ -82,6 +82,9 @@ WINDOW_BLOBS: Final = 65536
 #: At most this many large files are hashed at once (each needs a buffer of 4 x max chunk).
 HASH_THREADS: Final = 4
 TMP_PREFIX: Final = ".se-tmp-"
+#: A large file's temp file kept after an interrupted download: the next download of that
+#: content reuses the chunks it holds (each verified by its digest when read).
+PARTIAL_PREFIX: Final = ".se-tmp-partial-"
 _EMPTY_DIGEST: Final = _blake3.blake3(b"").digest()
 
 _P = ParamSpec("_P")
@@ -422,6 +425,7 @@ class _FileJob:
         "state",
         "target",
         "tmp",
+        "written",
     )
 
     def __init__(self, entry: ManifestEntry, parts: list[str], root: str, seq: int) -> None:
@@ -429,6 +433,7 @@ class _FileJob:
         self.parts = parts
         self.target = os.path.join(root, *parts)
         self.tmp = os.path.join(os.path.dirname(self.target), TMP_PREFIX + uuid.uuid4().hex)
+        self.written = False  # some blob is in the temp file
         self.seq = seq
         self.state = ""
         self.remaining = 0
@@ -439,6 +444,10 @@ class _FileJob:
         self.created = False
         self.done = False
         self.lock = threading.Lock()
+
+    @property
+    def partial(self) -> str:
+        return os.path.join(os.path.dirname(self.target), PARTIAL_PREFIX + self.entry.digest.hex()[:40])
 
     def open(self, abort: threading.Event) -> int:
         with self.lock:
@@ -711,6 +720,7 @@ class _Downloader(_Session):
                 if fd is None:
                     fd = job.open(self.abort)
                 _pwrite_all(fd, data, offset)
+                job.written = True
                 reused += n
             job.blobs = left
             if not left and fd is not None:
@@ -735,6 +745,13 @@ class _Downloader(_Session):
                     local.setdefault(c.digest, (j.target, c.offset, c.length))
             else:
                 local.setdefault(d.digest, (j.target, 0, d.size))
+        partials = await self.run(
+            _existing, [j.partial for j in jobs if j.state == _FETCH and j.entry.chunks]
+        )
+        for j in jobs:
+            if j.state == _FETCH and j.entry.chunks and j.partial in partials:
+                for blob, offset, n in j.blobs:  # where the interrupted download put them
+                    local.setdefault(blob, (j.partial, offset, n))
         todo = [j for j in jobs if j.state == _FETCH and any(b[0] in local for b in j.blobs)]
         for n in await asyncio.gather(*(self.run(self._reuse, j, local) for j in todo)):
             self.result.bytes_reused += n
@@ -817,6 +834,7 @@ class _Downloader(_Session):
         if fd is None:
             fd = fds[job] = job.open(self.abort)
         _pwrite_all(fd, raw, offset)
+        job.written = True
         with job.lock:
             job.remaining -= 1
             last = job.remaining == 0
@@ -856,6 +874,9 @@ class _Downloader(_Session):
         os.chmod(job.tmp, (e.mode & 0o777) or 0o644)
         os.replace(job.tmp, job.target)
         job.done = True
+        if e.chunks:
+            with contextlib.suppress(OSError):  # a partial copy from an interrupted run: used up
+                os.unlink(job.partial)
         if not cached and self.cache is not None and self.cache.wants(e.size):
             with contextlib.suppress(OSError):  # a cache that cannot take the file is no error
                 self.cache.add(job.target, e.digest, e.size)
@@ -890,13 +911,19 @@ class _Downloader(_Session):
             await self._reuse_local(jobs)
             await self._fetch_all(self._plan([j for j in jobs if j.state == _FETCH and j.blobs]))
             await self.run(self._commit, batch, jobs)
-        except BaseException:
+        except BaseException as exc:
             self.abort.set()
             self.wait_threads()  # no thread may create a temp file after the cleanup below
+            # Interrupted (cancelled, store unreachable): keep what large files got, for the
+            # next run. A refused or corrupt version keeps nothing.
+            keep = not isinstance(exc, CorruptData | UnsafePath | PathConflict | ManifestError)
             for j in jobs:
                 if j.created and not j.done:
                     with contextlib.suppress(OSError):
-                        os.unlink(j.tmp)
+                        if keep and j.entry.chunks and j.written:
+                            os.replace(j.tmp, j.partial)  # resumable: see _reuse_local
+                        else:
+                            os.unlink(j.tmp)
             raise
         finally:
             self.dests = {}
@@ -924,6 +951,10 @@ class _Downloader(_Session):
             await self.run(_remove, extras)
             self.result.removed += len(extras)
         await self.run(_remove_empty_dirs, self.root, prefix)
+
+
+def _existing(paths: list[str]) -> set[str]:
+    return {p for p in paths if os.path.isfile(p)}
 
 
 def _remove(paths: list[str]) -> None:

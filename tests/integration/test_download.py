@@ -512,3 +512,39 @@ def test_a_64_mib_file_downloads_in_far_less_memory(tmp_path: Path) -> None:
     # arenas, thread stacks); holding the file would add 64 MiB, as the same download with
     # a 1 GiB budget does (measured 64-76 MiB).
     assert got["growth_kib"] < 40 << 10, got
+
+
+def test_an_interrupted_download_of_a_large_file_resumes(tmp_path: Path) -> None:
+    """The store goes away mid-file: the verified part is kept (as a hidden partial file),
+    the next run fetches only the rest, and nothing partial is left once it is done."""
+    big = os.urandom(2_000_000)
+    write_tree(tmp_path / "data", {"big.bin": big})
+
+    class Flaky(CountingStore):
+        fail_after: int | None = None
+
+        async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
+            failing = self.fail_after is not None and len(self.pack_gets) >= self.fail_after
+            if key.startswith("data/") and failing:
+                raise ConnectionResetError("store went away")
+            return await super().get(key, range)
+
+    async def go() -> None:
+        store = Flaky(LocalStore(tmp_path / "repo"))
+        repo = await Repository.open(store, params=PARAMS)  # type: ignore[arg-type]
+        record = await log(repo, tmp_path / "data")
+        store.fail_after = 10
+        with pytest.raises(ConnectionResetError):
+            await download(repo, record, tmp_path / "out", concurrency=1, max_range=65536)
+        first = store.pack_bytes
+        assert first > 0 and not (tmp_path / "out" / "big.bin").exists()
+        [partial] = list((tmp_path / "out").iterdir())
+        assert partial.name.startswith(".se-tmp-partial-")
+        store.fail_after = None
+        store.reset()
+        res = await download(repo, record, tmp_path / "out", concurrency=1, max_range=65536)
+        assert (tmp_path / "out" / "big.bin").read_bytes() == big
+        assert res.bytes_reused >= first - 65536 and store.pack_bytes <= len(big) - res.bytes_reused + 65536
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["big.bin"]  # partial used up
+
+    asyncio.run(go())
