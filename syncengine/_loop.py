@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -34,3 +34,21 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on :func:`new_event_loop`."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(coro)
+
+
+async def gather_all(aws: Sequence[Awaitable[Any]]) -> None:
+    """Runs ``aws`` concurrently; on the first error cancels the rest, waits for them and
+    raises that error itself (not an ExceptionGroup)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    if not tasks:
+        return
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None:
+                raise exc
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

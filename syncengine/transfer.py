@@ -45,6 +45,7 @@ import blake3
 import msgspec
 import platformdirs
 
+from syncengine._loop import gather_all
 from syncengine.errors import (
     BodySizeMismatch,
     ConfigError,
@@ -57,12 +58,12 @@ from syncengine.errors import (
 )
 from syncengine.store.base import (
     Body,
-    BodySource,
     FileSlice,
     ObjectInfo,
     ObjectStore,
     StoreCapabilities,
     UploadInfo,
+    body_size,
     validate_key,
     validate_prefix,
 )
@@ -443,19 +444,7 @@ async def _parallel(jobs: Sequence[_J], fn: Callable[[_J], Awaitable[None]], wid
         for job in it:  # one iterator shared by all workers: each job runs once
             await fn(job)
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(min(width, len(jobs)))]
-    if not tasks:
-        return
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in tasks:
-            exc = t.exception() if t.done() and not t.cancelled() else None
-            if exc is not None:
-                raise exc
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await gather_all([worker() for _ in range(min(width, len(jobs)))])
 
 
 async def _settled(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
@@ -491,14 +480,6 @@ def _hash_file_range(path: str, offset: int, length: int) -> str:
     finally:
         os.close(fd)
     return str(h.hexdigest())
-
-
-def _body_size(body: Body) -> int:
-    if isinstance(body, bytes | bytearray | memoryview):
-        return memoryview(body).nbytes
-    if not isinstance(body, BodySource):
-        raise TypeError(f"a body is bytes, bytearray, memoryview or a BodySource, not {type(body).__name__}")
-    return body.size
 
 
 def _fsync_dir(path: str) -> None:
@@ -863,7 +844,7 @@ async def upload(
         raise ConfigError("upload: if_none_match and if_match cannot be combined")
     lim = limits if limits is not None else default_limits()
     thr = multipart_threshold() if threshold is None else threshold
-    size = _body_size(body)
+    size = body_size(body)
     caps = store.capabilities
     multipart = caps.multipart and size > 0 and (size > thr or size > caps.max_put_size)
     if multipart and not isinstance(body, bytes | bytearray | memoryview | FileSlice):

@@ -36,13 +36,14 @@ import stat
 import threading
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
 
 import blake3 as _blake3
 
+from syncengine._loop import gather_all
 from syncengine.durable import SyncBatch
 from syncengine.errors import FileChangedError, ObjectNotFound, SyncEngineError
 from syncengine.hashing import backend
@@ -285,24 +286,6 @@ def _walk(root: str, prefix: str) -> Iterator[_Item]:
 
 def _show(key: bytes) -> str:
     return key.decode("utf-8", "backslashreplace")
-
-
-async def _all(aws: Sequence[Awaitable[Any]]) -> None:
-    """Runs ``aws`` concurrently; on the first error cancels the rest, waits for them and
-    raises that error itself (not an ExceptionGroup)."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    if not tasks:
-        return
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in done:
-            exc = None if t.cancelled() else t.exception()
-            if exc is not None:
-                raise exc
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # -- shared machinery ------------------------------------------------------------------------------
@@ -888,7 +871,7 @@ class _Downloader(_Session):
             while queue:
                 await self._fetch(queue.popleft())
 
-        await _all([worker() for _ in range(min(self.concurrency, len(ranges)))])
+        await gather_all([worker() for _ in range(min(self.concurrency, len(ranges)))])
 
     # -- windows -------------------------------------------------------------------------------------
 
@@ -907,7 +890,7 @@ class _Downloader(_Session):
         batch = await self.run(SyncBatch, self.root)  # before any write: see syncengine.durable
         try:
             await self.run(self._prepare_dirs, jobs)  # one thread, in path order
-            await _all([self.run(self._prepare, j) for j in jobs])  # hashing etc. in parallel
+            await gather_all([self.run(self._prepare, j) for j in jobs])  # hashing etc. in parallel
             await self._reuse_local(jobs)
             await self._fetch_all(self._plan([j for j in jobs if j.state == _FETCH and j.blobs]))
             await self.run(self._commit, batch, jobs)

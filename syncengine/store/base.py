@@ -37,6 +37,7 @@ __all__ = [
     "PartInfo",
     "StoreCapabilities",
     "UploadInfo",
+    "body_size",
     "check_range",
     "is_valid_part",
     "validate_key",
@@ -359,6 +360,15 @@ def validate_prefix(prefix: str) -> tuple[str, str]:
         for part in head.split("/"):
             _check_part(prefix, part)
     return head, partial
+
+
+def body_size(body: Body) -> int:
+    """The byte length of a request body (``TypeError`` for anything that is not a ``Body``)."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return memoryview(body).nbytes
+    if not isinstance(body, BodySource):
+        raise TypeError(f"a body is bytes, bytearray, memoryview or a BodySource, not {type(body).__name__}")
+    return body.size
 
 
 def check_range(range: tuple[int, int] | None) -> None:

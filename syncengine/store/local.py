@@ -50,13 +50,13 @@ from syncengine.errors import (
 from syncengine.store.base import (
     RESERVED_PREFIX,
     Body,
-    BodySource,
     ObjectInfo,
     ObjectStore,
     PartInfo,
     StoreCapabilities,
     StoreContext,
     UploadInfo,
+    body_size,
     check_range,
     is_valid_part,
     validate_key,
@@ -134,14 +134,6 @@ def _write_body(fd: int, body: Body) -> tuple[int, str]:
     if n != body.size:
         raise BodySizeMismatch(f"the body produced {n} bytes but declared {body.size}; nothing was written")
     return n, h.hexdigest()
-
-
-def _body_size(body: Body) -> int:
-    if isinstance(body, bytes | bytearray | memoryview):
-        return memoryview(body).nbytes
-    if not isinstance(body, BodySource):
-        raise TypeError(f"a body is bytes, bytearray, memoryview or a BodySource, not {type(body).__name__}")
-    return body.size
 
 
 def _pread_range(fd: int, start: int, end: int) -> bytes:
@@ -546,7 +538,7 @@ class LocalStore(StoreContext):
         validate_key(key)
         if if_none_match and if_match is not None:
             raise ConfigError("put: if_none_match and if_match cannot be combined")
-        size = _body_size(body)
+        size = body_size(body)
         if size > self.capabilities.max_put_size:
             raise ConfigError(
                 f"put {key!r}: {size} bytes exceed max_put_size ({self.capabilities.max_put_size}); "
@@ -742,7 +734,7 @@ class LocalStore(StoreContext):
         caps = self.capabilities
         if not 1 <= part_number <= caps.max_parts:
             raise InvalidPart(f"part number {part_number} is outside 1..{caps.max_parts}")
-        size = _body_size(body)
+        size = body_size(body)
         if size > caps.max_part_size:
             raise InvalidPart(
                 f"part {part_number} is {size} bytes, above max_part_size ({caps.max_part_size})"
