@@ -12,6 +12,7 @@ from typing import Final
 import msgspec
 
 from syncengine.errors import ConfigError
+from syncengine.repo.pack import CorruptData
 
 FORMAT: Final = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -141,12 +142,20 @@ def encode_record(record: VersionRecord | ArtifactHead) -> bytes:
     return _encode(record)
 
 
-def decode_version(data: bytes) -> VersionRecord:
-    return msgspec.json.decode(data, type=VersionRecord)
+def decode_version(data: bytes, key: str = "a version record") -> VersionRecord:
+    """Raises ``CorruptData`` naming ``key`` when the stored bytes are not a valid record."""
+    try:
+        return msgspec.json.decode(data, type=VersionRecord)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise CorruptData(f"{key} is damaged and cannot be read ({e}); run `syncengine check`") from None
 
 
-def decode_head(data: bytes) -> ArtifactHead:
-    return msgspec.json.decode(data, type=ArtifactHead)
+def decode_head(data: bytes, key: str = "an artifact head") -> ArtifactHead:
+    """Raises ``CorruptData`` naming ``key`` when the stored bytes are not a valid head."""
+    try:
+        return msgspec.json.decode(data, type=ArtifactHead)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise CorruptData(f"{key} is damaged and cannot be read ({e}); run `syncengine check`") from None
 
 
 def version_key(project: str, name: str, version: int) -> str:

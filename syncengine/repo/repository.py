@@ -424,6 +424,8 @@ class Repository:
         async def drain_reads() -> None:
             nonlocal pending, pending_bytes
             if pending:
+                if len(writer) and writer.size + pending_bytes > self.config.pack_target:
+                    await flush_pack()  # packs stay near the target, never leftover + a full batch
                 jobs, pending, pending_bytes = pending, [], 0
                 await loop.run_in_executor(None, read_and_pack, writer, jobs)
                 if writer.size >= self.config.pack_target:
@@ -453,8 +455,11 @@ class Repository:
                             budget -= wanted[end][2]
                             end += 1
                         group, start = wanted[start:end], end
+                        group_bytes = sum(b[2] for b in group)
+                        if pending and pending_bytes + group_bytes > self.config.pack_target:
+                            await drain_reads()  # one read batch never outgrows a pack
                         pending.append((scanned.abspath, group))
-                        pending_bytes += sum(b[2] for b in group)
+                        pending_bytes += group_bytes
                         if pending_bytes >= READ_BATCH:
                             await drain_reads()
                     result.files += 1
@@ -517,7 +522,7 @@ class Repository:
     async def _read_head(self, project: str, name: str) -> tuple[ArtifactHead | None, str | None]:
         try:
             async with self.store.open_read(head_key(project, name)) as r:
-                return decode_head(await r.read()), r.info.etag
+                return decode_head(await r.read(), head_key(project, name)), r.info.etag
         except ObjectNotFound:
             return None, None
 
@@ -611,7 +616,8 @@ class Repository:
 
     async def version(self, project: str, name: str, number: int) -> VersionRecord:
         try:
-            return decode_version(await self.store.get(version_key(project, name, number)))
+            key = version_key(project, name, number)
+            return decode_version(await self.store.get(key), key)
         except ObjectNotFound:
             raise ArtifactNotFound(f"{project}/{name} has no version v{number}") from None
 
@@ -692,7 +698,7 @@ class Repository:
         while True:
             try:
                 async with self.store.open_read(key) as r:
-                    current, etag = decode_version(await r.read()), r.info.etag
+                    current, etag = decode_version(await r.read(), key), r.info.etag
             except ObjectNotFound:
                 raise ArtifactNotFound(f"{project}/{name} has no version v{version}") from None
             new = change(current)
@@ -739,7 +745,7 @@ class Repository:
             if len(parts) != 5 or parts[3] != "versions":
                 continue
             try:
-                record = decode_version(await self.store.get(info.key))
+                record = decode_version(await self.store.get(info.key), info.key)
                 reader = await self.manifest(record)
                 async for entry in reader.entries():
                     blobs = [d for _, d in entry.chunks] if entry.chunks else [entry.digest]

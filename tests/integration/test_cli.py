@@ -414,3 +414,19 @@ def test_abort_uploads_respects_the_grace_period(tmp_path: Path) -> None:
 
     assert asyncio.run(left()) == 0
     assert cli("abort-uploads", "--older-than", "soon", env=env).returncode == 2
+
+
+def test_a_damaged_record_is_one_clear_error(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    env = {"SYNCENGINE_REPO": str(repo)}
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a").write_text("a")
+    assert cli("put", "-n", "p/d", "-t", "dataset", str(data), env=env).returncode == 0
+    (repo / "artifacts" / "p" / "d" / "versions" / "v0").write_bytes(b'{"format": 1, "proj\xff')
+    r = cli("show", "p/d:v0", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert "artifacts/p/d/versions/v0 is damaged" in r.stderr
+    (repo / "artifacts" / "p" / "d" / "head").write_bytes(b"[]")
+    r = cli("versions", "p/d", env=env)
+    assert r.returncode == 1 and "artifacts/p/d/head is damaged" in r.stderr and "Traceback" not in r.stderr

@@ -157,3 +157,22 @@ def test_a_failed_pack_write_fails_the_put_whenever_it_happens(tmp_path: Path) -
         assert again.created and await repo.check(read_data=True) == []
 
     asyncio.run(go())
+
+
+def test_packs_stay_near_the_target_size(tmp_path: Path) -> None:
+    """Leftover chunks of one file plus a full batch of the next never make a double-size pack."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, size in enumerate([3_300_000, 3_300_000, 1_700_000, 2_600_000]):
+        (data / f"f{i}.bin").write_bytes(os.urandom(size))
+
+    async def go() -> None:
+        store = RecordingStore(tmp_path / "repo")
+        repo = await open_repo(store)  # 1 MiB packs, 1 MiB read batches
+        await repo.log([Source(str(data))], project="p", name="d", type="dataset")
+        sizes = [(await store.head(k)).size for k in store.packs]
+        assert len(sizes) >= 8
+        # target + one chunk (max 1 MiB here) + trailer, at most
+        assert max(sizes) <= (1 << 20) + (1 << 20) + 65536, sizes  # the old code made 2.4 MiB
+
+    asyncio.run(go())

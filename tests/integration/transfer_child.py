@@ -66,7 +66,7 @@ async def main(spec: ChildSpec) -> None:
     async with spec.store_factory() as inner, UploadJournal(spec.store_id, spec.journal) as journal:
         store = LoggingStore(inner, spec.log, spec.delay)
         info = await upload(
-            store,  # type: ignore[arg-type]
+            store,
             spec.key,
             FileSlice(spec.source, 0, size),
             journal=journal,
