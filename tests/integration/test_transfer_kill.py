@@ -22,6 +22,7 @@ import blake3
 import pytest
 
 from syncengine.store import LocalStore, ObjectStore
+from syncengine.store.s3 import S3Store
 from syncengine.transfer import UploadJournal, _env_size, plan_parts
 from tests.integration.transfer_child import ChildSpec
 
@@ -34,11 +35,7 @@ def local_store(root: str) -> LocalStore:
     return LocalStore(root)
 
 
-# TODO(lead): add "s3" here once syncengine.store.s3 lands: the factory is
-#   functools.partial(S3Store, bucket, prefix, endpoint_url=s3_server.endpoint_url, ...)
-#   from syncengine.store.s3, with the `s3_server` / `s3_bucket` fixtures of tests/conftest.py
-#   (see the branch in `store_setup` below); store_id e.g. f"s3://{bucket}/{prefix}".
-BACKENDS = ["local"]
+BACKENDS = ["local", "s3"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -47,11 +44,21 @@ def store_setup(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Callabl
     if request.param == "local":
         root = str(tmp_path / "store")
         return functools.partial(local_store, root), f"file://{root}"
-    # TODO(lead): elif request.param == "s3":
-    #     bucket = request.getfixturevalue("s3_bucket")
-    #     server = request.getfixturevalue("s3_server")
-    #     factory = functools.partial(S3Store, bucket, "kill-test", endpoint_url=..., <credentials>)
-    #     return factory, f"s3://{bucket}/kill-test"
+    if request.param == "s3":
+        # Explicit credentials and endpoint: the child rebuilds the store from the pickled
+        # partial, independent of its environment.
+        bucket = request.getfixturevalue("s3_bucket")
+        server = request.getfixturevalue("s3_server")
+        factory = functools.partial(
+            S3Store,
+            bucket,
+            "kill-test",
+            endpoint_url=server.endpoint,
+            region=server.region,
+            access_key_id=server.access_key,
+            secret_access_key=server.secret_key,
+        )
+        return factory, f"s3://{bucket}/kill-test"
     raise AssertionError(f"unknown backend {request.param!r}")
 
 
