@@ -29,6 +29,7 @@ import re
 import time
 import uuid
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
@@ -470,6 +471,7 @@ class _Payload:
         self._what = what
         self.mismatch: BodySizeMismatch | None = None
         self.content_md5: str | None = None
+        self.checksum_crc32: str | None = None
         if isinstance(body, bytes | bytearray | memoryview):
             self.buffer: memoryview | None = memoryview(body).cast("B")
             self.source: BodySource | None = None
@@ -485,16 +487,26 @@ class _Payload:
         if self.size < 0:
             raise BodySizeMismatch(f"{what}: the body declares a negative size ({self.size})")
 
-    async def prepare(self) -> None:
-        """Compute Content-MD5 of an in-memory body (off the loop when large)."""
+    async def prepare(self, checksum: str = "md5") -> None:
+        """Checksum an in-memory body for the server to verify (off the loop when large):
+        ``md5`` → Content-MD5; ``crc32`` → x-amz-checksum-crc32 (≈ 5× cheaper than MD5; used
+        for whole-object PUTs, where S3 accepts it without a checksum algorithm declared at
+        upload creation, unlike UploadPart)."""
         if self.buffer is None:
             return
         buf = self.buffer
-        if buf.nbytes <= _INLINE_HASH:
-            digest = hashlib.md5(buf).digest()
+
+        def compute() -> bytes:
+            if checksum == "crc32":
+                return zlib.crc32(buf).to_bytes(4, "big")
+            return hashlib.md5(buf).digest()
+
+        digest = compute() if buf.nbytes <= _INLINE_HASH else await self._store._run(compute)
+        value = base64.b64encode(digest).decode()
+        if checksum == "crc32":
+            self.checksum_crc32 = value
         else:
-            digest = await self._store._run(lambda: hashlib.md5(buf).digest())
-        self.content_md5 = base64.b64encode(digest).decode()
+            self.content_md5 = value
 
     def data(self, guard: AttemptGuard) -> bytes | memoryview | AsyncIterator[memoryview] | None:
         """The body for one attempt."""
@@ -916,6 +928,8 @@ class S3Store(StoreContext):
             base_headers["Content-Length"] = str(payload.size)
             if payload.content_md5 is not None:
                 base_headers["Content-MD5"] = payload.content_md5
+            if payload.checksum_crc32 is not None:
+                base_headers["x-amz-checksum-crc32"] = payload.checksum_crc32
         elif method in ("PUT", "POST"):
             base_headers["Content-Length"] = "0"
         refreshed = False
@@ -1227,7 +1241,7 @@ class S3Store(StoreContext):
     async def _put_full(
         self, key: str, full_key: str, payload: _Payload, cond: dict[str, str], what: str
     ) -> ObjectInfo:
-        await payload.prepare()
+        await payload.prepare("crc32")
         headers = dict(cond)
         write_id = uuid.uuid4().hex if cond else None
         if write_id is not None:

@@ -730,3 +730,26 @@ async def test_server_without_conditional_writes_is_refused(fake: tuple[FakeS3, 
         server.ignore_conditions = True  # silently ignores the headers: only the probe can tell
         with pytest.raises(ConditionalWritesUnsupported, match="create-if-absent"):
             await store.check_conditional_writes()
+
+
+async def test_a_body_corrupted_in_transit_is_refused_by_the_server_and_resent(
+    s3_server: S3TestServer, s3_bucket: str
+) -> None:
+    """Whole-object PUTs carry x-amz-checksum-crc32: a flipped byte on the wire is refused
+    (BadDigest) and the write is retried; parts and batch deletes carry Content-MD5."""
+    from tests.faultproxy import Corrupt, FaultProxy
+
+    data = os.urandom(3 << 20)
+    with FaultProxy(upstream=s3_server.endpoint) as proxy:
+        proxy.add_rule(Corrupt(phase="request"), method="PUT", path="/corrupt-me$", times=1)
+        async with S3Store(
+            s3_bucket,
+            endpoint_url=proxy.url,
+            access_key_id=s3_server.access_key,
+            secret_access_key=s3_server.secret_key,
+            retry=FAST,
+        ) as store:
+            await store.put("corrupt-me", data)
+            assert await store.get("corrupt-me") == data
+        puts = [r for r in proxy.requests if r.method == "PUT" and r.path.endswith("/corrupt-me")]
+    assert [r.status for r in puts] == [400, 200]  # refused once, then stored intact
