@@ -110,6 +110,17 @@ class StoreCapabilities(msgspec.Struct, frozen=True, kw_only=True):
     max_key_bytes: int = MAX_KEY_BYTES
 
 
+#: S3's size limits for puts and multipart uploads. LocalStore enforces them too, so a
+#: transfer plan that works locally works on S3.
+S3_SIZE_LIMITS: Final = {
+    "max_put_size": 5 << 30,
+    "multipart": True,
+    "min_part_size": 5 << 20,
+    "max_part_size": 5 << 30,
+    "max_parts": 10_000,
+}
+
+
 @runtime_checkable
 class BodySource(Protocol):
     """A request body that can be read again from its start (so a failed write can be retried).

@@ -49,6 +49,7 @@ from syncengine.errors import (
 )
 from syncengine.store.base import (
     RESERVED_PREFIX,
+    S3_SIZE_LIMITS,
     Body,
     ObjectInfo,
     ObjectStore,
@@ -251,13 +252,8 @@ class LocalStore(StoreContext):
             conditional_cas=True,
             conditional_across_hosts=False,
             ranged_get=True,
-            max_put_size=5 << 30,
-            multipart=True,
-            # S3's limits, enforced here too, so a transfer plan that works locally works on S3.
-            min_part_size=5 << 20,
-            max_part_size=5 << 30,
-            max_parts=10_000,
             key_prefix_overlap=False,
+            **S3_SIZE_LIMITS,  # type: ignore[arg-type]
         )
         self._internal = f"{self.root}/{_INTERNAL}"
         self._multipart = f"{self._internal}/multipart"

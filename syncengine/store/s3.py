@@ -59,6 +59,7 @@ from syncengine.errors import (
 )
 from syncengine.store.base import (
     RESERVED_PREFIX,
+    S3_SIZE_LIMITS,
     Body,
     BodySource,
     ObjectInfo,
@@ -741,12 +742,8 @@ class S3Store(StoreContext):
             conditional_cas=True,
             conditional_across_hosts=True,
             ranged_get=True,
-            max_put_size=5 << 30,
-            multipart=True,
-            min_part_size=5 << 20,
-            max_part_size=5 << 30,
-            max_parts=10_000,
             key_prefix_overlap=True,
+            **S3_SIZE_LIMITS,  # type: ignore[arg-type]
         )
         self._addressing_arg: Addressing = addressing
         self._list_strategy_arg: ListStrategy = list_strategy
