@@ -43,7 +43,6 @@ from typing import Final, NamedTuple, ParamSpec, TypeVar
 
 import blake3
 import msgspec
-import platformdirs
 
 from syncengine._loop import gather_all
 from syncengine.errors import (
@@ -59,6 +58,7 @@ from syncengine.errors import (
 from syncengine.store.base import (
     Body,
     FileSlice,
+    HashedParts,
     ObjectInfo,
     ObjectStore,
     StoreCapabilities,
@@ -85,6 +85,7 @@ __all__ = [
     "multipart_threshold",
     "part_size_for",
     "plan_parts",
+    "put_buffer",
     "set_default_limits",
     "state_dir",
     "upload",
@@ -144,6 +145,16 @@ def _env_size(name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
+#: Memory a put may hold in finished packs waiting for or being uploaded.
+DEFAULT_PUT_BUFFER: Final = 128 * MiB
+
+
+def put_buffer() -> int:
+    """Bytes of finished packs one put keeps in memory at most (plus the pack being filled):
+    ``$SYNCENGINE_PUT_BUFFER`` or 128 MiB; at least one pack is always allowed."""
+    return _env_size("SYNCENGINE_PUT_BUFFER", DEFAULT_PUT_BUFFER, minimum=1)
+
+
 def _env_int(name: str, default: int, *, minimum: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -169,6 +180,8 @@ def default_part_size() -> int:
 
 def state_dir() -> Path:
     """Where local transfer state lives: ``$SYNCENGINE_STATE_DIR``, else the user state dir."""
+    import platformdirs  # ~10 ms to import: not at start-up
+
     env = os.environ.get("SYNCENGINE_STATE_DIR")
     return Path(env) if env else Path(platformdirs.user_state_dir("syncengine"))
 
@@ -847,6 +860,8 @@ async def upload(
     size = body_size(body)
     caps = store.capabilities
     multipart = caps.multipart and size > 0 and (size > thr or size > caps.max_put_size)
+    if multipart and isinstance(body, HashedParts):
+        body = body.join()  # parts are cut from one buffer
     if multipart and not isinstance(body, bytes | bytearray | memoryview | FileSlice):
         if size > caps.max_put_size:
             raise ConfigError(

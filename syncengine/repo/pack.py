@@ -15,6 +15,7 @@ import blake3 as _blake3
 import zstandard
 
 from syncengine.errors import SyncEngineError
+from syncengine.store.base import HashedParts
 
 PACK_MAGIC: Final = b"SEPACK\x00\x01"
 PACK_END: Final = b"SEPKEND1"
@@ -107,10 +108,19 @@ class PackWriter:
 
     def finish(self) -> tuple[bytes, bytes, list[BlobLocation]]:
         """(pack id, pack bytes, blob locations)."""
+        pid, body, locs = self.finish_parts()
+        return pid, body.join(), locs
+
+    def finish_parts(self) -> tuple[bytes, HashedParts, list[BlobLocation]]:
+        """(pack id, the pack as a body of parts — no joined copy —, blob locations)."""
         records = b"".join(_REC.pack(*loc) for loc in self._locs) + _COUNT.pack(len(self._locs))
         trailer = records + _blake3.blake3(records).digest()
-        data = b"".join([*self._parts, trailer, _FOOT.pack(self.size, PACK_END)])
-        return _blake3.blake3(data).digest(), data, list(self._locs)
+        parts = [*self._parts, trailer, _FOOT.pack(self.size, PACK_END)]
+        h = _blake3.blake3()
+        for p in parts:
+            h.update(p)
+        pid = h.digest()
+        return pid, HashedParts(parts, pid), list(self._locs)
 
 
 def trailer_offset(pack: bytes, footer: bytes) -> int:

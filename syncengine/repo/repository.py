@@ -8,6 +8,8 @@ head (compare-and-swap). Every object a version names exists before the version 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import datetime as _dt
 import getpass
@@ -15,9 +17,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import blake3 as _blake3
 import msgspec
@@ -33,7 +35,7 @@ from syncengine.errors import (
 )
 from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.hashing.stat_cache import StatCache, default_cache_dir
-from syncengine.hashing.tree import Source, TreeHasher
+from syncengine.hashing.tree import HashedFile, Source, TreeHasher
 from syncengine.repo.manifest import (
     Change,
     Manifest,
@@ -75,6 +77,8 @@ from syncengine.store.base import ObjectStore
 PACK_TARGET: Final = 32 << 20
 #: New blobs are read and packed in batches of about this many bytes per worker-thread hop.
 READ_BATCH: Final = 8 << 20
+#: Hashed files handed from the hashing thread to the event loop at a time (at most).
+FEED_FILES: Final = 512
 
 
 class RepoConfig(msgspec.Struct, frozen=True):
@@ -346,6 +350,7 @@ class Repository:
         uploads: set[asyncio.Task[None]] = set()
         failed: list[BaseException] = []  # uploads that failed, whenever they finished
         sent = 0  # pack bytes sent so far (progress)
+        packs_in_flight = max(1, transfer.put_buffer() // self.config.pack_target)
         loop = asyncio.get_running_loop()
         hashed_ns = time.time_ns()
 
@@ -365,7 +370,7 @@ class Repository:
             nonlocal writer
             if not len(writer):
                 return
-            pid, data, locs = await loop.run_in_executor(None, writer.finish)
+            pid, data, locs = await loop.run_in_executor(None, writer.finish_parts)
             writer = PackWriter()
             entries = index_entries(pid, locs)
             new_entries.extend(entries)
@@ -394,7 +399,7 @@ class Repository:
             task = asyncio.ensure_future(upload())
             uploads.add(task)
             task.add_done_callback(finished)
-            if len(uploads) >= 4:  # bounded bytes in flight: at most 4 packs
+            if len(uploads) >= packs_in_flight:  # bounded memory: SYNCENGINE_PUT_BUFFER
                 await asyncio.wait(set(uploads), return_when=asyncio.FIRST_COMPLETED)
             if failed:
                 raise failed[0]
@@ -431,9 +436,12 @@ class Repository:
                 if writer.size >= self.config.pack_target:
                     await flush_pack()
 
+        # The hash stream runs in a thread of its own and comes to the loop in batches, the
+        # next batch hashing while this one is packed: the loop stays free for uploads.
+        feed = _HashFeed(hasher, sources, self.config.pack_target)
         try:
             try:
-                for hashed in hasher.hash(list(sources)):
+                async for hashed in feed:
                     d, scanned = hashed.digest, hashed.entry
                     fingerprint.add(scanned)
                     chunks = tuple((c.length, c.digest) for c in d.chunks)
@@ -465,6 +473,7 @@ class Repository:
                     result.files += 1
                     result.bytes += d.size
             finally:
+                await feed.close()
                 if cache is not None:
                     cache.close()
             if hasher.stats.errors:
@@ -812,6 +821,58 @@ class Repository:
             on_progress=on_progress,
         )
         return result.written
+
+
+class _HashFeed:
+    """``TreeHasher.hash`` off the event loop: a single feeder thread pulls results in
+    batches (up to :data:`FEED_FILES` files or about ``batch_bytes`` of content), one batch
+    ahead of the consumer; the hasher's own pool keeps hashing meanwhile."""
+
+    def __init__(self, hasher: TreeHasher, sources: Sequence[Source], batch_bytes: int) -> None:
+        self._gen = cast(Generator[HashedFile, None, None], hasher.hash(list(sources)))
+        self._batch_bytes = batch_bytes
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="syncengine-feed")
+        self._next: asyncio.Future[list[HashedFile]] | None = None
+        self._batch: collections.deque[HashedFile] = collections.deque()
+        self._done = False
+
+    def _pull(self) -> list[HashedFile]:
+        out: list[HashedFile] = []
+        size = 0
+        for h in self._gen:
+            out.append(h)
+            size += h.digest.size
+            if len(out) >= FEED_FILES or size >= self._batch_bytes:
+                return out
+        self._done = True
+        return out
+
+    def _start(self) -> asyncio.Future[list[HashedFile]]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, self._pull)
+
+    def __aiter__(self) -> _HashFeed:
+        return self
+
+    async def __anext__(self) -> HashedFile:
+        while not self._batch:
+            if self._next is None:
+                if self._done:
+                    raise StopAsyncIteration
+                self._next = self._start()
+            batch = await self._next
+            self._next = None if self._done else self._start()
+            self._batch = collections.deque(batch)
+        return self._batch.popleft()
+
+    async def close(self) -> None:
+        """Stops the stream (waiting for a batch being pulled) and its hashing threads."""
+        pending, self._next = self._next, None
+        if pending is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        await asyncio.shield(loop.run_in_executor(self._pool, self._gen.close))
+        self._pool.shutdown(wait=False)
 
 
 def _created_by() -> dict[str, str]:

@@ -51,6 +51,7 @@ from syncengine.store.base import (
     RESERVED_PREFIX,
     S3_SIZE_LIMITS,
     Body,
+    HashedParts,
     ObjectInfo,
     ObjectStore,
     PartInfo,
@@ -118,6 +119,10 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 def _write_body(fd: int, body: Body) -> tuple[int, str]:
     """Write ``body`` to ``fd`` while hashing it; return (size, BLAKE3 hex)."""
+    if isinstance(body, HashedParts):  # the producer hashed it already (a pack)
+        for part in body.parts:
+            _write_all(fd, part)
+        return body.size, body.blake3.hex()
     h = _hasher()
     if isinstance(body, bytes | bytearray | memoryview):
         mv = memoryview(body).cast("B")

@@ -62,6 +62,7 @@ from syncengine.store.base import (
     S3_SIZE_LIMITS,
     Body,
     BodySource,
+    HashedParts,
     ObjectInfo,
     ObjectStore,
     PartInfo,
@@ -473,6 +474,8 @@ class _Payload:
         self.mismatch: BodySizeMismatch | None = None
         self.content_md5: str | None = None
         self.checksum_crc32: str | None = None
+        if isinstance(body, HashedParts):  # one buffer: checksummed, sent in slices
+            body = body.join()
         if isinstance(body, bytes | bytearray | memoryview):
             self.buffer: memoryview | None = memoryview(body).cast("B")
             self.source: BodySource | None = None

@@ -17,6 +17,7 @@ import pytest
 
 from syncengine.errors import ConfigError, InvalidKey, ObjectNotFound, PreconditionFailed
 from syncengine.store import LocalStore
+from syncengine.store.base import HashedParts
 
 from . import store_workers
 
@@ -102,6 +103,15 @@ async def test_delete_prunes_empty_directories(local: LocalStore) -> None:
     files = await asyncio.to_thread(tree, root)
     assert [f for f in files if not f.startswith(".se-store")] == []
     assert await asyncio.to_thread(root.is_dir)
+
+
+async def test_a_prehashed_body_is_written_as_is_with_its_digest_as_etag(local: LocalStore) -> None:
+    data = b"pack " * 1000
+    info = await local.put("p", HashedParts([data[:7], data[7:]], blake3.blake3(data).digest()))
+    assert info.etag == blake3.blake3(data).hexdigest()  # what hashing the bytes gives
+    assert await local.get("p") == data
+    await asyncio.to_thread(shutil.rmtree, Path(local.root) / ".se-store" / "etags")
+    assert (await local.head("p")).etag == info.etag  # the same when recomputed
 
 
 async def test_etag_is_blake3_and_survives_lost_sidecars(local: LocalStore) -> None:

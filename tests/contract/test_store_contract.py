@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 
 from syncengine.errors import (
@@ -28,6 +29,7 @@ from syncengine.errors import (
     UploadNotFound,
 )
 from syncengine.store import FileSlice, ObjectInfo, ObjectStore
+from syncengine.store.base import HashedParts
 
 from . import store_workers
 from .conftest import BlockingOnLoop, LoopIOGuard, StoreFactory
@@ -97,7 +99,7 @@ async def test_empty_object(store: ObjectStore) -> None:
     assert (await store.head("empty")).size == 0
 
 
-@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "file_slice", "source"])
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "file_slice", "source", "hashed_parts"])
 async def test_body_kinds(store: ObjectStore, tmp_path: Path, kind: str) -> None:
     data = bytes(range(256)) * 1000
     body: object
@@ -111,6 +113,8 @@ async def test_body_kinds(store: ObjectStore, tmp_path: Path, kind: str) -> None
         src = tmp_path / "src.bin"
         await asyncio.to_thread(src.write_bytes, b"HEAD" + data + b"TAIL")
         body = FileSlice(str(src), offset=4, length=len(data), chunk_size=4096)
+    elif kind == "hashed_parts":
+        body = HashedParts([data[:1000], b"", data[1000:]], blake3.blake3(data).digest())
     else:
 
         class Source:

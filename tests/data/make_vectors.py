@@ -112,6 +112,36 @@ def pack_vector() -> dict[str, object]:
     }
 
 
+def records_vector() -> dict[str, object]:
+    """The JSON records (config, version record, artifact head): exact bytes."""
+    import msgspec
+
+    from syncengine.repo.records import ArtifactHead, VersionRecord, encode_record
+    from syncengine.repo.repository import RepoConfig
+
+    config = RepoConfig(
+        1, "0123456789abcdef0123456789abcdef", "blake3",
+        {"min": 262144, "avg": 1048576, "max": 4194304, "seed": 0x73796E6367656172},
+    )  # fmt: skip
+    version = VersionRecord(
+        1, "vision", "mnist", 3, "dataset", "manifests/ab/" + "ab" * 32, "cd" * 32, 2, 70000,
+        "2024-06-01T12:00:00.000000Z", {"host": "trainer-1", "user": "ml"}, "Grüße, \"train\" split",
+        {"rows": 70000, "split": {"train": 0.9}, "ok": True, "none": None}, ("nightly", "v2-data"), 86400,
+    )  # fmt: skip
+    head = ArtifactHead(
+        1, "vision", "mnist", "dataset", 3, {"best": 2, "prod": 3}, {"cd" * 32: 3, "ef" * 32: 2}
+    )
+    minimal = VersionRecord(
+        1, "p", "n", 0, "t", "manifests/00/" + "00" * 32, "11" * 32, 0, 0, "2024-06-01T00:00:00Z"
+    )
+    return {
+        "config": msgspec.json.encode(config).decode(),
+        "version": encode_record(version).decode(),
+        "version_minimal": encode_record(minimal).decode(),
+        "head": encode_record(head).decode(),
+    }
+
+
 def main() -> None:
     table = gear_table()
     tree = TreeDigest()
@@ -127,6 +157,7 @@ def main() -> None:
         "files": [file_vector(name, n) for name, n in INPUTS],
         "manifest": manifest_vector(),
         "pack": pack_vector(),
+        "records": records_vector(),
         "tree": {
             "entries": [[p, blake3.blake3(c).hexdigest()] for p, c in entries],
             "digest": tree.hexdigest(),

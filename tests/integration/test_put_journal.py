@@ -176,3 +176,39 @@ def test_packs_stay_near_the_target_size(tmp_path: Path) -> None:
         assert max(sizes) <= (1 << 20) + (1 << 20) + 65536, sizes  # the old code made 2.4 MiB
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(("buffer", "most"), [("1M", 1), ("3M", 3)])
+def test_put_buffer_bounds_the_packs_held_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer: str, most: int
+) -> None:
+    """SYNCENGINE_PUT_BUFFER / pack size = finished packs a put holds (uploading) at once."""
+    monkeypatch.setenv("SYNCENGINE_PUT_BUFFER", buffer)
+    data = tmp_path / "data"
+    make_data(data)
+
+    class SlowPacks(LocalStore):
+        active = 0
+        peak = 0
+
+        async def put(
+            self, key: str, body: Body, *, if_none_match: bool = False, if_match: str | None = None
+        ) -> ObjectInfo:
+            if not key.startswith("data/"):
+                return await super().put(key, body, if_none_match=if_none_match, if_match=if_match)
+            SlowPacks.active += 1
+            SlowPacks.peak = max(SlowPacks.peak, SlowPacks.active)
+            try:
+                await asyncio.sleep(0.05)  # widens the window in which packs could pile up
+                return await super().put(key, body, if_none_match=if_none_match, if_match=if_match)
+            finally:
+                SlowPacks.active -= 1
+
+    async def go() -> None:
+        repo = await open_repo(SlowPacks(tmp_path / "repo"))
+        r = await repo.log([Source(str(data))], project="p", name="d", type="dataset")
+        assert r.packs >= 8
+        await repo.store.close()  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+    assert 1 <= SlowPacks.peak <= most

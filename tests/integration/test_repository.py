@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -204,5 +205,56 @@ def test_index_segments_are_cached_locally_and_checked(tmp_path: Path) -> None:
         from syncengine.repo.pack import decode_index
 
         assert len(decode_index(bytes.fromhex(seg.name), seg.read_bytes())) == n  # repaired
+
+    asyncio.run(go())
+
+
+def test_hashing_leaves_the_event_loop_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While files hash, the put's event loop keeps running other tasks (uploads, progress):
+    here hashing cannot even start until a coroutine on that loop lets it, so a put that
+    hashed on the loop thread would never finish."""
+    from syncengine.hashing import backend
+
+    data = tmp_path / "data"
+    write_tree(data, {"big.bin": os.urandom(200_000), "small.txt": b"s"})
+    real = backend.impl
+    gate = threading.Event()
+
+    class GatedHasher:
+        def __init__(self, params: ChunkerParams) -> None:
+            self._h = real.FileHasher(params)
+            self.bytes_read = 0
+
+        def hash_file(self, *a: object) -> object:
+            if not gate.wait(timeout=60):
+                raise AssertionError("the event loop never ran while a file was being hashed")
+            return self._h.hash_file(*a)
+
+        def hash_small_files(self, *a: object) -> object:
+            if not gate.wait(timeout=60):
+                raise AssertionError("the event loop never ran while files were being hashed")
+            return self._h.hash_small_files(*a)
+
+        def hash_range(self, *a: object) -> object:
+            if not gate.wait(timeout=60):
+                raise AssertionError("the event loop never ran while a file was being hashed")
+            return self._h.hash_range(*a)
+
+    class GatedImpl:
+        FileHasher = GatedHasher
+
+    monkeypatch.setattr(backend, "impl", GatedImpl)
+
+    async def go() -> None:
+        repo = await open_repo(tmp_path / "repo")
+
+        async def open_gate() -> None:
+            await asyncio.sleep(0.05)
+            gate.set()
+
+        opener = asyncio.ensure_future(open_gate())
+        r = await repo.log([Source(str(data))], project="p", name="n", type="t", stat_cache=False)
+        await opener
+        assert r.created and r.files == 2
 
     asyncio.run(go())

@@ -98,3 +98,32 @@ def test_pack_and_index_vectors() -> None:
     sid, seg = encode_index(index_entries(pid, locs))
     assert (sid.hex(), seg.hex()) == (vec["index_id"], vec["index"])
     assert len(decode_index(sid, seg)) == 3
+
+
+def test_record_vectors() -> None:
+    """config, version record and artifact head: the exact JSON bytes, both ways."""
+    import msgspec
+
+    from syncengine.repo.records import (
+        ArtifactHead,
+        VersionRecord,
+        decode_head,
+        decode_version,
+        encode_record,
+    )
+    from syncengine.repo.repository import RepoConfig
+
+    vec = VECTORS["records"]
+    config = msgspec.json.decode(vec["config"].encode(), type=RepoConfig)
+    assert msgspec.json.encode(config).decode() == vec["config"]
+    assert (config.format, config.hash, config.chunker["avg"]) == (1, "blake3", 1 << 20)
+    for name in ("version", "version_minimal"):
+        record = decode_version(vec[name].encode())
+        assert isinstance(record, VersionRecord)
+        assert encode_record(record).decode() == vec[name]
+    full = decode_version(vec["version"].encode())
+    assert full.metadata["split"] == {"train": 0.9} and full.tags == ("nightly", "v2-data")
+    assert decode_version(vec["version_minimal"].encode()).description == ""  # defaults omitted
+    head = decode_head(vec["head"].encode())
+    assert isinstance(head, ArtifactHead) and head.aliases == {"best": 2, "prod": 3}
+    assert encode_record(head).decode() == vec["head"]
