@@ -33,7 +33,7 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
-from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar, cast
 from urllib.parse import quote, unquote_plus, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
@@ -170,6 +170,14 @@ def choose_addressing(
     return "virtual"
 
 
+def _addressing_setting(value: str, where: str) -> Addressing:
+    """An addressing style named in a setting; botocore's ``virtual``/``path``/``auto``."""
+    v = value.strip().lower()
+    if v not in ("auto", "path", "virtual"):
+        raise ConfigError(f"{where}={value!r}: use 'auto', 'path' or 'virtual'")
+    return cast(Addressing, v)
+
+
 def _is_ip_or_localhost(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -290,6 +298,7 @@ class _Resolved(NamedTuple):
     endpoint: str
     provider: Any  # botocore Credentials / RefreshableCredentials, or None
     source: str
+    addressing: Addressing  # from the profile's ``s3 = addressing_style = ...``, else "auto"
 
 
 class _CredentialCache:
@@ -725,6 +734,9 @@ class S3Store(StoreContext):
                 raise ConfigError(f"S3 key prefix {prefix!r} is invalid: {e.reason}") from None
         if addressing not in ("auto", "path", "virtual"):
             raise ConfigError(f"addressing must be 'auto', 'path' or 'virtual', not {addressing!r}")
+        env_style = os.environ.get("SYNCENGINE_S3_ADDRESSING")
+        if addressing == "auto" and env_style:
+            addressing = _addressing_setting(env_style, "SYNCENGINE_S3_ADDRESSING")
         if list_strategy not in ("auto", "flat", "walk"):
             raise ConfigError(f"list_strategy must be 'auto', 'flat' or 'walk', not {list_strategy!r}")
         if not 1 <= list_page_size <= _MAX_PAGE:
@@ -827,7 +839,16 @@ class S3Store(StoreContext):
             ) from None
         endpoint = self._endpoint_arg or default_endpoint(region)
         source = getattr(provider, "method", "") if provider is not None else ""
-        return _Resolved(region, endpoint, provider, source or "unknown")
+        style: Addressing = "auto"
+        if self._addressing_arg == "auto":
+            try:
+                s3_config = session.get_scoped_config().get("s3")
+            except Exception:  # a missing profile was reported above
+                s3_config = None
+            configured = s3_config.get("addressing_style") if isinstance(s3_config, dict) else None
+            if configured is not None:
+                style = _addressing_setting(configured, "the AWS config's s3.addressing_style")
+        return _Resolved(region, endpoint, provider, source or "unknown", style)
 
     async def _ready(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -857,7 +878,8 @@ class S3Store(StoreContext):
             self._cred_source = r.source
             self._creds = _CredentialCache(r.provider, self._run)
             self._signer = await self._run(_Signer)
-            self._addressing = choose_addressing(r.endpoint, self.bucket, self._addressing_arg)
+            wanted = self._addressing_arg if self._addressing_arg != "auto" else r.addressing
+            self._addressing = choose_addressing(r.endpoint, self.bucket, wanted)
             host = urlsplit(r.endpoint).hostname or ""
             strategy = self._list_strategy_arg
             self._flat_listing = strategy == "flat" or (

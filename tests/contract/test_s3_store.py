@@ -341,6 +341,35 @@ async def test_credentials_from_shared_file_and_aws_profile(
             await s.put("k", b"v")
 
 
+async def test_addressing_style_from_settings(
+    s3_server: S3TestServer, bucket: str, monkeypatch: pytest.MonkeyPatch, clean_aws_env: Path
+) -> None:
+    """The argument, then SYNCENGINE_S3_ADDRESSING, then the profile's s3.addressing_style."""
+    for var, value in s3_server.env().items():
+        monkeypatch.setenv(var, value)
+    config = clean_aws_env / "config"
+    await asyncio.to_thread(config.write_text, "[default]\ns3 =\n    addressing_style = virtual\n")
+    async with S3Store(bucket, unique_prefix()) as store:
+        await store._ready()
+        assert store._addressing == "virtual"  # as botocore's config asks, even off AWS
+    monkeypatch.setenv("SYNCENGINE_S3_ADDRESSING", "path")
+    async with S3Store(bucket, unique_prefix()) as store:
+        await store.put("k", b"v")  # path-style works against the test server
+        assert store._addressing == "path"
+    monkeypatch.setenv("SYNCENGINE_S3_ADDRESSING", "virtual")
+    async with S3Store(bucket, unique_prefix(), addressing="path") as store:
+        await store._ready()
+        assert store._addressing == "path"  # the argument wins
+    monkeypatch.setenv("SYNCENGINE_S3_ADDRESSING", "sideways")
+    with pytest.raises(ConfigError, match="SYNCENGINE_S3_ADDRESSING"):
+        S3Store(bucket)
+    monkeypatch.delenv("SYNCENGINE_S3_ADDRESSING")
+    await asyncio.to_thread(config.write_text, "[default]\ns3 =\n    addressing_style = diagonal\n")
+    async with S3Store(bucket, unique_prefix()) as store:
+        with pytest.raises(ConfigError, match="addressing_style"):
+            await store._ready()
+
+
 async def test_no_credentials_anywhere(s3_server: S3TestServer, bucket: str, clean_aws_env: Path) -> None:
     async with S3Store(bucket, endpoint_url=s3_server.endpoint, retry=FAST) as store:
         with pytest.raises(StoreAccessDenied, match="no AWS credentials found") as ei:
