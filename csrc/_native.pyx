@@ -55,14 +55,16 @@ def gear_table():
     return tuple(p.gear[i] for i in range(256))
 
 
-def cut_points(data, params):
-    """Chunk lengths of `data` taken as a whole stream."""
+def cut_points(data, params, bint final=True):
+    """Chunk lengths of `data` taken as a whole stream; with ``final=False`` `data` is only the
+    start of the rest of a stream, and cutting stops where fewer than max_size bytes are left."""
     cdef se_cdc_params p
     _init_params(&p, params)
     cdef const uint8_t[::1] view = memoryview(data).cast("B")
     cdef size_t pos = 0, end = view.shape[0], n
+    cdef size_t max_size = params.max_size
     out = []
-    while pos < end:
+    while pos < end and (final or end - pos >= max_size):
         with nogil:
             n = se_cdc_next(&p, &view[pos], end - pos)
         out.append(n)

@@ -44,11 +44,13 @@ def next_cut(params: ChunkerParams, data: bytes | bytearray | memoryview, start:
     return limit
 
 
-def cut_points(data: bytes | bytearray | memoryview, params: ChunkerParams) -> list[int]:
-    """Chunk lengths of `data` taken as a whole stream."""
+def cut_points(data: bytes | bytearray | memoryview, params: ChunkerParams, final: bool = True) -> list[int]:
+    """Chunk lengths of `data` taken as a whole stream; with ``final=False`` `data` is only the
+    start of the rest of a stream, and cutting stops where fewer than ``max_size`` bytes are
+    left (the lengths returned are then exactly those the whole stream gives)."""
     out = []
     pos, end = 0, len(data)
-    while pos < end:
+    while pos < end and (final or end - pos >= params.max_size):
         n = next_cut(params, data, pos, end)
         out.append(n)
         pos += n

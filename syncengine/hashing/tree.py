@@ -137,6 +137,7 @@ class TreeHasher:
         follow_symlinks: bool = True,
         on_progress: Callable[[int, int], None] | None = None,
         clock: Callable[[], int] = now_ns,
+        split_large: bool = True,
     ) -> None:
         self.params = params
         self.threads = threads or os.cpu_count() or 1
@@ -147,6 +148,8 @@ class TreeHasher:
         self.follow_symlinks = follow_symlinks
         self.on_progress = on_progress
         self.clock = clock
+        #: Hash one large file on several threads (needs ``hash_range`` on the hasher).
+        self.split_large = split_large
         self.stats = TreeStats()
         self._local = threading.local()
         self._hashers: list[Any] = []
@@ -291,7 +294,7 @@ class TreeHasher:
                     batch_bytes += entry.size
                     if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
                         submit_batch()
-                elif len(starts := segment_starts(entry.size, self.threads)) > 1:
+                elif self.split_large and len(starts := segment_starts(entry.size, self.threads)) > 1:
                     stops = [*starts[1:], _TO_EOF]
                     futs = [
                         pool.submit(self._segment, entry.abspath, a, b, entry.size)

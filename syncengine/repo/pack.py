@@ -8,6 +8,7 @@ return bytes, readers take bytes.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple
 
@@ -32,7 +33,16 @@ _MIN_SAVING: Final = 0.10
 _PROBE: Final = 64 * 1024
 #: Small blobs are first tried on this many bytes with the fastest level.
 _SMALL_PROBE: Final = 4096
-_FAST = zstandard.ZstdCompressor(level=1)
+# zstandard's (de)compressors must not be used by two threads at once (it crashes): one per
+# PackWriter for compressing, one per thread for reading.
+_local = threading.local()
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
 
 
 class CorruptData(SyncEngineError):
@@ -73,6 +83,7 @@ class PackWriter:
             raise ValueError(f"compression must be auto, off or zstd, not {compression!r}")
         self.compression = compression
         self._zstd = zstandard.ZstdCompressor(level=level) if compression != "off" else None
+        self._fast = zstandard.ZstdCompressor(level=1) if compression == "auto" else None
         self._parts: list[bytes | memoryview] = [PACK_MAGIC]
         self._locs: list[BlobLocation] = []
         self.size = len(PACK_MAGIC)
@@ -99,7 +110,11 @@ class PackWriter:
                 probe = self._zstd.compress(raw[:_PROBE])
                 if len(probe) > (1 - _MIN_SAVING) * _PROBE:
                     return raw, CODEC_NONE
-            elif len(raw) > 2 * _SMALL_PROBE and len(_FAST.compress(raw[:_SMALL_PROBE])) >= _SMALL_PROBE:
+            elif (
+                self._fast is not None
+                and len(raw) > 2 * _SMALL_PROBE
+                and len(self._fast.compress(raw[:_SMALL_PROBE])) >= _SMALL_PROBE
+            ):
                 return raw, CODEC_NONE
         packed = self._zstd.compress(raw)
         if len(packed) <= (1 - _MIN_SAVING) * len(raw):
@@ -156,9 +171,6 @@ def parse_pack(pack: bytes, data: bytes) -> list[BlobLocation]:
     return parse_trailer(pack, data[start : -_FOOT.size])
 
 
-_DCTX = zstandard.ZstdDecompressor()
-
-
 def read_blob(pack: bytes, stored: bytes | memoryview, loc: BlobLocation | IndexEntry) -> bytes:
     """The raw bytes of a blob from its stored bytes, verified against its digest."""
     if len(stored) != loc.stored:
@@ -169,7 +181,7 @@ def read_blob(pack: bytes, stored: bytes | memoryview, loc: BlobLocation | Index
         raw = bytes(stored)
     elif loc.codec == CODEC_ZSTD:
         try:
-            raw = _DCTX.decompress(stored, max_output_size=loc.raw)
+            raw = _dctx().decompress(stored, max_output_size=loc.raw)
         except zstandard.ZstdError as e:
             raise CorruptData(f"blob {loc.digest.hex()} in pack {pack.hex()}: {e}") from e
     else:

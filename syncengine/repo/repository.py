@@ -12,10 +12,10 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as _dt
-import getpass
 import os
 import socket
 import time
+import types
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +36,7 @@ from syncengine.errors import (
 from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.hashing.stat_cache import StatCache, default_cache_dir
 from syncengine.hashing.tree import HashedFile, Source, TreeHasher
+from syncengine.repo.ingest import Ingest, IngestAborted
 from syncengine.repo.manifest import (
     Change,
     Manifest,
@@ -47,6 +48,7 @@ from syncengine.repo.manifest import (
 )
 from syncengine.repo.manifest import diff as diff_manifests
 from syncengine.repo.pack import (
+    BlobLocation,
     CorruptData,
     IndexEntry,
     PackWriter,
@@ -72,7 +74,7 @@ from syncengine.repo.records import (
     head_key,
     version_key,
 )
-from syncengine.store.base import ObjectStore
+from syncengine.store.base import HashedParts, ObjectStore
 
 PACK_TARGET: Final = 32 << 20
 #: New blobs are read and packed in batches of about this many bytes per worker-thread hop.
@@ -339,14 +341,18 @@ class Repository:
         key: bytes,
         on_upload: Callable[[int, int], None] | None,
     ) -> PutResult:
-        """The full put: hash, pack and upload what the repository lacks, commit."""
+        """The full put: hash, pack and upload what the repository lacks, commit.
+
+        Files the stat cache does not know are read once: the hashing threads pack the new
+        blobs from the bytes they hashed (syncengine.repo.ingest). Files it knows whose blobs
+        this repository lacks (the cache is per machine, not per repository) are read again
+        here and every blob is checked against its digest before it is packed."""
         project, name, type = result.record.project, result.record.name, result.record.type
         fingerprint = Fingerprint()
         journaled, adopted = await self._adopt(journal, index)
         builder = ManifestBuilder()
-        writer = PackWriter()
+        writer = PackWriter()  # blobs of stat-cache hits the repository lacks
         new_entries: list[IndexEntry] = adopted
-        queued: set[bytes] = set()
         uploads: set[asyncio.Task[None]] = set()
         failed: list[BaseException] = []  # uploads that failed, whenever they finished
         sent = 0  # pack bytes sent so far (progress)
@@ -354,14 +360,62 @@ class Repository:
         loop = asyncio.get_running_loop()
         hashed_ns = time.time_ns()
 
+        async def upload(pid: bytes, data: HashedParts, locs: list[BlobLocation]) -> None:
+            nonlocal sent
+            done = 0
+
+            def progress(n: int) -> None:
+                nonlocal done, sent
+                sent += n - done
+                done = n
+                if on_upload is not None:
+                    on_upload(sent, len(uploads))
+
+            entries = index_entries(pid, locs)
+            # Through the transfer layer: the process-wide request and byte limits, and
+            # multipart for a pack above the threshold (docs/TRANSFER.md).
+            with contextlib.suppress(PreconditionFailed):  # already there: same bytes
+                await transfer.upload(
+                    self.store, _obj_key("data", pid), data, if_none_match=True, on_progress=progress
+                )
+            await loop.run_in_executor(None, journal.record, pid, entries)
+            new_entries.extend(entries)
+            journaled.append(pid)
+            result.packs += 1
+
+        def start_upload(pid: bytes, data: HashedParts, locs: list[BlobLocation]) -> asyncio.Task[None]:
+            task = asyncio.ensure_future(upload(pid, data, locs))
+            uploads.add(task)
+            task.add_done_callback(finished)
+            return task
+
         def finished(task: asyncio.Task[None]) -> None:
             uploads.discard(task)
+            ingest.release()
             if not task.cancelled() and task.exception() is not None:
                 failed.append(task.exception())  # type: ignore[arg-type]
+                ingest.abort()
+
+        shipped: list[concurrent.futures.Future[asyncio.Task[None]]] = []
+
+        def ship(pid: bytes, data: HashedParts, locs: list[BlobLocation]) -> None:
+            """In a hashing thread: a full pack goes to the loop for upload (the thread has
+            taken one of the ``packs_in_flight`` slots; the upload gives it back)."""
+
+            async def begin() -> asyncio.Task[None]:
+                return start_upload(pid, data, locs)
+
+            shipped.append(asyncio.run_coroutine_threadsafe(begin(), loop))
+
+        ingest = Ingest(self.params, hasher.impl, index, self.config.pack_target, packs_in_flight, ship)
+        hasher.impl = types.SimpleNamespace(FileHasher=ingest.file_hasher)
+        hasher.split_large = False
 
         async def settle_uploads() -> None:
-            """Waits for the uploads in flight; raises the first failure of any upload."""
-            if uploads:
+            """Waits for every upload shipped so far; raises the first failure of any."""
+            if shipped:
+                await asyncio.gather(*(asyncio.wrap_future(f) for f in shipped))
+            while uploads:
                 await asyncio.wait(set(uploads))
             if failed:
                 raise failed[0]
@@ -370,61 +424,28 @@ class Repository:
             nonlocal writer
             if not len(writer):
                 return
-            pid, data, locs = await loop.run_in_executor(None, writer.finish_parts)
-            writer = PackWriter()
-            entries = index_entries(pid, locs)
-            new_entries.extend(entries)
-            journaled.append(pid)
-            result.packs += 1
-
-            async def upload() -> None:
-                nonlocal sent
-                done = 0
-
-                def progress(n: int) -> None:
-                    nonlocal done, sent
-                    sent += n - done
-                    done = n
-                    if on_upload is not None:
-                        on_upload(sent, len(uploads))
-
-                # Through the transfer layer: the process-wide request and byte limits, and
-                # multipart for a pack above the threshold (docs/TRANSFER.md).
-                with contextlib.suppress(PreconditionFailed):  # already there: same bytes
-                    await transfer.upload(
-                        self.store, _obj_key("data", pid), data, if_none_match=True, on_progress=progress
-                    )
-                await loop.run_in_executor(None, journal.record, pid, entries)
-
-            task = asyncio.ensure_future(upload())
-            uploads.add(task)
-            task.add_done_callback(finished)
-            if len(uploads) >= packs_in_flight:  # bounded memory: SYNCENGINE_PUT_BUFFER
-                await asyncio.wait(set(uploads), return_when=asyncio.FIRST_COMPLETED)
-            if failed:
-                raise failed[0]
+            full, writer = writer, PackWriter()
+            await loop.run_in_executor(None, ingest.ship, full)
 
         Reads = list[tuple[str, list[tuple[bytes, int, int]]]]
         pending: Reads = []
         pending_bytes = 0
 
         def read_and_pack(pw: PackWriter, jobs: Reads) -> None:
-            """Reads new blobs, checks them against the digests the hash pass saw, and packs
-            (and maybe compresses) them — in a worker thread, off the event loop, many small
-            files per thread hop."""
+            """Reads blobs of files the stat cache vouched for, checks each against its digest
+            (the file may have changed since it was hashed) and packs it — in a worker thread,
+            many small files per thread hop."""
             for path, wanted in jobs:
                 with open(path, "rb", buffering=0) as f:
                     for digest, offset, length in wanted:
-                        if digest in queued:
+                        if not ingest.claim(digest):
                             continue
                         f.seek(offset)
                         data = f.read(length)
                         if len(data) != length or blob_digest(data) != digest:
                             raise FileChangedError(path, "content differs from when it was hashed")
-                        queued.add(digest)
                         pw.add(digest, data)
-                        result.new_blobs += 1
-                        result.new_bytes += length
+                        ingest.counted(length)
 
         async def drain_reads() -> None:
             nonlocal pending, pending_bytes
@@ -437,25 +458,31 @@ class Repository:
                     await flush_pack()
 
         # The hash stream runs in a thread of its own and comes to the loop in batches, the
-        # next batch hashing while this one is packed: the loop stays free for uploads.
+        # next batch hashing while this one is handled: the loop stays free for uploads.
         feed = _HashFeed(hasher, sources, self.config.pack_target)
         try:
             try:
                 async for hashed in feed:
+                    if failed:
+                        raise failed[0]
                     d, scanned = hashed.digest, hashed.entry
                     fingerprint.add(scanned)
                     chunks = tuple((c.length, c.digest) for c in d.chunks)
                     entry = ManifestEntry(scanned.path, d.size, scanned.mode & 0o777, d.digest, chunks)
                     for pid, data in builder.add(entry):
                         await _put_immutable(self.store, _obj_key("manifests", pid), data)
+                    result.files += 1
+                    result.bytes += d.size
+                    if not hashed.cached:
+                        continue  # its new blobs are packed already
                     blobs = (
                         [(c.digest, c.offset, c.length) for c in d.chunks]
                         if d.chunks
                         else [(d.digest, 0, d.size)]
                     )
-                    wanted = [b for b in blobs if b[0] not in index and b[0] not in queued]
-                    # Read a large file's new chunks a pack's worth at a time: memory stays bounded
-                    # by the pack size and the packs in flight, whatever the file size.
+                    wanted = [b for b in blobs if b[0] not in index and b[0] not in ingest.queued]
+                    # Read a large file's missing chunks a pack's worth at a time: memory stays
+                    # bounded by the pack size and the packs in flight, whatever the file size.
                     start = 0
                     while start < len(wanted):
                         end, budget = start + 1, self.config.pack_target - wanted[start][2]
@@ -470,8 +497,9 @@ class Repository:
                         pending_bytes += group_bytes
                         if pending_bytes >= READ_BATCH:
                             await drain_reads()
-                    result.files += 1
-                    result.bytes += d.size
+            except BaseException:
+                ingest.abort()  # hashing threads stop instead of packing on
+                raise
             finally:
                 await feed.close()
                 if cache is not None:
@@ -481,11 +509,19 @@ class Repository:
             result.warnings = [w.message for w in hasher.stats.warnings]
             await drain_reads()
             await flush_pack()
+            for h in list(ingest.hashers):  # the hashing threads' last, partly filled packs
+                await loop.run_in_executor(None, h.flush)
             await settle_uploads()
-        except BaseException:
-            if uploads:  # pack writes in flight finish (and are journaled) before the error
+        except BaseException as e:
+            ingest.abort()
+            if shipped:  # pack writes in flight finish (and are journaled) before the error
+                await asyncio.wait([asyncio.wrap_future(f) for f in shipped])
+            if uploads:
                 await asyncio.wait(set(uploads))
+            if isinstance(e, IngestAborted) and failed:
+                raise failed[0] from None  # the upload failure that stopped the hashing threads
             raise
+        result.new_blobs, result.new_bytes = ingest.new_blobs, ingest.new_bytes
         if new_entries:
             sid, seg = encode_index(new_entries)
             await _put_immutable(self.store, f"index/{sid.hex()}", seg)
@@ -876,6 +912,8 @@ class _HashFeed:
 
 
 def _created_by() -> dict[str, str]:
+    import getpass  # only when a version is created
+
     try:
         user = getpass.getuser()
     except Exception:  # no user name on some containers

@@ -213,37 +213,19 @@ def test_hashing_leaves_the_event_loop_free(tmp_path: Path, monkeypatch: pytest.
     """While files hash, the put's event loop keeps running other tasks (uploads, progress):
     here hashing cannot even start until a coroutine on that loop lets it, so a put that
     hashed on the loop thread would never finish."""
-    from syncengine.hashing import backend
+    from syncengine.repo import ingest
 
     data = tmp_path / "data"
     write_tree(data, {"big.bin": os.urandom(200_000), "small.txt": b"s"})
-    real = backend.impl
     gate = threading.Event()
+    real = ingest.IngestHasher.hash_file
 
-    class GatedHasher:
-        def __init__(self, params: ChunkerParams) -> None:
-            self._h = real.FileHasher(params)
-            self.bytes_read = 0
+    def gated(self: ingest.IngestHasher, path: str, expected_size: int | None = None) -> object:
+        if not gate.wait(timeout=60):
+            raise AssertionError("the event loop never ran while files were being hashed")
+        return real(self, path, expected_size)
 
-        def hash_file(self, *a: object) -> object:
-            if not gate.wait(timeout=60):
-                raise AssertionError("the event loop never ran while a file was being hashed")
-            return self._h.hash_file(*a)
-
-        def hash_small_files(self, *a: object) -> object:
-            if not gate.wait(timeout=60):
-                raise AssertionError("the event loop never ran while files were being hashed")
-            return self._h.hash_small_files(*a)
-
-        def hash_range(self, *a: object) -> object:
-            if not gate.wait(timeout=60):
-                raise AssertionError("the event loop never ran while a file was being hashed")
-            return self._h.hash_range(*a)
-
-    class GatedImpl:
-        FileHasher = GatedHasher
-
-    monkeypatch.setattr(backend, "impl", GatedImpl)
+    monkeypatch.setattr(ingest.IngestHasher, "hash_file", gated)
 
     async def go() -> None:
         repo = await open_repo(tmp_path / "repo")

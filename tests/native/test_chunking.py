@@ -54,6 +54,21 @@ def test_cut_points_property_native_equals_reference(data: bytes) -> None:
     assert native_module().cut_points(data, SMALL) == reference.cut_points(data, SMALL)
 
 
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 20_000), k=st.integers(0, 20_000), seed=st.integers(0, 2**32))
+def test_cut_points_of_a_stream_prefix(n: int, k: int, seed: int) -> None:
+    """``final=False``: the lengths cut from the first k bytes are exactly the whole stream's
+    first chunks (what put's single-read hasher relies on), and cutting stops only where
+    fewer than max_size bytes are left."""
+    data = _data(seed, n)
+    k = min(k, n)
+    whole = reference.cut_points(data, SMALL)
+    for impl in (reference, native_module()):
+        part = impl.cut_points(data[:k], SMALL, False)
+        assert part == whole[: len(part)]
+        assert k - sum(part) < SMALL.max_size
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     seed=st.integers(0, 2**32),

@@ -87,3 +87,48 @@ def test_index_segment_round_trip_sorted_and_checked() -> None:
     assert got == sorted(entries)
     with pytest.raises(CorruptData, match=sid.hex()):
         decode_index(sid, seg[:-1] + bytes([seg[-1] ^ 1]))
+
+
+def test_packs_are_written_and_read_from_many_threads_at_once() -> None:
+    """Hashing threads pack (and compression-probe) blobs concurrently, download threads read
+    them: zstd contexts must never be shared between threads (that crashes the process)."""
+    import threading
+
+    def blobs(seed: int) -> list[bytes]:
+        base = (b"%d compressible text, " % seed) * 2000
+        return [base[i:] + os.urandom(64) for i in range(0, 600, 7)]
+
+    done: dict[int, tuple[bytes, bytes, list[object], list[bytes]]] = {}
+
+    def pack(seed: int) -> None:
+        for _ in range(3):
+            w = PackWriter()
+            data = blobs(seed)
+            for b in data:
+                w.add(blob_digest(b), b)
+            pid, body, locs = w.finish()
+        done[seed] = (pid, body, locs, data)  # type: ignore[assignment]
+
+    threads = [threading.Thread(target=pack, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(done) == 8
+
+    ok: list[int] = []
+
+    def read(seed: int) -> None:
+        pid, body, locs, data = done[seed]
+        for _ in range(5):
+            got = [read_blob(pid, body[loc.offset : loc.offset + loc.stored], loc) for loc in locs]  # type: ignore[attr-defined]
+            assert got == data
+        ok.append(seed)
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    assert sorted(ok) == list(range(8))  # an exception in a thread leaves its seed out
+    assert any(loc.codec == 1 for loc in done[0][2])  # type: ignore[attr-defined]
