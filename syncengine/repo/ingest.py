@@ -110,6 +110,25 @@ class Ingest:
     def abort(self) -> None:
         self.aborted.set()
 
+    def leftovers(self, extra: PackWriter | None = None) -> list[PackWriter]:
+        """The threads' partly filled packs (and ``extra``), merged into as few packs near
+        the target as they fit in; call once the threads are done. A small put thus writes
+        one pack, not one per thread."""
+        writers = [h.writer for h in self.hashers if len(h.writer)]
+        for h in self.hashers:
+            h.writer = PackWriter()
+        if extra is not None and len(extra):
+            writers.append(extra)
+        merged: list[PackWriter] = []
+        for w in sorted(writers, key=lambda w: w.size, reverse=True):
+            for m in merged:
+                if m.size + w.size <= self.pack_target:
+                    m.absorb(w)
+                    break
+            else:
+                merged.append(w)
+        return merged
+
     @property
     def bytes_read(self) -> int:
         return sum(h.bytes_read for h in self.hashers)

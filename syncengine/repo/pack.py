@@ -10,13 +10,15 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import blake3 as _blake3
-import zstandard
 
 from syncengine.errors import SyncEngineError
 from syncengine.store.base import HashedParts
+
+if TYPE_CHECKING:
+    import zstandard
 
 PACK_MAGIC: Final = b"SEPACK\x00\x01"
 PACK_END: Final = b"SEPKEND1"
@@ -39,6 +41,8 @@ _local = threading.local()
 
 
 def _dctx() -> zstandard.ZstdDecompressor:
+    import zstandard  # not at import: records and the CLI's start-up need no codec
+
     d: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
     if d is None:
         d = _local.dctx = zstandard.ZstdDecompressor()
@@ -82,6 +86,8 @@ class PackWriter:
         if compression not in {"auto", "off", "zstd"}:
             raise ValueError(f"compression must be auto, off or zstd, not {compression!r}")
         self.compression = compression
+        import zstandard
+
         self._zstd = zstandard.ZstdCompressor(level=level) if compression != "off" else None
         self._fast = zstandard.ZstdCompressor(level=1) if compression == "auto" else None
         self._parts: list[bytes | memoryview] = [PACK_MAGIC]
@@ -120,6 +126,15 @@ class PackWriter:
         if len(packed) <= (1 - _MIN_SAVING) * len(raw):
             return packed, CODEC_ZSTD
         return raw, CODEC_NONE
+
+    def absorb(self, other: PackWriter) -> None:
+        """Appends every blob of ``other`` as stored there (no recompression); ``other`` is
+        left empty. Merges the partly filled packs of several threads into one."""
+        shift = self.size - len(PACK_MAGIC)
+        self._parts.extend(other._parts[1:])
+        self._locs.extend(loc._replace(offset=loc.offset + shift) for loc in other._locs)
+        self.size += other.size - len(PACK_MAGIC)
+        other._parts, other._locs, other.size = [PACK_MAGIC], [], len(PACK_MAGIC)
 
     def finish(self) -> tuple[bytes, bytes, list[BlobLocation]]:
         """(pack id, pack bytes, blob locations)."""
@@ -180,6 +195,8 @@ def read_blob(pack: bytes, stored: bytes | memoryview, loc: BlobLocation | Index
     if loc.codec == CODEC_NONE:
         raw = bytes(stored)
     elif loc.codec == CODEC_ZSTD:
+        import zstandard
+
         try:
             raw = _dctx().decompress(stored, max_output_size=loc.raw)
         except zstandard.ZstdError as e:

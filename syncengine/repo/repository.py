@@ -508,9 +508,11 @@ class Repository:
                 raise HashingFailed(hasher.stats.errors)
             result.warnings = [w.message for w in hasher.stats.warnings]
             await drain_reads()
-            await flush_pack()
-            for h in list(ingest.hashers):  # the hashing threads' last, partly filled packs
-                await loop.run_in_executor(None, h.flush)
+            # The last, partly filled packs of the hashing threads and of the reads above,
+            # merged: a small put writes one pack, not one per thread.
+            rest, writer = writer, PackWriter()
+            for w in ingest.leftovers(rest):
+                await loop.run_in_executor(None, ingest.ship, w)
             await settle_uploads()
         except BaseException as e:
             ingest.abort()

@@ -132,3 +132,20 @@ def test_packs_are_written_and_read_from_many_threads_at_once() -> None:
         t.join()
     assert sorted(ok) == list(range(8))  # an exception in a thread leaves its seed out
     assert any(loc.codec == 1 for loc in done[0][2])  # type: ignore[attr-defined]
+
+
+def test_absorb_merges_packs_without_recompressing() -> None:
+    a, b = PackWriter(), PackWriter()
+    blobs_a = [b"text " * 500, os.urandom(3000)]
+    blobs_b = [b"more text " * 300, b"", os.urandom(10)]
+    for w, blobs in ((a, blobs_a), (b, blobs_b)):
+        for x in blobs:
+            w.add(blob_digest(x), x)
+    b_stored = [loc.stored for loc in b._locs]
+    a.absorb(b)
+    assert len(b) == 0 and b.size == 8
+    pid, data, locs = a.finish()
+    assert parse_pack(pid, data) == locs
+    assert [loc.stored for loc in locs[2:]] == b_stored  # as stored, not compressed again
+    got = [read_blob(pid, data[loc.offset : loc.offset + loc.stored], loc) for loc in locs]
+    assert got == blobs_a + blobs_b
