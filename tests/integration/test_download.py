@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import blake3
 import pytest
 
+import syncengine.repo.download as dl
+from syncengine import durable
 from syncengine.hashing.params import ChunkerParams
 from syncengine.hashing.tree import Source
 from syncengine.repo.download import (
@@ -546,5 +550,93 @@ def test_an_interrupted_download_of_a_large_file_resumes(tmp_path: Path) -> None
         assert (tmp_path / "out" / "big.bin").read_bytes() == big
         assert res.bytes_reused >= first - 65536 and store.pack_bytes <= len(big) - res.bytes_reused + 65536
         assert [p.name for p in (tmp_path / "out").iterdir()] == ["big.bin"]  # partial used up
+
+    asyncio.run(go())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_writeback_starts_while_files_are_written_and_the_flush_still_precedes_the_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writeback of each temp file is started from a worker thread (not the event loop)
+    every WRITEBACK_STEP bytes and once it is complete; the temp files are still flushed
+    (syncfs or fsync) before any of them is renamed."""
+    files = mixed_files()
+    write_tree(tmp_path / "data", files)
+    monkeypatch.setattr(dl, "WRITEBACK_STEP", 64 << 10)
+    seen: dict[int, list[bytes]] = {}  # inode of the temp file -> its content at each start
+    threads: set[str] = set()
+    real_start = durable.start_writeback
+
+    def recording(fd: int, offset: int = 0, nbytes: int = 0) -> None:
+        assert (offset, nbytes) == (0, 0)  # the whole file
+        with open(f"/proc/self/fd/{fd}", "rb") as f:
+            seen.setdefault(os.fstat(fd).st_ino, []).append(f.read())
+        threads.add(threading.current_thread().name)
+        real_start(fd, offset, nbytes)
+
+    flushed: list[list[str]] = []
+    real_flush = durable.SyncBatch.flush
+
+    def flush(self: durable.SyncBatch, paths: Any) -> None:
+        paths = list(paths)
+        assert all(os.path.basename(p).startswith(".se-tmp-") and os.path.isfile(p) for p in paths)
+        assert not [rel for rel in files if (tmp_path / "out" / rel).exists()]  # nothing renamed yet
+        flushed.append(paths)
+        real_flush(self, paths)
+
+    monkeypatch.setattr(dl, "start_writeback", recording)
+    monkeypatch.setattr(durable.SyncBatch, "flush", flush)
+
+    async def go() -> None:
+        repo, _ = await open_repo(tmp_path / "repo")
+        record = await log(repo, tmp_path / "data")
+        await download(repo, record, tmp_path / "out", concurrency=4)
+
+    asyncio.run(go())
+    out = tmp_path / "out"
+    assert read_tree(out) == files
+    assert len(flushed) == 1 and len(flushed[0]) == len(files)  # the empty file too
+    assert threads and all(t.startswith("syncengine-dl") for t in threads)
+    for rel, data in files.items():
+        starts = seen.get((out / rel).stat().st_ino, [])  # a rename keeps the inode
+        if not data:
+            assert starts == []  # nothing to write back
+            continue
+        assert starts[-1] == data, rel  # the last start saw the complete file
+        if len(data) > 4 * (64 << 10):
+            assert len(starts) >= 2, rel  # and a large file had earlier ones
+
+
+def test_a_writeback_error_fails_the_download_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {f"f{i:02d}.bin": os.urandom(3000 + i) for i in range(20)}
+    files["big.bin"] = os.urandom(300_000)
+    write_tree(tmp_path / "data", files)
+    calls = 0
+
+    def failing(fd: int, offset: int = 0, nbytes: int = 0) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 8:
+            raise OSError(errno.EIO, "sync_file_range: Input/output error")
+
+    async def go() -> None:
+        repo, _ = await open_repo(tmp_path / "repo")
+        record = await log(repo, tmp_path / "data")
+        monkeypatch.setattr(dl, "start_writeback", failing)
+        with pytest.raises(OSError) as info:
+            await download(repo, record, tmp_path / "out", concurrency=2)
+        assert info.value.errno == errno.EIO
+        left = [p.name for p in (tmp_path / "out").iterdir()]
+        # No file was renamed into place (the window's flush never ran), no plain temp file
+        # is left; only a large file's verified chunks may stay, as after any interruption.
+        assert all(n.startswith(".se-tmp-partial-") for n in left), left
+        monkeypatch.undo()
+        await download(repo, record, tmp_path / "out", concurrency=2)
+        assert read_tree(tmp_path / "out") == files
+        assert await verify(repo, record, tmp_path / "out") == []
+        assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".se-tmp-")]
 
     asyncio.run(go())

@@ -1,8 +1,14 @@
-"""SyncBatch: one syncfs for a batch of files, per-file fsync where syncfs cannot vouch."""
+"""SyncBatch: one syncfs for a batch of files, per-file fsync where syncfs cannot vouch;
+start_writeback: the asynchronous writeback hint given while files are written."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,3 +66,83 @@ def test_files_on_another_filesystem_are_fsynced(tmp_path: Path, monkeypatch: py
 def test_fsync_path_missing_file_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         durable.fsync_path(os.path.join(tmp_path, "nope"))
+
+
+def test_start_writeback_on_real_files_and_other_fds(tmp_path: Path) -> None:
+    if sys.platform.startswith("linux"):
+        assert durable._SYNC_FILE_RANGE is not None  # glibc/musl have it on every Linux
+    p = tmp_path / "f"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.pwrite(fd, b"a" * 100_000, 0)
+        durable.start_writeback(fd, 4096, 8192)  # a range
+        durable.start_writeback(fd)  # to the end of the file
+    finally:
+        os.close(fd)
+    ro = os.open(p, os.O_RDONLY)  # a read-only fd will do (the cached-copy case)
+    try:
+        durable.start_writeback(ro)
+    finally:
+        os.close(ro)
+    r, w = os.pipe()  # not a file: the hint cannot be given, and that is no error
+    try:
+        durable.start_writeback(r)
+    finally:
+        os.close(r)
+        os.close(w)
+    with SyncBatch(str(tmp_path)) as batch:  # the flush is what makes it durable, as before
+        batch.flush([str(p)])
+    assert p.read_bytes() == b"a" * 100_000
+
+
+def _failing(err: int, calls: list[tuple[int, int, int, int]]) -> Callable[[int, int, int, int], int]:
+    def fn(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        calls.append((fd, offset, nbytes, flags))
+        ctypes.set_errno(err)  # what ctypes.get_errno() reads after a use_errno call
+        return -1
+
+    return fn
+
+
+@pytest.mark.parametrize("err", [errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP, errno.ENOMEM])
+def test_start_writeback_ignores_refusals(monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    calls: list[tuple[int, int, int, int]] = []
+    monkeypatch.setattr(durable, "_SYNC_FILE_RANGE", _failing(err, calls))
+    durable.start_writeback(7, 10, 20)
+    durable.start_writeback(7)
+    assert calls == [(7, 10, 20, durable.SYNC_FILE_RANGE_WRITE), (7, 0, 0, durable.SYNC_FILE_RANGE_WRITE)]
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC, errno.EBADF])
+def test_start_writeback_reports_io_errors(monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    monkeypatch.setattr(durable, "_SYNC_FILE_RANGE", _failing(err, []))
+    with pytest.raises(OSError) as info:
+        durable.start_writeback(7)
+    assert info.value.errno == err and "sync_file_range" in str(info.value)
+
+
+def test_early_writeback_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNCENGINE_NO_EARLY_WRITEBACK", "1")
+    assert durable._load_sync_file_range() is None
+    monkeypatch.setattr(durable, "_SYNC_FILE_RANGE", None)
+    durable.start_writeback(-1)  # a no-op: not even the bad fd is looked at
+
+
+def test_durable_needs_no_extension(tmp_path: Path) -> None:
+    """The pure-Python mode (SYNCENGINE_NO_EXTENSIONS=1) gets the same writeback hint."""
+    code = (
+        "import os, sys\n"
+        "from syncengine import durable\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n"
+        "os.write(fd, b'x' * 5000)\n"
+        "durable.start_writeback(fd)\n"
+        "os.close(fd)\n"
+        "assert 'syncengine._native' not in sys.modules\n"
+        "print(durable._SYNC_FILE_RANGE is not None)\n"
+    )
+    env = {**os.environ, "SYNCENGINE_NO_EXTENSIONS": "1"}
+    env.pop("SYNCENGINE_NO_EARLY_WRITEBACK", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "f")], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == str(sys.platform.startswith("linux"))
