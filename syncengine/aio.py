@@ -73,17 +73,62 @@ class Manifest:
         self.entries = entries
 
 
+def _json_copy(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``metadata`` as JSON stores it; a clear error if it cannot be stored."""
+    try:
+        out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(metadata))
+    except (TypeError, msgspec.EncodeError) as e:
+        raise ConfigError(f"metadata must be JSON-serialisable: {e}") from e
+    return out
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    return a is b or msgspec.json.encode(a) == msgspec.json.encode(b)  # 1, 1.0 and True differ
+
+
 class ArtifactVersion:
-    """One version. Change `description`, `metadata`, `tags` or `aliases`, then `save()`."""
+    """One version. Change `description`, `metadata`, `tags` or `aliases`, then `save()`.
+
+    `save()` writes only what this object changed since it was read (or last saved): the
+    metadata keys set or deleted (`metadata["k"] = v`, `del metadata["k"]`; assigning
+    `metadata = {...}` replaces the whole dict), the tags added or removed, the description
+    if assigned, the aliases added or removed. Those changes are applied to the version's
+    current record and head by compare-and-swap, so concurrent saves by other objects or
+    processes of other keys, tags and aliases are all kept."""
 
     def __init__(self, repo: Repository, record: VersionRecord, aliases: Sequence[str]) -> None:
         self._repo = repo
-        self._record = record
+        self._record = record  # what this object last read: save() writes its changes to it
         self._saved_aliases = sorted(aliases)
         self.aliases: list[str] = sorted(aliases)
-        self.description: str = record.description
-        self.metadata: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(record.metadata))
+        self._description: str = record.description
+        self._description_set = False
+        self._metadata: dict[str, Any] = _json_copy(record.metadata)
+        self._metadata_replaced = False
         self.tags: list[str] = list(record.tags)
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @description.setter
+    def description(self, value: str | None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"description must be a string, not {type(value).__name__}")
+        self._description, self._description_set = value or "", True
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Set or delete keys to change only those; assign a dict to replace the whole."""
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: dict[str, Any]) -> None:
+        if value is self._metadata:  # `v.metadata |= {...}` changed keys in place
+            return
+        if not isinstance(value, dict):
+            raise ConfigError(f"metadata must be a dict, not {type(value).__name__}")
+        self._metadata, self._metadata_replaced = dict(value), True
 
     project = property(lambda self: self._record.project)
     type = property(lambda self: self._record.type)
@@ -108,38 +153,106 @@ class ArtifactVersion:
         return f"<ArtifactVersion {self.name}:{self.version} aliases={self.aliases}>"
 
     async def save(self) -> None:
-        """Writes changed description, metadata, tags and aliases (compare-and-swap: other
-        writers' concurrent changes to other fields are kept)."""
+        """Writes what this object changed — metadata keys set or deleted (or the whole dict
+        after `metadata = {...}`), tags added or removed, the description if assigned, aliases
+        added or removed — into the version's current record and head by compare-and-swap
+        (retried on conflict), so concurrent changes by other writers are kept. Afterwards the
+        object shows the stored state, other writers' changes included."""
+        from syncengine.repo.records import check_alias
+
         core, r = self._repo.core, self._record
-        description, metadata, tags = self.description, self.metadata, tuple(self.tags)
-        self._record = await core.update_version(
-            r.project,
-            r.name,
-            r.version,
-            lambda cur: msgspec.structs.replace(cur, description=description, metadata=metadata, tags=tags),
-        )
         wanted = [a for a in dict.fromkeys(self.aliases) if a != "latest"]
-        add = [a for a in wanted if a not in self._saved_aliases]
+        add = [check_alias(a) for a in wanted if a not in self._saved_aliases]  # fail before writing
         remove = [a for a in self._saved_aliases if a not in wanted and a != "latest"]
+        mine = _json_copy(self._metadata)
+        replace = mine if self._metadata_replaced else None
+        set_keys = {k: v for k, v in mine.items() if k not in r.metadata or not _same_json(v, r.metadata[k])}
+        deleted = {k for k in r.metadata if k not in mine}
+        tags = list(dict.fromkeys(self.tags))
+        add_tags = [t for t in tags if t not in r.tags]
+        removed_tags = {t for t in r.tags if t not in tags}
+        description = self._description if self._description_set else None
+
+        def change(cur: VersionRecord) -> VersionRecord:  # run on each compare-and-swap attempt
+            if replace is not None:
+                metadata = dict(replace)
+            else:
+                metadata = {k: v for k, v in cur.metadata.items() if k not in deleted}
+                metadata.update(set_keys)
+            kept = [t for t in cur.tags if t not in removed_tags]
+            return msgspec.structs.replace(
+                cur,
+                description=cur.description if description is None else description,
+                metadata=metadata,
+                tags=(*kept, *(t for t in add_tags if t not in kept)),
+            )
+
+        new = await core.update_version(r.project, r.name, r.version, change)
+        self._record = new
+        self._metadata.clear()
+        self._metadata.update(_json_copy(new.metadata))
+        self._metadata_replaced = False
+        self._description, self._description_set = new.description, False
+        if isinstance(self.tags, list):
+            self.tags[:] = new.tags
+        else:
+            self.tags = list(new.tags)
         if add or remove:
-            await core.set_aliases(r.project, r.name, r.version, add=add, remove=remove)
-        self._saved_aliases = sorted({*wanted, *(["latest"] if "latest" in self._saved_aliases else [])})
+            head = await core.set_aliases(r.project, r.name, r.version, add=add, remove=remove)
+            now = [a for a, n in head.aliases.items() if n == r.version]
+            self._saved_aliases = sorted([*now, *(["latest"] if head.latest == r.version else [])])
         self.aliases = list(self._saved_aliases)
 
-    async def download(self, root: str | os.PathLike[str] | None = None) -> str:
-        """Writes the version's files under `root` (default `./artifacts/<name>-vN`), verified;
-        returns the root."""
-        target = (
-            os.fspath(root)
-            if root is not None
-            else os.path.join("artifacts", f"{self._record.name}-{self.version}")
+    async def download(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        path_prefix: str | None = None,
+        skip_cache: bool = False,
+        *,
+        link: str | None = None,
+        cache_size: int | None = None,
+    ) -> str:
+        """Writes the version's files under `root` (default `./artifacts/<name>-vN` in the
+        current directory), verified; returns the root's absolute path. Files already right
+        are not fetched again and nothing else in `root` is deleted.
+
+        `path_prefix`: only the entries that are this path or lie under it (`"train"` selects
+        `train/…`, not `train.csv`). Files come from and go into the machine's file cache
+        unless `skip_cache`; `link` is how cached files are placed: `"reflink"` (default: a
+        copy-on-write clone, else a copy), `"copy"`, or `"hardlink"` (read-only files that
+        share the cache's inode); `cache_size` bounds the cache in bytes (default
+        `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). See docs/DOWNLOAD.md."""
+        from syncengine.repo.download import default_root
+
+        target = os.fspath(root) if root is not None else default_root(self._record)
+        await self._repo.core.download(
+            self._record,
+            target,
+            path_prefix=path_prefix,
+            skip_cache=skip_cache,
+            link=link,
+            cache_size=cache_size,
         )
-        await self._repo.core.download(self._record, target)
         return os.path.abspath(target)
 
-    async def checkout(self, root: str | os.PathLike[str]) -> str:
-        """Makes `root` exactly this version: downloads what differs, removes files it lacks."""
-        await self._repo.core.download(self._record, os.fspath(root), checkout=True)
+    async def checkout(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        skip_cache: bool = False,
+        link: str | None = None,
+        cache_size: int | None = None,
+    ) -> str:
+        """Makes `root` exactly this version: downloads what differs, removes files it lacks
+        (the cache options as for `download`)."""
+        await self._repo.core.download(
+            self._record,
+            os.fspath(root),
+            checkout=True,
+            skip_cache=skip_cache,
+            link=link,
+            cache_size=cache_size,
+        )
         return os.path.abspath(root)
 
     async def verify(self, root: str | os.PathLike[str]) -> None:
@@ -157,9 +270,25 @@ class ArtifactVersion:
 class Repository:
     """A repository: a local directory (the default) or ``s3://bucket/prefix``."""
 
-    def __init__(self, core: _Core, url: str) -> None:
-        self.core = core
+    def __init__(self, core: _Core, url: str, *, reopen: tuple[str | None, str | None] | None = None) -> None:
+        self._core = core
         self.url = url
+        self._pid = os.getpid()
+        self._reopen = reopen  # (endpoint_url, region) when `open()` made the store from `url`
+        self._left_to_parent: list[_Core] = []
+
+    @property
+    def core(self) -> _Core:
+        """The repository core. In a fork()ed child (multiprocessing's "fork", DataLoader
+        workers) the parent's store is unusable — its threads and connections stay in the
+        parent — so a repository from `open()` goes on with a store of its own."""
+        if self._pid != os.getpid() and self._reopen is not None:
+            endpoint_url, region = self._reopen
+            self._left_to_parent.append(self._core)  # not closed: what it holds is the parent's
+            store = open_store(self.url, endpoint_url=endpoint_url, region=region)
+            self._core = _Core(store, self._core.config)
+            self._pid = os.getpid()
+        return self._core
 
     @classmethod
     async def open(
@@ -175,7 +304,7 @@ class Repository:
         target = os.fspath(url) if url is not None else default_repo()
         store = open_store(target, endpoint_url=endpoint_url, region=region)
         try:
-            return cls(await _Core.open(store), target)
+            return cls(await _Core.open(store), target, reopen=(endpoint_url, region))
         except BaseException:
             await store.close()
             raise

@@ -2,6 +2,8 @@
 
 Calls run on one background event loop thread, so the facade works from plain scripts, from
 threads, and from code already inside a running event loop (a notebook) without deadlock.
+A fork()ed child (multiprocessing's "fork" start method, PyTorch DataLoader workers) starts
+its own loop thread, and repositories opened in the parent reopen their store there.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "data").mkdir(); _ = (d / "data" / "x.txt").write_text("x")
@@ -28,19 +30,40 @@ __all__ = ["Artifact", "ArtifactVersion", "Manifest", "Repository"]
 
 
 class _Loop:
-    """One event loop on a daemon thread, shared by every facade object."""
+    """One event loop on a daemon thread, shared by every facade object.
+
+    A fork()ed child (multiprocessing's "fork" start method, DataLoader workers) inherits the
+    loop object but not its thread: the child drops it (at-fork hook, and a pid check for
+    forks that skip the hooks) and starts its own loop thread on first use."""
 
     _lock = threading.Lock()
     _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
+    _orphans: tuple[asyncio.AbstractEventLoop, ...] = ()  # the parent's loops, never finalised here
 
     @classmethod
     def run(cls, coro: Coroutine[Any, Any, T]) -> T:
         with cls._lock:
+            if cls._loop is not None and cls._pid != os.getpid():
+                cls._orphans += (cls._loop,)
+                cls._loop = None
             if cls._loop is None:
                 loop = new_event_loop()
                 threading.Thread(target=loop.run_forever, name="syncengine-loop", daemon=True).start()
-                cls._loop = loop
-        return asyncio.run_coroutine_threadsafe(coro, cls._loop).result()
+                cls._loop, cls._pid = loop, os.getpid()
+            loop = cls._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        cls._lock = threading.Lock()  # another thread of the parent may have held it
+        if cls._loop is not None:
+            cls._orphans += (cls._loop,)
+            cls._loop = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_Loop._after_fork_in_child)
 
 
 class ArtifactVersion:
@@ -64,11 +87,29 @@ class ArtifactVersion:
     def save(self) -> None:
         _Loop.run(self._inner.save())
 
-    def download(self, root: str | os.PathLike[str] | None = None) -> str:
-        return _Loop.run(self._inner.download(root))
+    def download(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        path_prefix: str | None = None,
+        skip_cache: bool = False,
+        *,
+        link: str | None = None,
+        cache_size: int | None = None,
+    ) -> str:
+        """See `syncengine.aio.ArtifactVersion.download` (default root `./artifacts/<name>-vN`)."""
+        return _Loop.run(
+            self._inner.download(root, path_prefix, skip_cache, link=link, cache_size=cache_size)
+        )
 
-    def checkout(self, root: str | os.PathLike[str]) -> str:
-        return _Loop.run(self._inner.checkout(root))
+    def checkout(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        skip_cache: bool = False,
+        link: str | None = None,
+        cache_size: int | None = None,
+    ) -> str:
+        return _Loop.run(self._inner.checkout(root, skip_cache=skip_cache, link=link, cache_size=cache_size))
 
     def verify(self, root: str | os.PathLike[str]) -> None:
         _Loop.run(self._inner.verify(root))

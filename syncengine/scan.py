@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import enum
 import errno
-import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
+from typing import NamedTuple
 
 from syncengine.errors import ConfigError
 
 __all__ = ["ScanEntry", "ScanWarning", "ScanWarningKind", "scan"]
-
-_log = logging.getLogger("syncengine.scan")
 
 # st_mode file-type bits, inlined in the hot loop instead of calling stat.S_ISREG.
 _S_IFMT = 0o170000
@@ -42,9 +39,8 @@ _SPECIAL_NAMES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ScanEntry:
-    """One regular file found by :func:`scan`.
+class ScanEntry(NamedTuple):
+    """One regular file found by :func:`scan` (an immutable record).
 
     ``path`` is the manifest path: relative, ``/``-separated, valid UTF-8, without
     ``.``/``..`` parts. ``abspath`` is what to open. The stat fields describe the file
@@ -73,8 +69,7 @@ class ScanWarningKind(enum.Enum):
     VANISHED = "vanished"
 
 
-@dataclass(frozen=True, slots=True)
-class ScanWarning:
+class ScanWarning(NamedTuple):
     """Something the scan skipped: ``path`` is the printable on-disk path
     (undecodable bytes shown as ``\\xNN``), ``message`` one line saying what happened
     and that it was skipped."""
@@ -88,7 +83,9 @@ WarningHandler = Callable[[ScanWarning], None]
 
 
 def _log_warning(warning: ScanWarning) -> None:
-    _log.warning("%s", warning.message)
+    import logging  # only when there is something to say: not imported for a clean scan
+
+    logging.getLogger("syncengine.scan").warning("%s", warning.message)
 
 
 def _printable(path: str) -> str:
@@ -168,8 +165,7 @@ def _component_to_regex(part: str) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True, slots=True)
-class _Glob:
+class _Glob(NamedTuple):
     regex: str
     anchored: bool  # matched against the whole relative path, else against the basename
     dir_only: bool
@@ -209,8 +205,7 @@ def _parse_glob(pattern: str, option: str) -> _Glob:
     return _Glob("".join(regex), anchored, dir_only)
 
 
-@dataclass(frozen=True, slots=True)
-class _Matcher:
+class _Matcher(NamedTuple):
     """One option's globs, compiled into at most four regexes so a path costs at most
     two ``fullmatch`` calls: basename patterns against the name, anchored patterns
     against the relative path; files and directories separately because of 'dir/'."""
@@ -399,6 +394,9 @@ class _Walk:
         skip = self.skip
         warn = self.warn
         kinds = ScanWarningKind
+        # tuple.__new__ builds the NamedTuple without the Python-level __new__ frame (hot loop).
+        new_entry = tuple.__new__
+        entry_cls = ScanEntry
         # Frames: (iterator over sorted children, ancestor key, path prefix for children,
         # whether an include pattern already matched a directory above).
         stack = [(iter(root_children), root_key, out_dir, not select)]
@@ -481,8 +479,18 @@ class _Walk:
                         f"is {_special_name(mode)}, not a regular file; skipped",
                     )
                     continue
-                yield ScanEntry(
-                    path, entry.path, st.st_size, mode, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+                yield new_entry(
+                    entry_cls,
+                    (
+                        path,
+                        entry.path,
+                        st.st_size,
+                        mode,
+                        st.st_mtime_ns,
+                        st.st_ctime_ns,
+                        st.st_ino,
+                        st.st_dev,
+                    ),
                 )
             else:
                 stack.pop()

@@ -8,26 +8,32 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import click
 import msgspec
-import platformdirs
 
 from syncengine.cli.progress import progress_bar
+from syncengine.errors import SyncEngineError
 from syncengine.hashing.tree import sources_for
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
+from syncengine.store import local_path, read_local_object
 
 if TYPE_CHECKING:  # the repository stack (asyncio, stores) loads only when a command runs
     from syncengine.repo.manifest import Change
-    from syncengine.repo.repository import Repository
+    from syncengine.repo.repository import PutResult, Repository
 
 T = TypeVar("T")
 
 
 def default_repo() -> str:
     """`$SYNCENGINE_REPO`, else a repository in the user's data dir."""
-    return os.environ.get("SYNCENGINE_REPO") or str(Path(platformdirs.user_data_dir("syncengine")) / "repo")
+    env = os.environ.get("SYNCENGINE_REPO")
+    if env:
+        return env
+    import platformdirs  # ~10 ms to import: only when the default is used
+
+    return str(Path(platformdirs.user_data_dir("syncengine")) / "repo")
 
 
 def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
@@ -46,6 +52,34 @@ def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
     from syncengine._loop import run
 
     return run(go())
+
+
+class _Unchanged(NamedTuple):
+    """What `put` reports when `recall_unchanged` found the version without the repository stack."""
+
+    record: VersionRecord
+    warnings: list[str]
+    created: bool = False
+    new_blobs: int = 0
+    new_bytes: int = 0
+    packs: int = 0
+
+
+def _recall_unchanged(repo_url: str | None, paths: tuple[str, ...], **kw: Any) -> _Unchanged | None:
+    """A no-change put of a local repository, answered without an event loop (and so without
+    importing asyncio, the stores or the upload path: most of a no-change put's start-up);
+    None when `Repository.log` must run (see `recall_unchanged`)."""
+    root = local_path(repo_url or default_repo())
+    if root is None:
+        return None
+    try:
+        sources = sources_for(list(paths))
+    except SyncEngineError:
+        return None  # the put reports it, in its usual order
+    from syncengine.repo.put_memo import recall_unchanged
+
+    found = recall_unchanged(lambda key: read_local_object(root, key), sources, **kw)
+    return None if found is None else _Unchanged(*found)
 
 
 def _endpoint_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -118,24 +152,36 @@ def register(cli: click.Group) -> None:
             )
         meta = _json_object(metadata, "-m") if metadata is not None else None
         start = time.perf_counter()
-        with progress_bar(not as_json, "logging") as progress:
-            result = _run(
-                repo_url,
-                lambda repo: repo.log(
-                    sources_for(list(paths)),
-                    project=ref.project,
-                    name=ref.name,
-                    type=type_,
-                    aliases=aliases,
-                    description=description,
-                    metadata=meta,
-                    tags=tags,
-                    include=include,
-                    exclude=exclude,
-                    on_progress=progress,
-                    on_upload=progress.upload if progress is not None else None,
-                ),
-            )
+        result: PutResult | _Unchanged | None = _recall_unchanged(
+            repo_url,
+            paths,
+            project=ref.project,
+            name=ref.name,
+            type=type_,
+            aliases=aliases,
+            tags=tags,
+            include=include,
+            exclude=exclude,
+        )
+        if result is None:
+            with progress_bar(not as_json, "logging") as progress:
+                result = _run(
+                    repo_url,
+                    lambda repo: repo.log(
+                        sources_for(list(paths)),
+                        project=ref.project,
+                        name=ref.name,
+                        type=type_,
+                        aliases=aliases,
+                        description=description,
+                        metadata=meta,
+                        tags=tags,
+                        include=include,
+                        exclude=exclude,
+                        on_progress=progress,
+                        on_upload=progress.upload if progress is not None else None,
+                    ),
+                )
         seconds = time.perf_counter() - start
         for w in result.warnings:
             click.echo(f"warning: {w}", err=True)
@@ -164,9 +210,16 @@ def register(cli: click.Group) -> None:
 
     @cli.command("get")
     @click.argument("ref")
-    @click.option("--root", default=None, help="Where to write the files [./<name>].")
+    @click.option("--root", default=None, help="Where to write the files [./artifacts/<name>-v<N>].")
     @click.option("--prefix", "path_prefix", default=None, help="Only files under this path.")
     @click.option("--checkout", is_flag=True, help="Also delete files under --root that the version lacks.")
+    @click.option("--skip-cache", is_flag=True, help="Neither use nor fill the machine's file cache.")
+    @click.option(
+        "--link",
+        type=click.Choice(["reflink", "copy", "hardlink"]),
+        default=None,
+        help="How files from the file cache are placed [reflink]; hardlink: read-only, shared inode.",
+    )
     @repo_option
     @json_option
     def get(
@@ -174,15 +227,22 @@ def register(cli: click.Group) -> None:
         root: str | None,
         path_prefix: str | None,
         checkout: bool,
+        skip_cache: bool,
+        link: str | None,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
-        """Download PROJECT/NAME[:ALIAS|:vN] (verified) into --root; files already right stay."""
-        parsed = parse_ref(ref)
-        target = root or parsed.name
+        """Download PROJECT/NAME[:ALIAS|:vN] (verified) into --root; files already right stay.
 
-        async def job(repo: Repository) -> tuple[VersionRecord, int]:
+        Without --root the files go to ./artifacts/<name>-v<N> (as in the Python API); the
+        folder written is printed. SYNCENGINE_FILE_CACHE_SIZE bounds the file cache."""
+        parsed = parse_ref(ref)
+
+        async def job(repo: Repository) -> tuple[VersionRecord, str, int]:
+            from syncengine.repo.download import default_root
+
             record = await repo.resolve(parsed)
+            target = root if root is not None else default_root(record)
             whole = path_prefix is None  # the totals are known: a bar with an ETA
             with progress_bar(
                 not as_json,
@@ -191,11 +251,17 @@ def register(cli: click.Group) -> None:
                 total_bytes=record.size if whole else None,
             ) as progress:
                 n = await repo.download(
-                    record, target, path_prefix=path_prefix, checkout=checkout, on_progress=progress
+                    record,
+                    target,
+                    path_prefix=path_prefix,
+                    checkout=checkout,
+                    on_progress=progress,
+                    skip_cache=skip_cache,
+                    link=link,
                 )
-            return record, n
+            return record, target, n
 
-        record, n = _run(repo_url, job)
+        record, target, n = _run(repo_url, job)
         if as_json:
             click.echo(json.dumps({**_record_json(record), "root": os.path.abspath(target), "written": n}))
         else:

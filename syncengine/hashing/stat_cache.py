@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 import msgspec
-import platformdirs
 
 from syncengine.hashing.digests import Chunk, FileDigest
 
@@ -48,7 +47,11 @@ _MAX_DIRS = 256
 def default_cache_dir() -> Path:
     """`$SYNCENGINE_CACHE_DIR`, else the platform's user cache dir for syncengine."""
     env = os.environ.get("SYNCENGINE_CACHE_DIR")
-    return Path(env) if env else Path(platformdirs.user_cache_dir("syncengine"))
+    if env:
+        return Path(env)
+    import platformdirs  # ~10 ms to import: only when the default is needed
+
+    return Path(platformdirs.user_cache_dir("syncengine"))
 
 
 class StatKey(NamedTuple):

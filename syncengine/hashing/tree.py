@@ -13,10 +13,9 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from syncengine.errors import ConfigError, FileChangedError
 from syncengine.hashing import backend
@@ -25,6 +24,9 @@ from syncengine.hashing.params import DEFAULT_PARAMS, ChunkerParams
 from syncengine.hashing.split import merge_segments, segment_starts
 from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
 from syncengine.scan import ScanEntry, ScanWarning, scan
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 #: A batch of small files handed to one worker at a time.
 BATCH_FILES = 256
@@ -228,9 +230,11 @@ class TreeHasher:
         ]
         if not walks:
             return
-        stream = walks[0] if len(walks) == 1 else heapq.merge(*walks, key=lambda e: e.path.encode())
+        if len(walks) == 1:  # one walk never yields a path twice
+            yield from walks[0]
+            return
         last: ScanEntry | None = None
-        for entry in stream:
+        for entry in heapq.merge(*walks, key=lambda e: e.path.encode()):
             if last is not None and entry.path == last.path:
                 raise ConfigError(f"{entry.path!r} is given twice: by {last.abspath} and by {entry.abspath}")
             last = entry
@@ -247,6 +251,8 @@ class TreeHasher:
         batch: list[_Slot] = []
         batch_bytes = 0
         started = self.clock()
+
+        from concurrent.futures import ThreadPoolExecutor  # with logging, ~5 ms: not for a scan
 
         with ThreadPoolExecutor(self.threads, thread_name_prefix="syncengine-hash") as pool:
 

@@ -10,23 +10,40 @@ racy-clean rule, applied to the whole tree), the files are those that were hashe
 the content is the remembered version's: no per-file cache lookups, no manifest rebuild, no
 index load. A walk that differs stops at the first checkpoint that disagrees, so a changed
 tree pays for a fraction of an extra walk. Deleting the database loses nothing.
+
+:func:`recall_unchanged` answers the same question without an event loop, for the CLI: a
+no-change ``syncengine put`` then never imports asyncio or the repository's write path.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
 import blake3 as _blake3
 import msgspec
 
+from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.hashing.stat_cache import RACY_NS, default_cache_dir
+from syncengine.hashing.tree import Source, TreeHasher
+from syncengine.repo.records import (
+    FORMAT,
+    VersionRecord,
+    check_alias,
+    check_name,
+    check_tag,
+    decode_head,
+    decode_version,
+    head_key,
+    version_key,
+)
 from syncengine.scan import ScanEntry
 
-__all__ = ["CHECKPOINT", "Fingerprint", "Memo", "PutMemo", "memo_key"]
+__all__ = ["CHECKPOINT", "Fingerprint", "Memo", "PutMemo", "memo_key", "recall_unchanged"]
 
 #: A checkpoint of the running digest every this many files.
 CHECKPOINT: Final = 1024
@@ -45,10 +62,16 @@ class Memo(msgspec.Struct, array_like=True):
 
 
 class Fingerprint:
-    """The running fingerprint of a walk (see the module docstring)."""
+    """The running fingerprint of a walk (see the module docstring).
+
+    Records are buffered and fed to BLAKE3 once per checkpoint: the digest of a stream does
+    not depend on how it is split into updates, and one update per file would cost more than
+    the record itself.
+    """
 
     def __init__(self) -> None:
         self._h = _blake3.blake3()
+        self._buf: list[bytes] = []
         self.files = 0
         self.newest_ns = 0
         self.checkpoints: list[bytes] = []
@@ -56,16 +79,23 @@ class Fingerprint:
     def add(self, e: ScanEntry) -> bytes | None:
         """Adds one file; returns a checkpoint when one falls due."""
         p = e.path.encode()
-        self._h.update(_ENTRY.pack(len(p), e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns, e.mode) + p)
+        self._buf += (_ENTRY.pack(len(p), e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns, e.mode), p)
         self.files += 1
         self.newest_ns = max(self.newest_ns, e.mtime_ns, e.ctime_ns)
         if self.files % CHECKPOINT:
             return None
+        self._flush()
         cp = self._h.digest(16)
         self.checkpoints.append(cp)
         return cp
 
+    def _flush(self) -> None:
+        if self._buf:
+            self._h.update(b"".join(self._buf))
+            self._buf.clear()
+
     def digest(self) -> bytes:
+        self._flush()
         h = self._h.copy()
         h.update(self.files.to_bytes(8, "little"))
         return h.digest()
@@ -88,12 +118,19 @@ class PutMemo:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
 
-    def get(self, key: bytes) -> Memo | None:
+    def _row(self, key: bytes) -> bytes | None:
         row = self._db.execute("SELECT value FROM put_memo WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        return None if row is None else bytes(row[0])
+
+    def get(self, key: bytes) -> Memo | None:
+        raw = self._row(key)
+        if raw is None:
+            return None
+        if (key, raw) in _refuted:  # walked and found different a moment ago: no second walk
+            _refuted.discard((key, raw))
             return None
         try:
-            return msgspec.msgpack.decode(row[0], type=Memo)
+            return msgspec.msgpack.decode(raw, type=Memo)
         except msgspec.DecodeError:
             return None  # written by another version of syncengine: just a miss
 
@@ -106,15 +143,142 @@ class PutMemo:
     @staticmethod
     def matches(memo: Memo, entries: Iterable[ScanEntry]) -> bool:
         """Walks ``entries`` and says whether they are the remembered, trusted snapshot;
-        stops at the first checkpoint that differs or the first file too new to trust."""
-        fp = Fingerprint()
+        stops at the first checkpoint that differs or the first file too new to trust.
+
+        The same records as :class:`Fingerprint` (this is its loop, inlined: it runs once per
+        file of every unchanged put)."""
         limit = memo.hashed_ns - RACY_NS
-        for e in entries:
-            if e.mtime_ns >= limit or e.ctime_ns >= limit or fp.files >= memo.files:
+        total = memo.files
+        checkpoints = memo.checkpoints
+        h = _blake3.blake3()
+        pack = _ENTRY.pack
+        buf: list[bytes] = []
+        add = buf.append
+        n = 0
+        for path, _, size, mode, mtime_ns, ctime_ns, ino, dev in entries:
+            if mtime_ns >= limit or ctime_ns >= limit or n >= total:
                 return False
-            cp = fp.add(e)
-            if cp is not None:
-                i = len(fp.checkpoints) - 1
-                if memo.checkpoints[16 * i : 16 * i + 16] != cp:
+            p = path.encode()
+            add(pack(len(p), dev, ino, size, mtime_ns, ctime_ns, mode))
+            add(p)
+            n += 1
+            if not n % CHECKPOINT:
+                h.update(b"".join(buf))
+                buf.clear()
+                i = 16 * (n // CHECKPOINT - 1)
+                if checkpoints[i : i + 16] != h.digest(16):
                     return False
-        return fp.files == memo.files and fp.digest() == memo.fingerprint
+        if n != total:
+            return False
+        h.update(b"".join(buf))
+        h.update(n.to_bytes(8, "little"))
+        return h.digest() == memo.fingerprint
+
+
+#: (key, memo) rows that `recall_unchanged` walked and found different, for the `Repository.log`
+#: that follows in the same process: its `PutMemo.get` skips them once instead of walking again.
+#: A row rewritten in between (another put finished) is a different row and is not skipped.
+_refuted: set[tuple[bytes, bytes]] = set()
+
+
+class _RepoConfig(msgspec.Struct, frozen=True):
+    """`Repository`'s config record, read without importing the repository module (which imports
+    asyncio); a test keeps the two field lists equal."""
+
+    format: int
+    id: str
+    hash: str
+    chunker: dict[str, int]
+    pack_target: int = 32 << 20
+
+
+def recall_unchanged(
+    read: Callable[[str], bytes | None],
+    sources: Sequence[Source],
+    *,
+    project: str,
+    name: str,
+    type: str,
+    aliases: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> tuple[VersionRecord, list[str]] | None:
+    """The version ``Repository.log`` would return unchanged for these arguments (with
+    ``stat_cache=True``), and its scan warnings — found synchronously, reading the repository's
+    objects with ``read(key)`` (None: no such object).
+
+    It answers only when the answer is certain: the repository config and the artifact head
+    are readable, the put memo proves the tree unchanged, and recording the existing version
+    would write nothing (no alias moves). Anything else — no memo, a changed tree, an alias
+    to move, a bad name, any error — gives None: run ``Repository.log``, which does the work
+    (and reports the error) itself.
+    """
+    try:
+        return _recall_unchanged(read, sources, project, name, type, aliases, tags, include, exclude)
+    except Exception:  # whatever it is, Repository.log meets it again and reports it properly
+        return None
+
+
+def _recall_unchanged(
+    read: Callable[[str], bytes | None],
+    sources: Sequence[Source],
+    project: str,
+    name: str,
+    type: str,
+    aliases: Sequence[str],
+    tags: Sequence[str],
+    include: Sequence[str],
+    exclude: Sequence[str],
+) -> tuple[VersionRecord, list[str]] | None:
+    # The checks Repository.log makes before it looks at the memo.
+    check_name("project", project)
+    check_name("artifact name", name)
+    check_name("type", type)
+    wanted = [check_alias(a) for a in dict.fromkeys(aliases)]
+    for t in tags:
+        check_tag(t)
+    raw = read("config")
+    if raw is None:
+        return None  # a new repository: Repository.open creates its config
+    config = msgspec.json.decode(raw, type=_RepoConfig)
+    if config.format != FORMAT or config.chunker.get("seed", GEAR_SEED) != GEAR_SEED:
+        return None
+    c = config.chunker
+    params = ChunkerParams(c["min"], c["avg"], c["max"])
+    hkey = head_key(project, name)
+    raw = read(hkey)
+    if raw is None:
+        return None
+    head = decode_head(raw, hkey)
+    if head.type != type:
+        return None
+    walk = [sorted((os.path.realpath(s.root), s.prefix) for s in sources), list(include), list(exclude)]
+    key = memo_key(config.id, project, name, type, [*walk, params.label])
+    db = PutMemo()
+    try:
+        raw_memo = db._row(key)
+    finally:
+        db.close()
+    if raw_memo is None:
+        return None
+    memo = msgspec.msgpack.decode(raw_memo, type=Memo)
+    number = memo.version
+    if head.digests.get(memo.content_digest) != number:
+        return None
+    # Repository._commit would find this version and write the head only if it changed.
+    moved = {a: v for a, v in head.aliases.items() if a not in wanted}
+    moved.update({a: number for a in wanted})
+    latest = max(number, head.latest if head.latest is not None else -1)
+    if moved != head.aliases or latest != head.latest:
+        return None
+    vkey = version_key(project, name, number)
+    raw = read(vkey)
+    if raw is None:
+        return None
+    record = decode_version(raw, vkey)
+    scanner = TreeHasher(params, include=include, exclude=exclude)
+    if not PutMemo.matches(memo, scanner.scan(list(sources))):
+        _refuted.add((key, raw_memo))
+        return None
+    return record, [w.message for w in scanner.stats.warnings]

@@ -844,20 +844,36 @@ class Repository:
         path_prefix: str | None = None,
         checkout: bool = False,
         on_progress: Callable[[int, int], None] | None = None,
+        skip_cache: bool = False,
+        link: str | None = None,
+        cache_size: int | None = None,
     ) -> int:
         """Writes the version's files under `root` (verified; temp + fsync + rename); files
         already there with the right content are left alone; `checkout` also removes files
-        the version does not have. Returns files written (syncengine.repo.download)."""
-        from syncengine.repo.download import download  # imports this module
+        the version does not have. Returns files written (syncengine.repo.download).
 
-        result = await download(
-            self,
-            record,
-            root,
-            path_prefix=path_prefix,
-            mode="checkout" if checkout else "download",
-            on_progress=on_progress,
-        )
+        Files come from and go into the machine's file cache (docs/DOWNLOAD.md) unless
+        `skip_cache`; `link` is how cached files become targets (`"reflink"` by default,
+        `"copy"`, or `"hardlink"`: read-only files sharing the cache's inode); `cache_size`
+        bounds the cache in bytes (default `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB)."""
+        from syncengine.repo.download import download  # imports this module
+        from syncengine.repo.file_cache import link_mode, open_default
+
+        link_mode(link)  # a bad value is an error even when the cache is skipped
+        cache = None if skip_cache else await asyncio.to_thread(open_default, link=link, max_bytes=cache_size)
+        try:
+            result = await download(
+                self,
+                record,
+                root,
+                path_prefix=path_prefix,
+                mode="checkout" if checkout else "download",
+                cache=cache,
+                on_progress=on_progress,
+            )
+        finally:
+            if cache is not None:
+                await asyncio.to_thread(cache.close)
         return result.written
 
 

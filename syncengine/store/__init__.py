@@ -8,6 +8,7 @@ S3Store('s3://bucket/team/repo/', endpoint='http://127.0.0.1:9000')
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -26,9 +27,9 @@ from syncengine.store.base import (
     validate_key,
     validate_prefix,
 )
-from syncengine.store.local import LocalStore
 
 if TYPE_CHECKING:
+    from syncengine.store.local import LocalStore
     from syncengine.store.retry import RetryPolicy
     from syncengine.store.s3 import S3Store
 
@@ -45,7 +46,9 @@ __all__ = [
     "S3Store",
     "StoreCapabilities",
     "UploadInfo",
+    "local_path",
     "open_store",
+    "read_local_object",
     "validate_key",
     "validate_prefix",
 ]
@@ -53,7 +56,12 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # The S3 store pulls in aiohttp (~0.1 s to import): load it when first asked for, so
-    # local-only use (and CLI start-up) does not pay for it.
+    # local-only use (and CLI start-up) does not pay for it. The local store pulls in asyncio,
+    # which modules that only need `syncengine.store.base` (packs, records) do not want.
+    if name == "LocalStore":
+        from syncengine.store.local import LocalStore
+
+        return LocalStore
     if name == "S3Store":
         from syncengine.store.s3 import S3Store
 
@@ -71,6 +79,8 @@ def open_store(url: str, *, endpoint_url: str | None = None, region: str | None 
 
     ``endpoint_url`` and ``region`` apply to S3 (else the AWS environment and config decide).
     """
+    from syncengine.store.local import LocalStore
+
     if url.startswith("s3://"):
         rest = url[len("s3://") :]
         bucket, _, prefix = rest.partition("/")
@@ -90,3 +100,26 @@ def open_store(url: str, *, endpoint_url: str | None = None, region: str | None 
             f"{url!r}: unsupported store scheme {scheme.group(1)!r} (use s3://, file:// or a path)"
         )
     return LocalStore(url)
+
+
+def local_path(url: str) -> str | None:
+    """The directory a repository URL names when `open_store` would give a `LocalStore` for it
+    (a plain path, or a ``file://`` URL on this host); None for anything else."""
+    if url.startswith("file://"):
+        parts = urlsplit(url)
+        return unquote(parts.path) if parts.netloc in ("", "localhost") else None
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
+        return None
+    return url
+
+
+def read_local_object(root: str, key: str) -> bytes | None:
+    """Object ``key`` of the `LocalStore` at ``root``, read without an event loop (and so without
+    importing asyncio), or None if there is none. The local layout is one plain file per key
+    (docs/STORE.md), written by an atomic rename, so a read sees a whole object or none."""
+    validate_key(key)
+    try:
+        with open(f"{os.path.abspath(root)}/{key}", "rb") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None

@@ -430,3 +430,70 @@ def test_a_damaged_record_is_one_clear_error(tmp_path: Path) -> None:
     (repo / "artifacts" / "p" / "d" / "head").write_bytes(b"[]")
     r = cli("versions", "p/d", env=env)
     assert r.returncode == 1 and "artifacts/p/d/head is damaged" in r.stderr and "Traceback" not in r.stderr
+
+
+def _get_in(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncengine", "get", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+
+
+def test_get_without_root_writes_the_documented_default_not_the_working_folder(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    data = work / "data"  # the user's working folder, named like the artifact
+    data.mkdir(parents=True)
+    (data / "a.txt").write_bytes(b"v0 content")
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    assert cli("put", "-n", "proj/data", "-t", "dataset", str(data), env=env).returncode == 0
+    (data / "a.txt").write_bytes(b"edited, not logged yet")
+    (data / "notes.txt").write_bytes(b"mine")
+
+    r = _get_in(work, "proj/data", env=env)
+    assert r.returncode == 0, r.stderr
+    out = work / "artifacts" / "data-v0"  # as the API's default (syncengine.repo.download.default_root)
+    assert r.stdout.strip() == f"proj/data:v0 -> {out} (1 files)"
+    assert (out / "a.txt").read_bytes() == b"v0 content"
+    assert (data / "a.txt").read_bytes() == b"edited, not logged yet" and (data / "notes.txt").exists()
+    got = json.loads(_get_in(work, "proj/data:v0", "--checkout", "--json", env=env).stdout)
+    assert got["root"] == str(out) and got["written"] == 0
+    assert sorted(p.name for p in data.iterdir()) == ["a.txt", "notes.txt"]  # checkout did not go there
+    assert "./artifacts/<name>-v<N>" in cli("get", "--help").stdout
+
+
+def test_get_uses_the_file_cache_unless_skipped_and_links_as_asked(tmp_path: Path) -> None:
+    import stat
+
+    from syncengine.repo.file_cache import FileCache
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "big.bin").write_bytes(os.urandom(200_000))  # above the cache's 64 KiB minimum
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    assert cli("put", "-n", "p/c", "-t", "dataset", str(data), env=env).returncode == 0
+    skipped = cli("get", "p/c", "--root", str(tmp_path / "s"), "--skip-cache", env=env)
+    assert skipped.returncode == 0, skipped.stderr
+    with FileCache() as c:  # the fixture's SYNCENGINE_CACHE_DIR, inherited by the command
+        assert len(c) == 0
+    assert cli("get", "p/c", "--root", str(tmp_path / "a"), env=env).returncode == 0
+    with FileCache() as c:
+        assert len(c) == 1
+
+    for p in (tmp_path / "repo" / "data").rglob("*"):
+        if p.is_file():
+            p.unlink()  # only the cache can supply the file now
+    ok = cli("get", "p/c", "--root", str(tmp_path / "b"), "--link", "hardlink", env=env)
+    assert ok.returncode == 0, ok.stderr
+    st = (tmp_path / "b" / "big.bin").stat()
+    assert st.st_nlink == 2 and stat.S_IMODE(st.st_mode) == 0o444  # b/ and the cache's own copy
+    assert (tmp_path / "a" / "big.bin").stat().st_nlink == 1  # never linked to a/'s writable file
+    assert (tmp_path / "b" / "big.bin").read_bytes() == (data / "big.bin").read_bytes()
+    copied = cli("get", "p/c", "--root", str(tmp_path / "c"), "--link", "copy", env=env)
+    assert copied.returncode == 0 and (tmp_path / "c" / "big.bin").stat().st_nlink == 1
+    bad = cli("get", "p/c", "--root", str(tmp_path / "d"), "--skip-cache", env=env)
+    assert bad.returncode == 1 and "big.bin" in bad.stderr and bad.stderr.count("\n") == 1
+    assert cli("get", "p/c", "--link", "symlink", env=env).returncode == 2

@@ -160,3 +160,114 @@ def test_checkpoints_stop_the_walk_early(tmp_path: Path) -> None:
 
     assert not put_memo.PutMemo.matches(memo, counted())
     assert consumed == put_memo.CHECKPOINT
+
+
+# -- recall_unchanged: the same answer without an event loop (the CLI's no-change put) ------------
+
+
+def recall(repo_dir: Path, data: Path, **kw: object) -> tuple[object, list[str]] | None:
+    from syncengine.store import read_local_object
+
+    args: dict[str, object] = {"project": "p", "name": "a", "type": "dataset", **kw}
+    return put_memo.recall_unchanged(
+        lambda key: read_local_object(str(repo_dir), key),
+        [Source(str(data))],
+        **args,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def walks_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = put_memo.PutMemo.matches
+
+    def counting(memo: put_memo.Memo, entries: object) -> bool:
+        calls.append(1)
+        return real(memo, entries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(put_memo.PutMemo, "matches", staticmethod(counting))
+    return calls
+
+
+def test_recall_unchanged_answers_what_log_answers(
+    tmp_path: Path, trusted_now: None, hashing_counted: list[int]
+) -> None:
+    data = tmp_path / "data"
+    write_tree(data, 3000)
+    repo = open_repo(tmp_path / "repo")
+    log(repo, data, aliases=["prod"])
+    found = recall(tmp_path / "repo", data)
+    assert found is not None
+    record, warnings = found
+    again = log(repo, data)
+    assert not again.created and record == again.record and warnings == again.warnings == []
+    # an alias already on that version changes nothing either; tags are ignored, as by log
+    assert recall(tmp_path / "repo", data, aliases=["prod"], tags=["x"]) == found
+    assert hashing_counted == [1]
+
+
+def test_recall_unchanged_warns_like_log(tmp_path: Path, trusted_now: None) -> None:
+    data = tmp_path / "data"
+    write_tree(data, 20)
+    repo = open_repo(tmp_path / "repo")
+    log(repo, data)
+    os.mkfifo(data / "pipe")  # skipped with a warning; the files are the same
+    found = recall(tmp_path / "repo", data)
+    assert found is not None and len(found[1]) == 1 and "FIFO" in found[1][0]
+    assert found[1] == log(repo, data).warnings
+
+
+@pytest.mark.parametrize(
+    "case", ["alias_moves", "new_alias", "other_type", "bad_name", "bad_tag", "no_head", "no_repo"]
+)
+def test_recall_unchanged_leaves_anything_else_to_log(
+    tmp_path: Path, trusted_now: None, walks_counted: list[int], case: str
+) -> None:
+    data = tmp_path / "data"
+    write_tree(data, 50)
+    repo = open_repo(tmp_path / "repo")
+    log(repo, data, aliases=["prod"])
+    log(repo, data, exclude=["d1/"], aliases=["prod"])  # v1 takes the alias
+    walks_counted.clear()
+    kw: dict[str, object] = {
+        "alias_moves": {"aliases": ["prod"]},  # back to v0: the head must be written
+        "new_alias": {"aliases": ["fresh"]},
+        "other_type": {"type": "model"},  # log raises TypeMismatch
+        "bad_name": {"name": "no/slash"},
+        "bad_tag": {"tags": ["bad tag"]},
+        "no_head": {"name": "other"},
+        "no_repo": {},
+    }[case]
+    where = tmp_path / ("nowhere" if case == "no_repo" else "repo")
+    assert recall(where, data, **kw) is None
+    assert walks_counted == []  # decided before walking
+
+
+def test_a_refuted_memo_is_not_walked_again_by_log(
+    tmp_path: Path, trusted_now: None, walks_counted: list[int], hashing_counted: list[int]
+) -> None:
+    data = tmp_path / "data"
+    write_tree(data, 2500)
+    repo = open_repo(tmp_path / "repo")
+    log(repo, data)
+    (data / "d3" / "f01200.bin").write_bytes(b"changed")
+    walks_counted.clear()
+    assert recall(tmp_path / "repo", data) is None
+    assert walks_counted == [1]
+    r = log(repo, data)
+    assert r.created and r.record.version == 1
+    assert walks_counted == [1] and hashing_counted == [1, 1]  # log hashed at once
+    # once only: the next put of this tree (now v1, with a fresh memo) is recognized again
+    assert not put_memo._refuted
+    assert recall(tmp_path / "repo", data) is not None
+
+
+def test_the_config_view_matches_the_repository_config() -> None:
+    import msgspec
+
+    from syncengine.repo.repository import RepoConfig
+
+    def shape(t: type) -> list[tuple[str, object, object]]:
+        return [(f.name, f.type, f.default) for f in msgspec.structs.fields(t)]
+
+    assert shape(put_memo._RepoConfig) == shape(RepoConfig)
