@@ -135,6 +135,11 @@ class StatCache:
         self.hits += 1
         return FileDigest(key.size, row[7], decode_chunks(row[8]) if row[8] else ())
 
+    def known(self, abspath: str) -> bool:
+        """Whether `abspath` has a row at all (hashed before, maybe with other content since)."""
+        d, _, name = abspath.rpartition("/")
+        return name in self._record(d).rows
+
     def store(self, abspath: str, key: StatKey, digest: FileDigest, hashed_ns: int) -> None:
         """Remembers a digest computed from a read that started at `hashed_ns` (time.time_ns)."""
         d, _, name = abspath.rpartition("/")

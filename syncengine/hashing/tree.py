@@ -45,6 +45,8 @@ class HashedFile(NamedTuple):
     entry: ScanEntry
     digest: FileDigest
     cached: bool
+    #: The hasher stored the file's new blobs as it read them (put's ingest hashers).
+    packed: bool = False
 
 
 @dataclass
@@ -83,11 +85,12 @@ def _order_key(src: Source) -> str:
 class _Slot:
     """One pending result in output order."""
 
-    __slots__ = ("cached", "entry", "job", "result")
+    __slots__ = ("cached", "entry", "job", "plain", "result")
 
     def __init__(self, entry: ScanEntry) -> None:
         self.entry = entry
         self.cached = False
+        self.plain = False  # hashed by `known_impl`
         self.job: _Job | None = None
         self.result: FileDigest | OSError | None = None
 
@@ -152,26 +155,41 @@ class TreeHasher:
         self.clock = clock
         #: Hash one large file on several threads (needs ``hash_range`` on the hasher).
         self.split_large = split_large
+        #: Set by put: ``impl``'s hashers store new blobs as they read (results come out
+        #: ``packed``), and large files the stat cache has seen before — edited files, most
+        #: of whose chunks the repository holds — are hashed by ``known_impl`` instead, split
+        #: over the threads, and come out not packed.
+        self.packs = False
+        self.known_impl: Any = None
         self.stats = TreeStats()
         self._local = threading.local()
         self._hashers: list[Any] = []
         self._lock = threading.Lock()
 
-    def _hasher(self) -> Any:
-        h = getattr(self._local, "hasher", None)
+    def _hasher(self, plain: bool = False) -> Any:
+        attr = "plain" if plain else "hasher"
+        h = getattr(self._local, attr, None)
         if h is None:
-            h = self.impl.FileHasher(self.params)
-            self._local.hasher = h
+            h = (self.known_impl if plain else self.impl).FileHasher(self.params)
+            setattr(self._local, attr, h)
             with self._lock:
                 self._hashers.append(h)
         return h
 
+    def _edited(self, entry: ScanEntry) -> bool:
+        """A large file to hash with ``known_impl``: the stat cache has a row for it."""
+        return self.known_impl is not None and self.cache is not None and self.cache.known(entry.abspath)
+
+    def _split_hasher(self) -> Any:
+        """The hasher of split files (``hash_range``)."""
+        return self._hasher(plain=self.known_impl is not None)
+
     def _small_batch(self, paths: list[str], sizes: list[int]) -> list[FileDigest | OSError]:
         return list(self._hasher().hash_small_files(paths, sizes))
 
-    def _large(self, path: str, size: int) -> list[FileDigest | OSError]:
+    def _large(self, path: str, size: int, plain: bool = False) -> list[FileDigest | OSError]:
         try:
-            return [self._hasher().hash_file(path, size)]
+            return [self._hasher(plain).hash_file(path, size)]
         except OSError as e:
             return [e]
 
@@ -182,7 +200,7 @@ class TreeHasher:
 
     def _segment(self, path: str, start: int, stop: int, size: int) -> list[Chunk] | OSError:
         try:
-            return list(self._hasher().hash_range(path, start, stop, size))
+            return list(self._split_hasher().hash_range(path, start, stop, size))
         except OSError as e:
             return e
 
@@ -195,7 +213,7 @@ class TreeHasher:
             for c in chains:
                 if isinstance(c, OSError):
                     raise c
-            hasher = self._hasher()
+            hasher = self._split_hasher()
             path, size = entry.abspath, entry.size
 
             def more(start: int, stop: int) -> list[Chunk]:
@@ -283,7 +301,8 @@ class TreeHasher:
                         job.resolve()
                         in_flight -= len(job.futures)
                     pending.popleft()
-                    out = self._finish(slot.entry, slot.result, slot.cached, started)  # type: ignore[arg-type]
+                    packed = self.packs and not (slot.cached or slot.plain)
+                    out = self._finish(slot.entry, slot.result, slot.cached, started, packed)  # type: ignore[arg-type]
                     if out is not None:
                         yield out
 
@@ -300,7 +319,10 @@ class TreeHasher:
                     batch_bytes += entry.size
                     if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
                         submit_batch()
-                elif self.split_large and len(starts := segment_starts(entry.size, self.threads)) > 1:
+                elif ((plain := self._edited(entry)) or self.split_large) and len(
+                    starts := segment_starts(entry.size, self.threads)
+                ) > 1:
+                    slot.plain = plain
                     stops = [*starts[1:], _TO_EOF]
                     futs = [
                         pool.submit(self._segment, entry.abspath, a, b, entry.size)
@@ -308,7 +330,9 @@ class TreeHasher:
                     ]
                     submit([slot], futs, partial(self._merge_one, entry, starts))
                 else:
-                    submit([slot], [pool.submit(self._large, entry.abspath, entry.size)], lambda r: r[0])
+                    slot.plain = self._edited(entry)
+                    fut = pool.submit(self._large, entry.abspath, entry.size, slot.plain)
+                    submit([slot], [fut], lambda r: r[0])
                 pending.append(slot)
                 if slot.result is None:
                     stats.cache_misses += 1
@@ -324,7 +348,7 @@ class TreeHasher:
             self.cache.flush()
 
     def _finish(
-        self, entry: ScanEntry, result: FileDigest | OSError, cached: bool, started: int
+        self, entry: ScanEntry, result: FileDigest | OSError, cached: bool, started: int, packed: bool = False
     ) -> HashedFile | None:
         stats = self.stats
         if isinstance(result, OSError):
@@ -337,4 +361,4 @@ class TreeHasher:
         stats.bytes += result.size
         if self.on_progress is not None:
             self.on_progress(stats.files, stats.bytes)
-        return HashedFile(entry, result, cached)
+        return HashedFile(entry, result, cached, packed)

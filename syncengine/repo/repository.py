@@ -408,8 +408,8 @@ class Repository:
             shipped.append(asyncio.run_coroutine_threadsafe(begin(), loop))
 
         ingest = Ingest(self.params, hasher.impl, index, self.config.pack_target, packs_in_flight, ship)
-        hasher.impl = types.SimpleNamespace(FileHasher=ingest.file_hasher)
-        hasher.split_large = False
+        hasher.known_impl, hasher.impl = hasher.impl, types.SimpleNamespace(FileHasher=ingest.file_hasher)
+        hasher.split_large, hasher.packs = False, True
 
         async def settle_uploads() -> None:
             """Waits for every upload shipped so far; raises the first failure of any."""
@@ -473,7 +473,7 @@ class Repository:
                         await _put_immutable(self.store, _obj_key("manifests", pid), data)
                     result.files += 1
                     result.bytes += d.size
-                    if not hashed.cached:
+                    if hashed.packed:
                         continue  # its new blobs are packed already
                     blobs = (
                         [(c.digest, c.offset, c.length) for c in d.chunks]

@@ -240,3 +240,42 @@ def test_hashing_leaves_the_event_loop_free(tmp_path: Path, monkeypatch: pytest.
         assert r.created and r.files == 2
 
     asyncio.run(go())
+
+
+def test_an_edited_large_file_is_hashed_split_and_only_its_new_chunks_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file the stat cache has seen before goes to the plain (split) hasher — most of
+    its chunks are in the repository already — and only its new chunks are read and packed."""
+    from syncengine.hashing import tree
+
+    monkeypatch.setattr(tree, "segment_starts", lambda size, threads: [0, size // 2])  # always split
+    split: list[str] = []
+    real_segment = tree.TreeHasher._segment
+
+    def segment(self: tree.TreeHasher, path: str, *a: int) -> object:
+        split.append(os.path.basename(path))
+        return real_segment(self, path, *a)
+
+    monkeypatch.setattr(tree.TreeHasher, "_segment", segment)
+    data = tmp_path / "data"
+    big = os.urandom(400_000)
+    write_tree(data, {"big.bin": big})
+
+    async def go() -> None:
+        repo = await open_repo(tmp_path / "repo")
+        r0 = await repo.log([Source(str(data))], project="p", name="n", type="t")
+        (data / "big.bin").write_bytes(big[:100_000] + b"edit" + big[100_000:])
+        (data / "new-later.bin").write_bytes(os.urandom(300_000))  # never seen: read once
+        split.clear()
+        r1 = await repo.log([Source(str(data))], project="p", name="n", type="t")
+        assert split == ["big.bin", "big.bin"]  # the edited file only, in two segments
+        assert r1.created and r1.record.version == 1
+        assert r1.new_bytes < 300_000 + 3 * PARAMS.max_size  # the new file + a few chunks
+        out = tmp_path / "out"
+        await repo.download(r1.record, str(out), skip_cache=True)
+        assert read_tree(out) == read_tree(data)
+        assert await repo.check(read_data=True) == []
+        assert r0.record.version == 0
+
+    asyncio.run(go())
