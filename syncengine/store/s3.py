@@ -483,11 +483,13 @@ class _Payload:
         self.mismatch: BodySizeMismatch | None = None
         self.content_md5: str | None = None
         self.checksum_crc32: str | None = None
-        if isinstance(body, HashedParts):  # one buffer: checksummed, sent in slices
-            body = body.join()
-        if isinstance(body, bytes | bytearray | memoryview):
-            self.buffer: memoryview | None = memoryview(body).cast("B")
-            self.source: BodySource | None = None
+        self.parts: list[memoryview] | None = None
+        self.buffer: memoryview | None = None
+        self.source: BodySource | None = None
+        if isinstance(body, HashedParts):  # in-memory parts: checksummed and sent as they are
+            self.parts, self.size = body.parts, body.size
+        elif isinstance(body, bytes | bytearray | memoryview):
+            self.buffer = memoryview(body).cast("B")
             self.size = self.buffer.nbytes
         elif isinstance(body, BodySource):
             self.buffer = None
@@ -505,16 +507,22 @@ class _Payload:
         ``md5`` → Content-MD5; ``crc32`` → x-amz-checksum-crc32 (≈ 5× cheaper than MD5; used
         for whole-object PUTs, where S3 accepts it without a checksum algorithm declared at
         upload creation, unlike UploadPart)."""
-        if self.buffer is None:
+        pieces = [self.buffer] if self.buffer is not None else self.parts
+        if pieces is None:
             return
-        buf = self.buffer
 
         def compute() -> bytes:
             if checksum == "crc32":
-                return zlib.crc32(buf).to_bytes(4, "big")
-            return hashlib.md5(buf).digest()
+                crc = 0
+                for piece in pieces:
+                    crc = zlib.crc32(piece, crc)
+                return crc.to_bytes(4, "big")
+            md5 = hashlib.md5()
+            for piece in pieces:
+                md5.update(piece)
+            return md5.digest()
 
-        digest = compute() if buf.nbytes <= _INLINE_HASH else await self._store._run(compute)
+        digest = compute() if self.size <= _INLINE_HASH else await self._store._run(compute)
         value = base64.b64encode(digest).decode()
         if checksum == "crc32":
             self.checksum_crc32 = value
@@ -528,7 +536,14 @@ class _Payload:
                 self._store.counters.bytes_sent += self.buffer.nbytes
                 return self.buffer if self.buffer.nbytes else None
             return self._slices(self.buffer, guard)
+        if self.parts is not None:
+            return self._part_slices(self.parts, guard) if self.size else None
         return self._stream(guard)
+
+    async def _part_slices(self, parts: list[memoryview], guard: AttemptGuard) -> AsyncIterator[memoryview]:
+        for part in parts:
+            async for piece in self._slices(part, guard):
+                yield piece
 
     async def _slices(self, buf: memoryview, guard: AttemptGuard) -> AsyncIterator[memoryview]:
         counters = self._store.counters
