@@ -14,14 +14,18 @@ A download streams the manifest in windows of entries. For each window it
 4. fetches the remaining blobs: grouped by pack, neighbouring ranges coalesced into one
    ranged GET, up to ``concurrency`` requests and ``max_bytes_in_flight`` bytes at once;
    every blob is checked against its BLAKE3 digest; chunks are written at their offsets
-   (``pwrite``) into a temp file next to the target (``.se-tmp-<hex>``), whose writeback to
-   the disk starts at once (``durable.start_writeback``); once all its chunks are in, it is
-   made durable with the rest of the window (one syncfs) and renamed over the target. A file
-   never sits whole in memory: a 2 GiB file needs a few ranges' worth of RAM.
+   (``pwrite``) into a temp file next to the target (``.se-tmp-…``, naming its writer), whose
+   writeback to the disk starts at once (``durable.start_writeback``); once all its chunks are
+   in, it is made durable with the rest of the window (one syncfs) and renamed over the
+   target. A file never sits whole in memory: a 2 GiB file needs a few ranges' worth of RAM.
 
 On any error (or cancellation) the window's temp files are removed after the worker threads
-stopped; files already renamed are complete and correct. No file that is not in the version
-is ever deleted, except by ``mode="checkout"``, which afterwards removes everything under the
+stopped; files already renamed are complete and correct. A large file's temp file is named
+after its content from the start: after any interruption, ``kill -9`` included, the next
+download takes it over and keeps the chunks it holds that match their digests. Temp files of
+downloads whose process has ended (on this host) are swept from the directories a download
+writes into; a concurrent download's are left alone. No file that is not in the version is
+ever deleted, except by ``mode="checkout"``, which afterwards removes everything under the
 root (or under ``path_prefix``) that the version does not have, without following symlinks.
 See docs/DOWNLOAD.md.
 """
@@ -31,13 +35,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import shutil
+import socket
 import stat
 import threading
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
@@ -89,9 +95,15 @@ WINDOW_BLOBS: Final = 65536
 WRITEBACK_STEP: Final = 16 << 20
 #: At most this many large files are hashed at once (each needs a buffer of 4 x max chunk).
 HASH_THREADS: Final = 4
+#: Every temp file a download writes starts with this: ``.se-tmp-<host>-<boot>-<pid>-<token>``
+#: for a small file (the writer named, see :func:`_writer_gone`), and
+#: ``PARTIAL_PREFIX<digest prefix>-<host>-<boot>-<pid>-<token>`` for a large (chunked) one.
 TMP_PREFIX: Final = ".se-tmp-"
-#: A large file's temp file kept after an interrupted download: the next download of that
-#: content reuses the chunks it holds (each verified by its digest when read).
+#: A large file's temp file, named after the first 40 hex digits of its file digest from its
+#: first byte on, so that the next download of that content finds it after any interruption
+#: (kill -9 included) and keeps the chunks it holds (each verified by its digest when read).
+#: Without a writer in the name (``PARTIAL_PREFIX<digest prefix>[-<token>]``) it is released:
+#: left by a download that stopped on an error, free for any download to take over.
 PARTIAL_PREFIX: Final = ".se-tmp-partial-"
 _EMPTY_DIGEST: Final = _blake3.blake3(b"").digest()
 
@@ -145,6 +157,7 @@ class DownloadResult:
     bytes_reused: int = 0  # taken from local files (e.g. unchanged chunks of a changed file)
     requests: int = 0
     removed: int = 0  # checkout: files, symlinks and other non-directories deleted
+    swept: int = 0  # temp files left by downloads whose process has ended, deleted
     references: list[str] = field(default_factory=list)  # entries naming external objects: skipped
 
 
@@ -391,6 +404,134 @@ class _Inspection(NamedTuple):
     digest: FileDigest | None = None
 
 
+# -- temp files and their writers ----------------------------------------------------------------
+
+_NO_BOOT: Final = "0" * 8
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def _first_line(*paths: str) -> str:
+    for p in paths:
+        try:
+            with open(p, encoding="ascii", errors="replace") as f:
+                line = f.readline().strip()
+        except OSError:
+            continue
+        if line:
+            return line
+    return ""
+
+
+@functools.cache
+def _host_and_boot() -> tuple[str, str]:
+    """Where this process's pid means something, as two tags of 8 hex digits: the host (its
+    name, machine id and pid namespace: containers sharing a folder do not share pids) and the
+    boot (a pid names nothing of an earlier boot; ``_NO_BOOT`` where the boot id is unknown)."""
+    try:
+        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        pidns = ""
+    machine = _first_line("/etc/machine-id", "/var/lib/dbus/machine-id")
+    host = _blake3.blake3(f"{socket.gethostname()}\0{machine}\0{pidns}".encode()).hexdigest()[:8]
+    boot_id = _first_line("/proc/sys/kernel/random/boot_id")
+    boot = _blake3.blake3(boot_id.encode()).hexdigest()[:8] if boot_id else _NO_BOOT
+    return host, boot
+
+
+def _writer_tag() -> str:
+    """This process as the writer named in its temp files: ``<host>-<boot>-<pid>``."""
+    host, boot = _host_and_boot()
+    return f"{host}-{boot}-{os.getpid()}"
+
+
+def _temp_name(writer: str, digest: bytes | None) -> str:
+    """A new temp file name for ``writer``; with ``digest``, a large file's (``PARTIAL_PREFIX``)."""
+    token = uuid.uuid4().hex[:16]
+    if digest is None:
+        return f"{TMP_PREFIX}{writer}-{token}"
+    return f"{PARTIAL_PREFIX}{digest.hex()[:40]}-{writer}-{token}"
+
+
+def _released_name(digest: bytes) -> str:
+    """A large file's temp file that no writer holds any more (any download may take it over)."""
+    return f"{PARTIAL_PREFIX}{digest.hex()[:40]}-{uuid.uuid4().hex[:16]}"
+
+
+class _Temp(NamedTuple):
+    #: A large file's temp file: the first 40 hex digits of the file digest; None: a small file's.
+    digest: str | None
+    #: (host, boot, pid) of the writer; None: nobody's (released, or written by an older version).
+    writer: tuple[str, str, int] | None
+
+
+def _is_hex(s: str, n: int | None = None) -> bool:
+    return bool(s) and (n is None or len(s) == n) and set(s) <= _HEX
+
+
+def _parse_temp(name: str) -> _Temp | None:
+    """What a download's temp file name says; None for any other name."""
+    if not name.startswith(TMP_PREFIX):
+        return None
+    rest = name[len(TMP_PREFIX) :]
+    digest: str | None = None
+    if rest.startswith("partial-"):
+        fields = rest[len("partial-") :].split("-")
+        digest = fields.pop(0)
+        if not _is_hex(digest, 40):
+            return None
+        if not fields:
+            return _Temp(digest, None)  # an older version's released name
+    else:
+        fields = rest.split("-")
+    if len(fields) == 1 and _is_hex(fields[0]):
+        return _Temp(digest, None)
+    if len(fields) == 4:
+        host, boot, pid, token = fields
+        pid_ok = pid.isascii() and pid.isdigit() and len(pid) <= 10
+        if pid_ok and _is_hex(host, 8) and _is_hex(boot, 8) and _is_hex(token):
+            return _Temp(digest, (host, boot, int(pid)))
+    return None
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has ended but was not reaped yet (Linux; False where unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return False
+    end = text.rfind(b")")
+    return end >= 0 and text[end + 2 : end + 3] in (b"Z", b"X")
+
+
+def _writer_gone(writer: tuple[str, str, int]) -> bool:
+    """Whether the process that named itself ``writer`` in a temp file has certainly ended:
+    it ran on this host (and pid namespace) and either in an earlier boot or its pid is not
+    running now (or is a zombie). A writer of another host, this process, or a pid that
+    is running (even if reused by another program) counts as alive: its files are left alone."""
+    host, boot, pid = writer
+    my_host, my_boot = _host_and_boot()
+    if os.name != "posix" or host != my_host:
+        return False  # another machine or pid namespace: its processes cannot be seen from here
+    if boot != my_boot and _NO_BOOT not in (boot, my_boot):
+        return True  # written before this machine was last started
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # EPERM: it exists (another user's)
+    return _zombie(pid)
+
+
+def _live_temp(path: str) -> bool:
+    """A download's temp file whose writer may still be writing it."""
+    t = _parse_temp(os.path.basename(path))
+    return t is not None and t.writer is not None and not _writer_gone(t.writer)
+
+
 # -- download ---------------------------------------------------------------------------------------
 
 
@@ -403,6 +544,7 @@ _FETCH, _PRESENT, _WRITTEN, _CACHED = "fetch", "present", "written", "cached"
 
 class _FileJob:
     __slots__ = (
+        "adopted",
         "blobs",
         "created",
         "done",
@@ -419,11 +561,15 @@ class _FileJob:
         "written",
     )
 
-    def __init__(self, entry: ManifestEntry, parts: list[str], root: str, seq: int) -> None:
+    def __init__(self, entry: ManifestEntry, parts: list[str], root: str, seq: int, writer: str) -> None:
         self.entry = entry
         self.parts = parts
         self.target = os.path.join(root, *parts)
-        self.tmp = os.path.join(os.path.dirname(self.target), TMP_PREFIX + uuid.uuid4().hex)
+        # A large file's temp file is named after its content from the start, so that it can
+        # be resumed after any interruption (see _adopt); a small one names only its writer.
+        name = _temp_name(writer, entry.digest if entry.chunks else None)
+        self.tmp = os.path.join(os.path.dirname(self.target), name)
+        self.adopted = False  # tmp is a temp file of this content that an earlier writer left
         self.written = False  # some blob is in the temp file
         self.unstarted = 0  # bytes written whose writeback was not started yet
         self.seq = seq
@@ -438,8 +584,9 @@ class _FileJob:
         self.lock = threading.Lock()
 
     @property
-    def partial(self) -> str:
-        return os.path.join(os.path.dirname(self.target), PARTIAL_PREFIX + self.entry.digest.hex()[:40])
+    def partial_key(self) -> tuple[str, str]:
+        """(directory, digest prefix): where large-file temp files of this content are found."""
+        return os.path.dirname(self.target), self.entry.digest.hex()[:40]
 
     def open(self, abort: threading.Event) -> int:
         with self.lock:
@@ -560,6 +707,11 @@ class _Downloader(_Session):
         self.on_progress: Callable[[int, int], None] | None = None
         self._done_files = 0
         self._done_bytes = 0
+        self.writer = _writer_tag()
+        #: Directories whose temp files were looked at (each once per download).
+        self._swept: set[str] = set()
+        #: Large-file temp files nobody writes any more, by (directory, digest prefix).
+        self._abandoned: dict[tuple[str, str], list[str]] = {}
 
     # -- per entry, in a thread ------------------------------------------------------------------
 
@@ -631,6 +783,45 @@ class _Downloader(_Session):
             self._make_room(job)
             safe_target(self.root, job.entry.path)  # creates the parent directories, checks again
             ready.add(parent)
+        self._sweep(sorted(ready))
+
+    def _sweep(self, dirs: Iterable[str]) -> None:
+        """Looks at the temp files in ``dirs`` (each directory once per download) and, of those
+        whose writer has ended (``_writer_gone``), deletes small files' and remembers large
+        files' for ``_adopt``. Temp files of live writers (a concurrent download into the same
+        folder), of other hosts and without a writer's name are left alone."""
+        gone: dict[tuple[str, str, int], bool] = {}
+        for d in dirs:
+            if d in self._swept:
+                continue
+            self._swept.add(d)
+            try:
+                with os.scandir(d) as it:
+                    found = [
+                        (e.name, e.path)
+                        for e in it
+                        if e.name.startswith(TMP_PREFIX) and e.is_file(follow_symlinks=False)
+                    ]
+            except OSError:
+                continue
+            for name, path in sorted(found):
+                t = _parse_temp(name)
+                if t is None:
+                    continue
+                if t.writer is not None:
+                    dead = gone.get(t.writer)
+                    if dead is None:
+                        dead = gone[t.writer] = _writer_gone(t.writer)
+                    if not dead:
+                        continue
+                if t.digest is not None:
+                    self._abandoned.setdefault((d, t.digest), []).append(path)
+                elif t.writer is not None:  # a small file's: nothing in it is worth keeping
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        continue
+                    self.result.swept += 1
 
     def _prepare(self, job: _FileJob) -> None:
         e = job.entry
@@ -691,18 +882,82 @@ class _Downloader(_Session):
 
     # -- reusing local content ----------------------------------------------------------------------
 
+    def _adopt(self, job: _FileJob) -> None:
+        """Takes over the largest temp file of the job's content (same directory) that an
+        ended writer left (``_sweep``), renaming it to the job's own temp name: the chunks it
+        holds are then checked in place by ``_reuse``, the rest is fetched into it. The rename
+        is atomic, so of two downloads resuming at once only one gets it. Only a regular file
+        of this user with one link is taken; it is cut to the entry's size and fsynced first
+        (the ended writer's data is on the disk before it is trusted; a writeback error it
+        left makes the file worthless, and it is deleted)."""
+        cands = self._abandoned.get(job.partial_key)
+        uid = os.getuid() if hasattr(os, "getuid") else None
+        while cands:
+            sizes: list[tuple[int, str]] = []
+            for path in cands:
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and uid in (None, st.st_uid):
+                    sizes.append((st.st_size, path))
+            if not sizes:
+                return
+            path = max(sizes)[1]
+            cands.remove(path)
+            try:
+                os.rename(path, job.tmp)
+            except OSError:
+                continue  # taken over by another download meanwhile
+            job.created = True
+            try:
+                fd = os.open(job.tmp, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+                try:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise OSError(f"{job.tmp} is not a regular file")
+                    if st.st_size > job.entry.size:
+                        os.ftruncate(fd, job.entry.size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(job.tmp)
+                job.created = False
+                continue
+            job.adopted = True
+            return
+
+    def _adopt_all(self, jobs: list[_FileJob]) -> None:
+        for job in jobs:
+            self._adopt(job)
+
     def _reuse(self, job: _FileJob, local: dict[bytes, tuple[str, int, int]]) -> int:
         """Writes the blobs found in local files (the old content of changed files, files
-        already present) into the job's temp file, each checked against its digest; what
-        cannot be read or does not match stays in ``job.blobs`` to be fetched. Returns the
-        bytes reused."""
+        already present, temp files of this content left by interrupted downloads) into the
+        job's temp file, each checked against its digest; a temp file the job took over keeps
+        the blobs it already holds at their offsets. What cannot be read or does not match
+        stays in ``job.blobs`` to be fetched. Returns the bytes reused."""
         fd: int | None = None
+        own: int | None = None  # the adopted temp file, read
         sources: dict[str, int] = {}
         left: list[tuple[bytes, int, int]] = []
         reused = unstarted = 0
         try:
+            if job.adopted:
+                with contextlib.suppress(OSError):
+                    own = os.open(job.tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             for d, offset, n in job.blobs:
                 data = None
+                if own is not None:
+                    with contextlib.suppress(OSError):
+                        data = os.pread(own, n, offset)
+                    if data is not None and len(data) == n and _blake3.blake3(data).digest() == d:
+                        job.written = True  # already in place (from the interrupted writer)
+                        reused += n
+                        continue
+                    data = None
                 src = local.get(d)
                 if src is not None:
                     path, at, _ = src
@@ -734,11 +989,16 @@ class _Downloader(_Session):
                 os.close(fd)
                 fd = None
                 self._written(job)
+            elif not left and job.adopted:  # complete already: its pages may still be dirty
+                _start_writeback_path(job.tmp)
+                self._written(job)
         finally:
             for sfd in sources.values():
                 os.close(sfd)
             if fd is not None:
                 os.close(fd)
+            if own is not None:
+                os.close(own)
         return reused
 
     async def _reuse_local(self, jobs: list[_FileJob]) -> None:
@@ -752,14 +1012,17 @@ class _Downloader(_Session):
                     local.setdefault(c.digest, (j.target, c.offset, c.length))
             else:
                 local.setdefault(d.digest, (j.target, 0, d.size))
-        partials = await self.run(
-            _existing, [j.partial for j in jobs if j.state == _FETCH and j.entry.chunks]
-        )
-        for j in jobs:
-            if j.state == _FETCH and j.entry.chunks and j.partial in partials:
+        resumable = [
+            j for j in jobs if j.state == _FETCH and j.entry.chunks and self._abandoned.get(j.partial_key)
+        ]
+        if resumable:
+            await self.run(self._adopt_all, resumable)  # one thread: jobs of one content share a list
+        for j in resumable:  # other temp files of the content (and taken-over ones) as sources
+            paths = [j.tmp] if j.adopted else []
+            for path in paths + self._abandoned.get(j.partial_key, []):
                 for blob, offset, n in j.blobs:  # where the interrupted download put them
-                    local.setdefault(blob, (j.partial, offset, n))
-        todo = [j for j in jobs if j.state == _FETCH and any(b[0] in local for b in j.blobs)]
+                    local.setdefault(blob, (path, offset, n))
+        todo = [j for j in jobs if j.state == _FETCH and (j.adopted or any(b[0] in local for b in j.blobs))]
         for n in await asyncio.gather(*(self.run(self._reuse, j, local) for j in todo)):
             self.result.bytes_reused += n
 
@@ -888,9 +1151,6 @@ class _Downloader(_Session):
         os.chmod(job.tmp, (e.mode & 0o777) or 0o644)
         os.replace(job.tmp, job.target)
         job.done = True
-        if e.chunks:
-            with contextlib.suppress(OSError):  # a partial copy from an interrupted run: used up
-                os.unlink(job.partial)
         if not cached and self.cache is not None and self.cache.wants(e.size):
             with contextlib.suppress(OSError):  # a cache that cannot take the file is no error
                 self.cache.add(job.target, e.digest, e.size)
@@ -916,7 +1176,7 @@ class _Downloader(_Session):
                 res.references.append(e.path)
                 continue
             _check_entry(e)
-            jobs.append(_FileJob(e, parts, self.root, self._seq))
+            jobs.append(_FileJob(e, parts, self.root, self._seq, self.writer))
             self._seq += 1
         batch = await self.run(SyncBatch, self.root)  # before any write: see syncengine.durable
         try:
@@ -929,13 +1189,16 @@ class _Downloader(_Session):
             self.abort.set()
             self.wait_threads()  # no thread may create a temp file after the cleanup below
             # Interrupted (cancelled, store unreachable): keep what large files got, for the
-            # next run. A refused or corrupt version keeps nothing.
+            # next run, released (renamed without this process as the writer, so that the next
+            # download takes it over even in this process). A refused or corrupt version keeps
+            # nothing.
             keep = not isinstance(exc, CorruptData | UnsafePath | PathConflict | ManifestError)
             for j in jobs:
                 if j.created and not j.done:
                     with contextlib.suppress(OSError):
-                        if keep and j.entry.chunks and j.written:
-                            os.replace(j.tmp, j.partial)  # resumable: see _reuse_local
+                        if keep and j.entry.chunks and (j.written or j.adopted):
+                            released = os.path.join(os.path.dirname(j.target), _released_name(j.entry.digest))
+                            os.replace(j.tmp, released)  # resumable: see _adopt
                         else:
                             os.unlink(j.tmp)
             raise
@@ -943,6 +1206,15 @@ class _Downloader(_Session):
             self.dests = {}
             self._pending = []
             batch.close()
+        # Temp files of content now in place, left by interrupted downloads: used up.
+        used = [
+            p
+            for j in jobs
+            if j.entry.chunks and (j.done or j.state == _PRESENT)
+            for p in self._abandoned.pop(j.partial_key, [])
+        ]
+        if used:
+            res.swept += await self.run(_remove_files, used)
         for j in jobs:
             if j.state == _PRESENT:
                 res.present += 1
@@ -956,6 +1228,8 @@ class _Downloader(_Session):
         extras: list[str] = []
         async for entry, item in _merge(self, reader, self.root, prefix):
             if item is not None and (entry is None or (item.kind != "file" and entry.ref is None)):
+                if entry is None and item.kind == "file" and _live_temp(item.abspath):
+                    continue  # a concurrent download's temp file: it renames or removes it
                 extras.append(item.abspath)
                 if len(extras) >= 1024:
                     await self.run(_remove, extras)
@@ -967,8 +1241,13 @@ class _Downloader(_Session):
         await self.run(_remove_empty_dirs, self.root, prefix)
 
 
-def _existing(paths: list[str]) -> set[str]:
-    return {p for p in paths if os.path.isfile(p)}
+def _remove_files(paths: list[str]) -> int:
+    n = 0
+    for p in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(p)
+            n += 1
+    return n
 
 
 def _remove(paths: list[str]) -> None:
