@@ -1151,6 +1151,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        import boto3  # noqa: F401  (the benchmark's own bookkeeping: buckets, listings)
+    except ImportError:
+        log(f"boto3 is needed to run this benchmark: {sys.executable} -m pip install boto3")
+        return 2
     mode = "quick" if args.quick else "full"
     spec = corpus.QUICK if args.quick else corpus.STANDARD
     own = args.data.resolve() / ("quick" if args.quick else "standard") / "s3"

@@ -96,6 +96,24 @@ class _Group(click.Group):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 sys.exit(141)
             fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors, --help, ctx.exit(): click reports them with their own exit codes
+        except Exception as e:  # a bug: one line, the traceback only when asked for
+            if _debug():
+                import traceback
+
+                traceback.print_exc()
+            fail(f"internal error: {_one_line(e)} (please report; SYNCENGINE_DEBUG=1 shows the traceback)")
+
+
+def _debug() -> bool:
+    """SYNCENGINE_DEBUG set (and not 0): internal errors show their traceback."""
+    return os.environ.get("SYNCENGINE_DEBUG", "").strip() not in ("", "0")
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 
 import click
 import msgspec
@@ -36,8 +37,22 @@ def default_repo() -> str:
     return str(Path(platformdirs.user_data_dir("syncengine")) / "repo")
 
 
+def repo_location(repo_url: str | None) -> str:
+    """The repository a command uses: `--repo` / `$SYNCENGINE_REPO` when given, else the default,
+    which is then named once on stderr (stdout and --json output stay clean)."""
+    if repo_url:
+        return repo_url
+    url = default_repo()
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.find_root().meta if ctx is not None else {}
+    if not meta.get("syncengine.default_repo_shown"):
+        meta["syncengine.default_repo_shown"] = True
+        click.echo(f"repository: {url} (the default; --repo or SYNCENGINE_REPO selects another)", err=True)
+    return url
+
+
 def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
-    url = repo_url or default_repo()
+    url = repo_location(repo_url)
 
     from syncengine.repo.repository import Repository
     from syncengine.store import open_store
@@ -69,7 +84,7 @@ def _recall_unchanged(repo_url: str | None, paths: tuple[str, ...], **kw: Any) -
     """A no-change put of a local repository, answered without an event loop (and so without
     importing asyncio, the stores or the upload path: most of a no-change put's start-up);
     None when `Repository.log` must run (see `recall_unchanged`)."""
-    root = local_path(repo_url or default_repo())
+    root = local_path(repo_location(repo_url))
     if root is None:
         return None
     try:
@@ -92,7 +107,7 @@ _repo = click.option(
     "repo_url",
     default=None,
     envvar="SYNCENGINE_REPO",
-    help="Repository: a directory or s3://BUCKET/PREFIX (default: the user data dir; `put` prints it).",
+    help="Repository: a directory or s3://BUCKET/PREFIX [a folder in the user data dir, named on stderr].",
 )
 _endpoint = click.option(
     "--endpoint-url",
@@ -114,8 +129,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 def _record_json(r: VersionRecord) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(r)
-    out["ref"] = f"{r.project}/{r.name}:v{r.version}"
+    out["ref"] = _ref(r)
     return out
+
+
+def _ref(r: VersionRecord) -> str:
+    return f"{r.project}/{r.name}:v{r.version}"
 
 
 def register(cli: click.Group) -> None:
@@ -150,7 +169,7 @@ def register(cli: click.Group) -> None:
             raise click.BadParameter(
                 "give PROJECT/NAME without :alias (use -a to set aliases)", param_hint="-n"
             )
-        meta = _json_object(metadata, "-m") if metadata is not None else None
+        meta = json_object(metadata, "-m") if metadata is not None else None
         start = time.perf_counter()
         result: PutResult | _Unchanged | None = _recall_unchanged(
             repo_url,
@@ -196,7 +215,7 @@ def register(cli: click.Group) -> None:
                         "new_blobs": result.new_blobs,
                         "new_bytes": result.new_bytes,
                         "packs": result.packs,
-                        "repo": repo_url or default_repo(),
+                        "repo": repo_location(repo_url),
                     }
                 )
             )
@@ -206,7 +225,7 @@ def register(cli: click.Group) -> None:
             f"{what} {r.project}/{r.name}:v{r.version} ({r.files} files, {r.size} bytes; "
             f"{result.new_bytes} new bytes in {result.packs} packs, {seconds:.2f} s)"
         )
-        click.echo(f"repository: {repo_url or default_repo()}")
+        click.echo(f"repository: {repo_location(repo_url)}")
 
     @cli.command("get")
     @click.argument("ref")
@@ -309,14 +328,32 @@ def register(cli: click.Group) -> None:
     @click.argument("ref")
     @click.option("--root", required=True, help="The folder to compare with the version.")
     @repo_option
-    def verify(ref: str, root: str, repo_url: str | None) -> None:
-        """Exit 0 if --root holds exactly the version, else list missing/extra/changed files."""
+    @json_option
+    def verify(ref: str, root: str, repo_url: str | None, as_json: bool) -> None:
+        """Exit 0 if --root holds exactly the version, else list missing/extra/changed files
+        (and exit 1)."""
+        from syncengine.repo.download import Difference
         from syncengine.repo.download import verify as verify_root
 
-        async def job(repo: Repository) -> list[Any]:
-            return await verify_root(repo, await repo.resolve(parse_ref(ref)), root)
+        async def job(repo: Repository) -> tuple[VersionRecord, list[Difference]]:
+            record = await repo.resolve(parse_ref(ref))
+            return record, await verify_root(repo, record, root)
 
-        differences = _run(repo_url, job)
+        record, differences = _run(repo_url, job)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "ref": _ref(record),
+                        "root": os.path.abspath(root),
+                        "ok": not differences,
+                        "differences": [d._asdict() for d in differences],
+                    }
+                )
+            )
+            if differences:
+                sys.exit(1)
+            return
         for d in differences:
             click.echo(str(d))
         if differences:
@@ -327,11 +364,11 @@ def register(cli: click.Group) -> None:
     @cli.command("show")
     @click.argument("ref")
     @repo_option
-    def show(ref: str, repo_url: str | None) -> None:
-        """One version's record as JSON."""
+    @json_option
+    def show(ref: str, repo_url: str | None, as_json: bool) -> None:
+        """One version's record as JSON (indented; one line with --json)."""
         record = _run(repo_url, lambda repo: repo.resolve(parse_ref(ref)))
-        json.dump(_record_json(record), sys.stdout, indent=1)
-        click.echo()
+        click.echo(json.dumps(_record_json(record), indent=None if as_json else 1))
 
 
 def register_more(cli: click.Group) -> None:
@@ -404,36 +441,56 @@ def register_more(cli: click.Group) -> None:
     def alias() -> None:
         """Move or remove aliases of versions."""
 
-    def change_aliases(ref: str, names: tuple[str, ...], repo_url: str | None, *, add: bool) -> None:
+    def change_aliases(
+        ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool, *, add: bool
+    ) -> None:
         r = parse_ref(ref)
         if r.version is None:
             raise click.BadParameter("name the version as PROJECT/NAME:vN", param_hint="REF")
         version = r.version
         change = {"add": names} if add else {"remove": names}
-        _run(repo_url, lambda repo: repo.set_aliases(r.project, r.name, version, **change))
+        head = _run(repo_url, lambda repo: repo.set_aliases(r.project, r.name, version, **change))
+        if as_json:
+            now = [a for a, v in head.aliases.items() if v == version]
+            now += ["latest"] if head.latest == version else []
+            click.echo(
+                json.dumps(
+                    {
+                        "ref": f"{r.project}/{r.name}:v{version}",
+                        "action": "add" if add else "remove",
+                        "names": list(names),
+                        "aliases": sorted(now),  # the version's aliases after the change
+                    }
+                )
+            )
+            return
         click.echo(f"{', '.join(names)} -> {r}" if add else f"removed {', '.join(names)} from {r}")
 
     @alias.command("add")
     @click.argument("ref")
     @click.argument("names", nargs=-1, required=True)
     @repo_option
-    def alias_add(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
+    @json_option
+    def alias_add(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
         """Point alias NAMES at PROJECT/NAME:vN (moving them from other versions)."""
-        change_aliases(ref, names, repo_url, add=True)
+        change_aliases(ref, names, repo_url, as_json, add=True)
 
     @alias.command("rm")
     @click.argument("ref")
     @click.argument("names", nargs=-1, required=True)
     @repo_option
-    def alias_rm(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
+    @json_option
+    def alias_rm(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
         """Remove alias NAMES from PROJECT/NAME:vN."""
-        change_aliases(ref, names, repo_url, add=False)
+        change_aliases(ref, names, repo_url, as_json, add=False)
 
     @cli.group("tag")
     def tag() -> None:
         """Add or remove tags of a version."""
 
-    def change_tags(ref: str, names: tuple[str, ...], repo_url: str | None, *, add: bool) -> None:
+    def change_tags(
+        ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool, *, add: bool
+    ) -> None:
         from syncengine.repo.records import check_tag
 
         r = parse_ref(ref)
@@ -450,24 +507,28 @@ def register_more(cli: click.Group) -> None:
             return await repo.update_version(r.project, r.name, record.version, change)
 
         record = _run(repo_url, job)
-        where = f"{record.project}/{record.name}:v{record.version}"
-        click.echo(f"{where} tags: {', '.join(record.tags) or '(none)'}")
+        if as_json:
+            click.echo(json.dumps(_record_json(record)))  # the record after the change
+            return
+        click.echo(f"{_ref(record)} tags: {', '.join(record.tags) or '(none)'}")
 
     @tag.command("add")
     @click.argument("ref")
     @click.argument("names", nargs=-1, required=True)
     @repo_option
-    def tag_add(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
+    @json_option
+    def tag_add(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
         """Add tags NAMES to PROJECT/NAME[:ALIAS|:vN]."""
-        change_tags(ref, names, repo_url, add=True)
+        change_tags(ref, names, repo_url, as_json, add=True)
 
     @tag.command("rm")
     @click.argument("ref")
     @click.argument("names", nargs=-1, required=True)
     @repo_option
-    def tag_rm(ref: str, names: tuple[str, ...], repo_url: str | None) -> None:
+    @json_option
+    def tag_rm(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
         """Remove tags NAMES from PROJECT/NAME[:ALIAS|:vN]."""
-        change_tags(ref, names, repo_url, add=False)
+        change_tags(ref, names, repo_url, as_json, add=False)
 
     @cli.command("edit")
     @click.argument("ref")
@@ -489,16 +550,13 @@ def register_more(cli: click.Group) -> None:
         """Change the description or metadata of PROJECT/NAME[:ALIAS|:vN] (compare-and-swap:
         concurrent edits of other keys are kept)."""
         r = parse_ref(ref)
-        replace = _json_object(metadata, "--metadata") if metadata is not None else None
+        replace = json_object(metadata, "-m") if metadata is not None else None
         updates: dict[str, Any] = {}
         for item in set_items:
             k, sep, v = item.partition("=")
             if not sep or not k:
-                raise click.BadParameter(f"{item!r}: expected KEY=JSON", param_hint="--set")
-            try:
-                updates[k] = json.loads(v)
-            except json.JSONDecodeError:
-                updates[k] = v  # a bare word is a string
+                raise MetadataError(f"--set {item!r}: expected KEY=JSON")
+            updates[k] = json_value(v, f"--set {k}", bare_word_ok=True)
         if description is None and replace is None and not updates and not unset_keys:
             raise click.UsageError("nothing to change: give -d, -m, --set or --unset")
 
@@ -598,14 +656,63 @@ def _ago(ts: float) -> str:
     return f"{s:.0f}s"
 
 
-def _json_object(text: str, hint: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise click.BadParameter(f"not JSON: {e}", param_hint=hint) from None
-    if not isinstance(value, dict):
-        raise click.BadParameter("metadata must be a JSON object", param_hint=hint)
+class MetadataError(click.UsageError):
+    """Metadata that cannot be stored as given: a usage error (exit status 2) shown as one
+    `error: …` line."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: Python reads inf, which JSON cannot store
+        raise _NotFinite(text)
     return value
+
+
+def _no_constant(text: str) -> NoReturn:  # NaN, Infinity, -Infinity: not JSON
+    raise _NotFinite(text)
+
+
+def json_value(text: str, hint: str, *, bare_word_ok: bool = False) -> Any:
+    """`text` as JSON (strict: only finite numbers); with `bare_word_ok`, text that is not
+    JSON at all is that string (`--set split=train`)."""
+    try:
+        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+    except _NotFinite as e:
+        raise MetadataError(
+            f"{hint}: {e} is not a finite number (JSON has no Infinity or NaN; quote it for a string)"
+        ) from None
+    except json.JSONDecodeError as e:
+        if bare_word_ok:
+            return text
+        raise MetadataError(f"{hint}: not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
+        raise MetadataError(f"{hint}: not usable as metadata: {' '.join(str(e).split())}") from None
+
+
+def json_object(text: str, hint: str) -> dict[str, Any]:
+    value = json_value(text, hint)
+    if not isinstance(value, dict):
+        raise MetadataError(f"{hint}: metadata must be a JSON object ({{...}}), not {_json_kind(value)}")
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    return "a number"
 
 
 _SIGN = {"added": "+", "removed": "-", "modified": "M"}

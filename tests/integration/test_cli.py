@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import blake3
+import click
 import pytest
 
 from syncengine.hashing.digests import TreeDigest
@@ -497,3 +498,182 @@ def test_get_uses_the_file_cache_unless_skipped_and_links_as_asked(tmp_path: Pat
     bad = cli("get", "p/c", "--root", str(tmp_path / "d"), "--skip-cache", env=env)
     assert bad.returncode == 1 and "big.bin" in bad.stderr and bad.stderr.count("\n") == 1
     assert cli("get", "p/c", "--link", "symlink", env=env).returncode == 2
+
+
+def test_show_verify_alias_and_tag_print_one_json_object(tmp_path: Path) -> None:
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_bytes(b"a")
+    assert cli("put", "-n", "p/j", "-t", "dataset", "-m", '{"k": 1}', str(data), env=env).returncode == 0
+
+    r = cli("show", "p/j:v0", "--json", env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert len(r.stdout.splitlines()) == 1  # one line: the record
+    shown = json.loads(r.stdout)
+    assert (shown["ref"], shown["metadata"]) == ("p/j:v0", {"k": 1})
+    assert json.loads(cli("show", "p/j:v0", env=env).stdout) == shown  # the default: the same, indented
+
+    r = cli("verify", "p/j", "--root", str(data), "--json", env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert json.loads(r.stdout) == {"ref": "p/j:v0", "root": str(data), "ok": True, "differences": []}
+    (data / "extra.txt").write_bytes(b"x")
+    (data / "a.txt").write_bytes(b"A")
+    r = cli("verify", "p/j", "--root", str(data), "--json", env=env)
+    assert r.returncode == 1 and r.stderr == ""  # differences: still exit status 1
+    out = json.loads(r.stdout)
+    assert out["ok"] is False
+    assert [(d["path"], d["kind"]) for d in out["differences"]] == [
+        ("a.txt", "changed"),
+        ("extra.txt", "extra"),
+    ]
+    assert all(d["detail"] for d in out["differences"])
+
+    r = cli("alias", "add", "p/j:v0", "prod", "stable", "--json", env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert json.loads(r.stdout) == {
+        "ref": "p/j:v0",
+        "action": "add",
+        "names": ["prod", "stable"],
+        "aliases": ["latest", "prod", "stable"],
+    }
+    r = cli("alias", "rm", "p/j:v0", "stable", "--json", env=env)
+    assert r.returncode == 0
+    assert json.loads(r.stdout) == {
+        "ref": "p/j:v0",
+        "action": "remove",
+        "names": ["stable"],
+        "aliases": ["latest", "prod"],
+    }
+
+    r = cli("tag", "add", "p/j:prod", "gold", "nightly", "--json", env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    tagged = json.loads(r.stdout)
+    assert (tagged["ref"], tagged["tags"], tagged["metadata"]) == ("p/j:v0", ["gold", "nightly"], {"k": 1})
+    r = cli("tag", "rm", "p/j:v0", "gold", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["tags"] == ["nightly"]
+
+
+def test_the_default_repository_is_named_on_stderr_by_every_command_that_opens_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncengine.cli.repo_commands import default_repo
+
+    monkeypatch.delenv("SYNCENGINE_REPO", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # platformdirs' user data dir
+    default = default_repo()
+    assert default.startswith(str(tmp_path / "xdg"))
+    note = f"repository: {default} (the default; --repo or SYNCENGINE_REPO selects another)"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_bytes(b"a")
+
+    def named_once(r: subprocess.CompletedProcess[str], code: int = 0) -> str:
+        assert r.returncode == code, r.stderr
+        assert r.stderr.splitlines() == [note]  # once, on stderr, even where two steps open it
+        return r.stdout
+
+    put = json.loads(named_once(cli("put", "-n", "p/d", "-t", "t", str(data), "--json")))
+    assert put["repo"] == default and os.path.isdir(default)
+    text = named_once(cli("put", "-n", "p/d", "-t", "t", str(data)))  # the no-change path
+    assert f"repository: {default}" in text  # put's report names the repository it used anyway
+    for args in (
+        ["ls", "--json"],
+        ["ls", "p", "--json"],
+        ["versions", "p/d", "--json"],
+        ["show", "p/d", "--json"],
+        ["diff", "p/d:v0", "p/d:v0", "--json"],
+        ["alias", "add", "p/d:v0", "best", "--json"],
+        ["tag", "add", "p/d:v0", "nice", "--json"],
+        ["edit", "p/d", "-d", "words", "--json"],
+        ["get", "p/d", "--root", str(tmp_path / "out"), "--json"],
+        ["verify", "p/d", "--root", str(tmp_path / "out"), "--json"],
+        ["check", "--json"],
+        ["abort-uploads", "--json"],
+    ):
+        json.loads(named_once(cli(*args)))  # stdout stays one JSON document
+    (tmp_path / "out" / "more.txt").write_bytes(b"more")
+    named_once(cli("verify", "p/d", "--root", str(tmp_path / "out"), "--json"), code=1)
+    missing = cli("show", "p/nope")  # a failure still says where it looked
+    assert missing.returncode == 1 and missing.stderr.splitlines()[0] == note
+    assert missing.stderr.splitlines()[1].startswith("error: ")
+
+    # named explicitly: nothing is added
+    for explicit, env in (([], {"SYNCENGINE_REPO": default}), (["--repo", default], {})):
+        r = cli("show", "p/d", "--json", *explicit, env=env)
+        assert r.returncode == 0 and r.stderr == "" and json.loads(r.stdout)["ref"] == "p/d:v0"
+    assert cli("hash", str(data)).stderr == ""  # no repository, no note
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    ['{"a": 1e999}', '{"a": [-1e400]}', '{"a": NaN}', '{"a": Infinity}', "[1]", '"text"', "null", "{bad"],
+)
+def test_put_refuses_metadata_it_cannot_store_in_one_line(tmp_path: Path, metadata: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_bytes(b"a")
+    r = cli("put", "-n", "p/m", "-t", "t", "-m", metadata, str(data), "--repo", str(tmp_path / "repo"))
+    assert r.returncode == 2, r.stderr  # a usage error
+    assert r.stderr.startswith("error: -m: ") and r.stderr.count("\n") == 1, r.stderr
+    assert r.stdout == "" and not (tmp_path / "repo").exists()  # refused before anything was written
+
+
+def test_edit_refuses_non_finite_and_non_object_metadata(tmp_path: Path) -> None:
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_bytes(b"a")
+    assert cli("put", "-n", "p/m", "-t", "t", "-m", '{"a": 1}', str(data), env=env).returncode == 0
+    for args, hint in (
+        (["--set", "a=1e999"], "--set a: 1e999 is not a finite number"),
+        (["--set", "b=[1, NaN]"], "--set b: NaN is not a finite number"),
+        (["--set", "c=-Infinity"], "--set c: -Infinity is not a finite number"),
+        (["-m", '{"a": 1e309}'], "-m: 1e309 is not a finite number"),
+        (["-m", "[1]"], "-m: metadata must be a JSON object"),
+        (["--set", "novalue"], "expected KEY=JSON"),
+    ):
+        r = cli("edit", "p/m", *args, env=env)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and hint in r.stderr, (args, r.stderr)
+    assert json.loads(cli("show", "p/m", env=env).stdout)["metadata"] == {"a": 1}  # unchanged
+    r = cli("edit", "p/m", "--set", "s=nan", "--set", "x=1.5e300", "--json", env=env)  # a bare word: a string
+    assert r.returncode == 0 and json.loads(r.stdout)["metadata"] == {"a": 1, "s": "nan", "x": 1.5e300}
+
+
+def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from syncengine.cli.main import cli as command
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("the index\nis odd")
+
+    monkeypatch.setattr(command.commands["ls"], "callback", broken)
+    tag_group = command.commands["tag"]
+    assert isinstance(tag_group, click.Group)
+    monkeypatch.setattr(tag_group.commands["add"], "callback", lambda **_: {}["missing"])
+    expected = {
+        "ls": "RuntimeError: the index is odd",
+        "tag": "KeyError: 'missing'",  # from a subcommand of a group too
+    }
+    repo = ["--repo", str(tmp_path / "repo")]
+    for args in (["ls", *repo], ["tag", "add", "p/d", "x", *repo]):
+        monkeypatch.delenv("SYNCENGINE_DEBUG", raising=False)
+        r = CliRunner().invoke(command, args)
+        assert r.exit_code == 1
+        assert r.stderr == (
+            f"error: internal error: {expected[args[0]]} "
+            "(please report; SYNCENGINE_DEBUG=1 shows the traceback)\n"
+        )
+        assert r.stdout == ""
+        monkeypatch.setenv("SYNCENGINE_DEBUG", "1")
+        r = CliRunner().invoke(command, args)
+        assert r.exit_code == 1
+        lines = r.stderr.splitlines()
+        assert lines[0] == "Traceback (most recent call last):" and "test_cli.py" in r.stderr
+        assert lines[-1].startswith(f"error: internal error: {expected[args[0]]} ")
+    monkeypatch.setenv("SYNCENGINE_DEBUG", "0")
+    assert "Traceback" not in CliRunner().invoke(command, ["ls", *repo]).stderr
+    assert CliRunner().invoke(command, ["show"]).exit_code == 2  # usage errors keep click's exit status
