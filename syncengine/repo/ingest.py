@@ -9,9 +9,12 @@ pack). A file whose size, mtime or ctime moved while it was read is an error
 (:class:`FileChangedError`), as with the plain hashers; blobs already packed from it are
 valid blobs that simply stay unreferenced.
 
-A full pack is given to ``on_pack`` (the put uploads it); the hashing thread waits while
-``max_packs`` packs are out (backpressure), so memory stays bounded by the pack size, the
-packs allowed out and one read window per thread, whatever the file sizes.
+A full pack is given to ``on_pack`` (the put uploads it); a hashing thread waits while
+``max_packs`` packs are out (backpressure). Blob bytes are copied into *arenas*: one reused
+buffer of about a pack for each pack being filled or out, so at most ``max_packs`` + one per
+hashing thread exist, and the put's data memory is bounded by that many pack sizes plus one
+read window per thread, whatever the file sizes. No allocation is made per blob (per-blob
+allocations freed by other threads made glibc's heaps grow well past the data they held).
 """
 
 from __future__ import annotations
@@ -60,7 +63,10 @@ class Ingest:
         self.on_pack = on_pack
         self.queued: set[bytes] = set()
         self.lock = threading.Lock()
-        self._slots = threading.Semaphore(max_packs)
+        self._slots = threading.Semaphore(max_packs)  # one per pack out
+        self._free: list[bytearray] = []  # arenas to reuse
+        self._held: dict[bytes, list[list[bytearray]]] = {}  # pack id -> its arenas, per pack out
+        self.arena_size = pack_target + params.max_size + 4096
         self.aborted = threading.Event()
         self.hashers: list[IngestHasher] = []
         self.new_blobs = 0
@@ -88,23 +94,46 @@ class Ingest:
             self.new_blobs += 1
             self.new_bytes += nbytes
 
-    def release(self) -> None:
-        """A pack given to ``on_pack`` is done (uploaded or failed): one more may go out."""
-        self._slots.release()
-
-    def ship(self, writer: PackWriter) -> None:
-        """Finishes ``writer``'s pack and hands it on, waiting while too many are out."""
+    def _acquire(self) -> None:
         while not self._slots.acquire(timeout=0.1):
             if self.aborted.is_set():
                 raise IngestAborted("the put stopped")
         if self.aborted.is_set():
             self._slots.release()
             raise IngestAborted("the put stopped")
+
+    def take_arena(self) -> bytearray:
+        """A buffer for one pack's blob bytes (a recycled one when there is one)."""
+        with self.lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.arena_size)
+
+    def release(self, pid: bytes) -> None:
+        """The pack ``pid`` given to ``on_pack`` is done (written or failed): its arenas can
+        be reused and its slots taken again."""
+        with self.lock:
+            held = self._held.get(pid)
+            if not held:
+                return
+            self._free.extend(held.pop())
+            if not held:
+                del self._held[pid]
+        self._slots.release()
+
+    def ship(self, writer: PackWriter) -> None:
+        """Finishes ``writer``'s pack and hands it on, waiting while too many are out."""
+        self._acquire()
+        arenas = writer.arenas
         try:
             pid, body, locs = writer.finish_parts()
         except BaseException:
+            with self.lock:
+                self._free.extend(arenas)
             self._slots.release()
             raise
+        with self.lock:
+            self._held.setdefault(pid, []).append(arenas)
         self.on_pack(pid, body, locs)
 
     def abort(self) -> None:
@@ -116,7 +145,7 @@ class Ingest:
         one pack, not one per thread."""
         writers = [h.writer for h in self.hashers if len(h.writer)]
         for h in self.hashers:
-            h.writer = PackWriter()
+            h.writer, h._arena, h._fill = PackWriter(), None, 0
         if extra is not None and len(extra):
             writers.append(extra)
         merged: list[PackWriter] = []
@@ -160,6 +189,8 @@ class IngestHasher:
         self.writer = PackWriter()
         self.bytes_read = 0
         self._buf: bytearray | None = None
+        self._arena: memoryview | None = None  # the writer's arena, and how much of it is used
+        self._fill = 0
 
     # -- the FileHasher interface ---------------------------------------------------------
 
@@ -197,8 +228,18 @@ class IngestHasher:
             raise IngestAborted("the put stopped")
         if not ing.claim(digest):
             return
-        self.writer.add(digest, bytes(data))  # bytes(): out of the reused read buffer
-        ing.counted(len(data))
+        n = len(data)
+        if self._arena is not None and self._fill + n > len(self._arena):
+            self.flush()  # (compressible blobs: the raw bytes outgrew the arena first)
+        if self._arena is None:
+            arena = ing.take_arena()
+            self.writer.arenas.append(arena)
+            self._arena, self._fill = memoryview(arena), 0
+        raw = self._arena[self._fill : self._fill + n]
+        raw[:] = data  # out of the reused read buffer, into the pack's arena
+        self._fill += n
+        self.writer.add(digest, raw)
+        ing.counted(n)
         if self.writer.size >= ing.pack_target:
             self.flush()
 
@@ -206,6 +247,7 @@ class IngestHasher:
         """Ships this thread's pack if it holds anything."""
         if len(self.writer):
             writer, self.writer = self.writer, PackWriter()
+            self._arena, self._fill = None, 0
             self.ingest.ship(writer)
 
     def _small(self, fd: int, path: str, expected: int) -> FileDigest:

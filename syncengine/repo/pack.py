@@ -93,6 +93,9 @@ class PackWriter:
         self._parts: list[bytes | memoryview] = [PACK_MAGIC]
         self._locs: list[BlobLocation] = []
         self.size = len(PACK_MAGIC)
+        #: Buffers the blobs added as memoryviews live in (their owner recycles them once the
+        #: pack is written); absorbing a writer takes its buffers along.
+        self.arenas: list[bytearray] = []
 
     def __len__(self) -> int:
         return len(self._locs)
@@ -134,7 +137,8 @@ class PackWriter:
         self._parts.extend(other._parts[1:])
         self._locs.extend(loc._replace(offset=loc.offset + shift) for loc in other._locs)
         self.size += other.size - len(PACK_MAGIC)
-        other._parts, other._locs, other.size = [PACK_MAGIC], [], len(PACK_MAGIC)
+        self.arenas.extend(other.arenas)
+        other._parts, other._locs, other.size, other.arenas = [PACK_MAGIC], [], len(PACK_MAGIC), []
 
     def finish(self) -> tuple[bytes, bytes, list[BlobLocation]]:
         """(pack id, pack bytes, blob locations)."""

@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as _dt
+import functools
 import os
 import socket
 import time
@@ -386,12 +387,12 @@ class Repository:
         def start_upload(pid: bytes, data: HashedParts, locs: list[BlobLocation]) -> asyncio.Task[None]:
             task = asyncio.ensure_future(upload(pid, data, locs))
             uploads.add(task)
-            task.add_done_callback(finished)
+            task.add_done_callback(functools.partial(finished, pid))
             return task
 
-        def finished(task: asyncio.Task[None]) -> None:
+        def finished(pid: bytes, task: asyncio.Task[None]) -> None:
             uploads.discard(task)
-            ingest.release()
+            ingest.release(pid)
             if not task.cancelled() and task.exception() is not None:
                 failed.append(task.exception())  # type: ignore[arg-type]
                 ingest.abort()

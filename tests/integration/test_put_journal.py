@@ -223,7 +223,7 @@ def test_put_buffer_bounds_the_packs_held_in_memory(
     async def go() -> None:
         repo = await open_repo(SlowPacks(tmp_path / "repo"))
         r = await repo.log([Source(str(data))], project="p", name="d", type="dataset")
-        assert r.packs >= 8
+        assert r.packs >= 6  # ~8 MB in 1 MiB packs (the threads' last ones merged)
         await repo.store.close()  # type: ignore[attr-defined]
 
     asyncio.run(go())
