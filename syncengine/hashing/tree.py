@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from syncengine.errors import ConfigError, FileChangedError
@@ -142,7 +143,6 @@ class TreeHasher:
         follow_symlinks: bool = True,
         on_progress: Callable[[int, int], None] | None = None,
         clock: Callable[[], int] = now_ns,
-        split_large: bool = True,
     ) -> None:
         self.params = params
         self.threads = threads or os.cpu_count() or 1
@@ -153,13 +153,7 @@ class TreeHasher:
         self.follow_symlinks = follow_symlinks
         self.on_progress = on_progress
         self.clock = clock
-        #: Hash one large file on several threads (needs ``hash_range`` on the hasher).
-        self.split_large = split_large
-        #: Set by put: ``impl``'s hashers store new blobs as they read (results come out
-        #: ``packed``), and large files the stat cache has seen before — edited files, most
-        #: of whose chunks the repository holds — are hashed by ``known_impl`` instead, split
-        #: over the threads, and come out not packed.
-        self.packs = False
+        #: Set by :meth:`pack_while_reading`: the plain implementation, kept for edited files.
         self.known_impl: Any = None
         self.stats = TreeStats()
         self._local = threading.local()
@@ -175,6 +169,14 @@ class TreeHasher:
             with self._lock:
                 self._hashers.append(h)
         return h
+
+    def pack_while_reading(self, file_hasher: Callable[[ChunkerParams], Any]) -> None:
+        """Put's mode: ``file_hasher(params)`` makes each thread's hasher, one that stores the
+        new blobs of what it reads (results come out ``packed``, files are not split). Large
+        files the stat cache has seen before — edited files, most of whose chunks the
+        repository holds — still go to the plain implementation, split over the threads, and
+        come out not packed."""
+        self.known_impl, self.impl = self.impl, SimpleNamespace(FileHasher=file_hasher)
 
     def _edited(self, entry: ScanEntry) -> bool:
         """A large file to hash with ``known_impl``: the stat cache has a row for it."""
@@ -301,7 +303,7 @@ class TreeHasher:
                         job.resolve()
                         in_flight -= len(job.futures)
                     pending.popleft()
-                    packed = self.packs and not (slot.cached or slot.plain)
+                    packed = self.known_impl is not None and not (slot.cached or slot.plain)
                     out = self._finish(slot.entry, slot.result, slot.cached, started, packed)  # type: ignore[arg-type]
                     if out is not None:
                         yield out
@@ -319,7 +321,7 @@ class TreeHasher:
                     batch_bytes += entry.size
                     if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
                         submit_batch()
-                elif ((plain := self._edited(entry)) or self.split_large) and len(
+                elif ((plain := self._edited(entry)) or self.known_impl is None) and len(
                     starts := segment_starts(entry.size, self.threads)
                 ) > 1:
                     slot.plain = plain

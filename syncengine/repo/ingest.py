@@ -19,6 +19,7 @@ allocations freed by other threads made glibc's heaps grow well past the data th
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Container, Sequence
@@ -35,8 +36,9 @@ __all__ = ["WINDOW", "Ingest", "IngestAborted", "IngestHasher"]
 #: Bytes read per step from a large file (plus up to max_size carried over).
 WINDOW: Final = 16 << 20
 
-#: (pack id, pack body, blob locations) of a finished pack.
-PackDone = Callable[[bytes, HashedParts, list[BlobLocation]], None]
+#: (pack id, pack body, blob locations, done) of a finished pack; whoever writes it calls
+#: ``done()`` once the write is over (succeeded or failed): its buffers and slot are free again.
+PackDone = Callable[[bytes, HashedParts, list[BlobLocation], Callable[[], None]], None]
 
 
 class IngestAborted(SyncEngineError):
@@ -65,7 +67,6 @@ class Ingest:
         self.lock = threading.Lock()
         self._slots = threading.Semaphore(max_packs)  # one per pack out
         self._free: list[bytearray] = []  # arenas to reuse
-        self._held: dict[bytes, list[list[bytearray]]] = {}  # pack id -> its arenas, per pack out
         self.arena_size = pack_target + params.max_size + 4096
         self.aborted = threading.Event()
         self.hashers: list[IngestHasher] = []
@@ -109,16 +110,11 @@ class Ingest:
                 return self._free.pop()
         return bytearray(self.arena_size)
 
-    def release(self, pid: bytes) -> None:
-        """The pack ``pid`` given to ``on_pack`` is done (written or failed): its arenas can
-        be reused and its slots taken again."""
+    def _release(self, arenas: list[bytearray]) -> None:
+        """A pack given to ``on_pack`` is written (or failed): its arenas can be reused and
+        its slot taken again."""
         with self.lock:
-            held = self._held.get(pid)
-            if not held:
-                return
-            self._free.extend(held.pop())
-            if not held:
-                del self._held[pid]
+            self._free.extend(arenas)
         self._slots.release()
 
     def ship(self, writer: PackWriter) -> None:
@@ -128,13 +124,9 @@ class Ingest:
         try:
             pid, body, locs = writer.finish_parts()
         except BaseException:
-            with self.lock:
-                self._free.extend(arenas)
-            self._slots.release()
+            self._release(arenas)
             raise
-        with self.lock:
-            self._held.setdefault(pid, []).append(arenas)
-        self.on_pack(pid, body, locs)
+        self.on_pack(pid, body, locs, functools.partial(self._release, arenas))
 
     def abort(self) -> None:
         self.aborted.set()

@@ -27,11 +27,11 @@ from typing import Final
 import blake3 as _blake3
 import msgspec
 
-from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.hashing.stat_cache import RACY_NS, default_cache_dir
 from syncengine.hashing.tree import Source, TreeHasher
 from syncengine.repo.records import (
     FORMAT,
+    RepoConfig,
     VersionRecord,
     check_alias,
     check_name,
@@ -181,17 +181,6 @@ class PutMemo:
 _refuted: set[tuple[bytes, bytes]] = set()
 
 
-class _RepoConfig(msgspec.Struct, frozen=True):
-    """`Repository`'s config record, read without importing the repository module (which imports
-    asyncio); a test keeps the two field lists equal."""
-
-    format: int
-    id: str
-    hash: str
-    chunker: dict[str, int]
-    pack_target: int = 32 << 20
-
-
 def recall_unchanged(
     read: Callable[[str], bytes | None],
     sources: Sequence[Source],
@@ -241,11 +230,10 @@ def _recall_unchanged(
     raw = read("config")
     if raw is None:
         return None  # a new repository: Repository.open creates its config
-    config = msgspec.json.decode(raw, type=_RepoConfig)
-    if config.format != FORMAT or config.chunker.get("seed", GEAR_SEED) != GEAR_SEED:
+    config = msgspec.json.decode(raw, type=RepoConfig)
+    if config.format != FORMAT:
         return None
-    c = config.chunker
-    params = ChunkerParams(c["min"], c["avg"], c["max"])
+    params = config.params  # a foreign gear seed raises: Repository.log reports it
     hkey = head_key(project, name)
     raw = read(hkey)
     if raw is None:

@@ -12,9 +12,12 @@ from typing import Final
 import msgspec
 
 from syncengine.errors import ConfigError
+from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.repo.pack import CorruptData
 
 FORMAT: Final = 1
+#: Bytes of blobs per pack (a repository's config may say otherwise).
+PACK_TARGET: Final = 32 << 20
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -97,6 +100,23 @@ def parse_ref(text: str, *, default_project: str | None = None) -> ArtifactRef:
     if _VERSION.fullmatch(selector):
         return ArtifactRef(project, name, version=int(selector[1:]))
     return ArtifactRef(project, name, alias=check_alias(selector, allow_reserved=True))
+
+
+class RepoConfig(msgspec.Struct, frozen=True):
+    """The repository's `config` object (docs/FORMAT.md)."""
+
+    format: int
+    id: str
+    hash: str
+    chunker: dict[str, int]
+    pack_target: int = PACK_TARGET
+
+    @property
+    def params(self) -> ChunkerParams:
+        c = self.chunker
+        if c.get("seed", GEAR_SEED) != GEAR_SEED:
+            raise ConfigError("this repository uses a gear seed this version of syncengine does not know")
+        return ChunkerParams(c["min"], c["avg"], c["max"])
 
 
 class VersionRecord(msgspec.Struct, frozen=True, omit_defaults=True):

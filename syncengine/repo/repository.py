@@ -12,11 +12,9 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as _dt
-import functools
 import os
 import socket
 import time
-import types
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +63,7 @@ from syncengine.repo.records import (
     FORMAT,
     ArtifactHead,
     ArtifactRef,
+    RepoConfig,
     VersionRecord,
     check_alias,
     check_name,
@@ -77,26 +76,10 @@ from syncengine.repo.records import (
 )
 from syncengine.store.base import HashedParts, ObjectStore
 
-PACK_TARGET: Final = 32 << 20
 #: New blobs are read and packed in batches of about this many bytes per worker-thread hop.
 READ_BATCH: Final = 8 << 20
 #: Hashed files handed from the hashing thread to the event loop at a time (at most).
 FEED_FILES: Final = 512
-
-
-class RepoConfig(msgspec.Struct, frozen=True):
-    format: int
-    id: str
-    hash: str
-    chunker: dict[str, int]
-    pack_target: int = PACK_TARGET
-
-    @property
-    def params(self) -> ChunkerParams:
-        c = self.chunker
-        if c.get("seed", GEAR_SEED) != GEAR_SEED:
-            raise ConfigError("this repository uses a gear seed this version of syncengine does not know")
-        return ChunkerParams(c["min"], c["avg"], c["max"])
 
 
 class ArtifactNotFound(SyncEngineError, LookupError):
@@ -354,15 +337,20 @@ class Repository:
         builder = ManifestBuilder()
         writer = PackWriter()  # blobs of stat-cache hits the repository lacks
         new_entries: list[IndexEntry] = adopted
-        uploads: set[asyncio.Task[None]] = set()
+        # One future per pack shipped (from hashing threads too); appended before the thread
+        # that ships goes on, so once hashing is over every upload is in this list.
+        uploads: list[concurrent.futures.Future[None]] = []
+        in_flight = 0
         failed: list[BaseException] = []  # uploads that failed, whenever they finished
         sent = 0  # pack bytes sent so far (progress)
         packs_in_flight = max(1, transfer.put_buffer() // self.config.pack_target)
         loop = asyncio.get_running_loop()
         hashed_ns = time.time_ns()
 
-        async def upload(pid: bytes, data: HashedParts, locs: list[BlobLocation]) -> None:
-            nonlocal sent
+        async def upload(
+            pid: bytes, data: HashedParts, locs: list[BlobLocation], release: Callable[[], None]
+        ) -> None:
+            nonlocal sent, in_flight
             done = 0
 
             def progress(n: int) -> None:
@@ -370,56 +358,41 @@ class Repository:
                 sent += n - done
                 done = n
                 if on_upload is not None:
-                    on_upload(sent, len(uploads))
+                    on_upload(sent, in_flight)
 
-            entries = index_entries(pid, locs)
-            # Through the transfer layer: the process-wide request and byte limits, and
-            # multipart for a pack above the threshold (docs/TRANSFER.md).
-            with contextlib.suppress(PreconditionFailed):  # already there: same bytes
-                await transfer.upload(
-                    self.store, _obj_key("data", pid), data, if_none_match=True, on_progress=progress
-                )
-            await loop.run_in_executor(None, journal.record, pid, entries)
-            new_entries.extend(entries)
-            journaled.append(pid)
-            result.packs += 1
+            in_flight += 1
+            try:
+                entries = index_entries(pid, locs)
+                # Through the transfer layer: the process-wide request and byte limits, and
+                # multipart for a pack above the threshold (docs/TRANSFER.md).
+                with contextlib.suppress(PreconditionFailed):  # already there: same bytes
+                    await transfer.upload(
+                        self.store, _obj_key("data", pid), data, if_none_match=True, on_progress=progress
+                    )
+                await loop.run_in_executor(None, journal.record, pid, entries)
+                new_entries.extend(entries)
+                journaled.append(pid)
+                result.packs += 1
+            except Exception as e:
+                failed.append(e)
+                ingest.abort()  # the hashing threads stop packing
+                raise
+            finally:
+                in_flight -= 1
+                release()  # its buffers and slot (the thread that shipped it had taken one)
 
-        def start_upload(pid: bytes, data: HashedParts, locs: list[BlobLocation]) -> asyncio.Task[None]:
-            task = asyncio.ensure_future(upload(pid, data, locs))
-            uploads.add(task)
-            task.add_done_callback(functools.partial(finished, pid))
-            return task
+        def ship(
+            pid: bytes, data: HashedParts, locs: list[BlobLocation], release: Callable[[], None]
+        ) -> None:
+            """From any thread but the loop's: a finished pack goes to the loop for upload."""
+            uploads.append(asyncio.run_coroutine_threadsafe(upload(pid, data, locs, release), loop))
 
-        def finished(pid: bytes, task: asyncio.Task[None]) -> None:
-            uploads.discard(task)
-            ingest.release(pid)
-            if not task.cancelled() and task.exception() is not None:
-                failed.append(task.exception())  # type: ignore[arg-type]
-                ingest.abort()
-
-        shipped: list[concurrent.futures.Future[asyncio.Task[None]]] = []
-
-        def ship(pid: bytes, data: HashedParts, locs: list[BlobLocation]) -> None:
-            """In a hashing thread: a full pack goes to the loop for upload (the thread has
-            taken one of the ``packs_in_flight`` slots; the upload gives it back)."""
-
-            async def begin() -> asyncio.Task[None]:
-                return start_upload(pid, data, locs)
-
-            shipped.append(asyncio.run_coroutine_threadsafe(begin(), loop))
+        async def wait_uploads() -> None:
+            """Until every upload shipped so far is over; their failures are in ``failed``."""
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in uploads), return_exceptions=True)
 
         ingest = Ingest(self.params, hasher.impl, index, self.config.pack_target, packs_in_flight, ship)
-        hasher.known_impl, hasher.impl = hasher.impl, types.SimpleNamespace(FileHasher=ingest.file_hasher)
-        hasher.split_large, hasher.packs = False, True
-
-        async def settle_uploads() -> None:
-            """Waits for every upload shipped so far; raises the first failure of any."""
-            if shipped:
-                await asyncio.gather(*(asyncio.wrap_future(f) for f in shipped))
-            while uploads:
-                await asyncio.wait(set(uploads))
-            if failed:
-                raise failed[0]
+        hasher.pack_while_reading(ingest.file_hasher)
 
         async def flush_pack() -> None:
             nonlocal writer
@@ -514,13 +487,12 @@ class Repository:
             rest, writer = writer, PackWriter()
             for w in ingest.leftovers(rest):
                 await loop.run_in_executor(None, ingest.ship, w)
-            await settle_uploads()
+            await wait_uploads()
+            if failed:
+                raise failed[0]
         except BaseException as e:
             ingest.abort()
-            if shipped:  # pack writes in flight finish (and are journaled) before the error
-                await asyncio.wait([asyncio.wrap_future(f) for f in shipped])
-            if uploads:
-                await asyncio.wait(set(uploads))
+            await wait_uploads()  # pack writes in flight finish (and are journaled) before the error
             if isinstance(e, IngestAborted) and failed:
                 raise failed[0] from None  # the upload failure that stopped the hashing threads
             raise

@@ -169,8 +169,8 @@ class HashedParts:
     """An in-memory body made of parts, whose BLAKE3 digest its producer already computed
     (a pack: its id is that digest). Writing it needs no joined copy: LocalStore writes the
     parts one after the other and takes ``blake3`` as the ETag instead of hashing the bytes
-    again; stores that need one buffer (S3: checksums, multipart) call :meth:`join`. The
-    producer vouches for the digest.
+    again; S3Store checksums and sends the parts as they are; a multipart upload, which cuts
+    parts from one buffer, calls :meth:`join`. The producer vouches for the digest.
 
     >>> from blake3 import blake3
     >>> body = HashedParts([b"ab", b"c"], blake3(b"abc").digest())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Container
+from collections.abc import Callable, Container
 from pathlib import Path
 from types import ModuleType
 
@@ -31,12 +31,12 @@ def _data(seed: int, n: int) -> bytes:
 class Packs:
     def __init__(self) -> None:
         self.got: list[tuple[bytes, bytes, list[BlobLocation]]] = []
-        self.ingest: Ingest | None = None
 
-    def __call__(self, pid: bytes, body: HashedParts, locs: list[BlobLocation]) -> None:
+    def __call__(
+        self, pid: bytes, body: HashedParts, locs: list[BlobLocation], release: Callable[[], None]
+    ) -> None:
         self.got.append((pid, body.join(), locs))
-        assert self.ingest is not None
-        self.ingest.release(pid)  # "uploaded": its arena is reused from here on
+        release()  # "uploaded": its arena is reused from here on
 
     def blobs(self) -> dict[bytes, bytes]:
         out = {}
@@ -50,7 +50,6 @@ class Packs:
 def make(impl: ModuleType, known: Container[bytes] = (), pack_target: int = 1 << 20) -> tuple[Ingest, Packs]:
     packs = Packs()
     ing = Ingest(PARAMS, impl, known, pack_target, 2, packs)
-    packs.ingest = ing
     return ing, packs
 
 
