@@ -44,6 +44,7 @@ from typing import Final, NamedTuple, ParamSpec, TypeVar
 import blake3
 import msgspec
 
+from syncengine import _sqlite
 from syncengine._loop import gather_all
 from syncengine.errors import (
     BodySizeMismatch,
@@ -625,16 +626,13 @@ class UploadJournal:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: commits survive a process crash
+
+        def setup(db: sqlite3.Connection) -> None:
             db.execute("PRAGMA foreign_keys=ON")
             db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
+
+        # WAL + synchronous=NORMAL: commits survive a process crash
+        return _sqlite.connect(self.path, timeout=60, setup=setup)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

@@ -10,7 +10,6 @@ clean" rule). ctime cannot be set by users, so restoring an old mtime does not f
 from __future__ import annotations
 
 import os
-import sqlite3
 import struct
 import time
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from typing import Final, NamedTuple
 
 import msgspec
 
+from syncengine import _sqlite
 from syncengine.hashing.digests import Chunk, FileDigest
 
 #: Timestamps this close to the hashing moment are not trusted (coarse filesystem clocks).
@@ -101,10 +101,7 @@ class StatCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.params = params_label
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self._db = _sqlite.connect(path, setup=lambda db: db.execute(_SCHEMA))
         self._dirs: dict[str, _DirRecord] = {}
         self._dirty = 0
         self.hits = 0

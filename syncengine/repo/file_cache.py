@@ -59,6 +59,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, Literal, cast
 
+from syncengine import _sqlite
 from syncengine.hashing.stat_cache import default_cache_dir
 
 LinkMode = Literal["copy", "reflink", "hardlink"]
@@ -284,13 +285,8 @@ class FileCache:
         self.misses = 0
         self._lock = threading.Lock()
         self._touched: dict[bytes, int] = {}  # last uses not written to the table yet
-        self._db = sqlite3.connect(
-            self.dir / "files.sqlite", timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = _sqlite.connect(self.dir / "files.sqlite", setup=_open_table)
         try:
-            _open_table(self._db)
             self._evict_locked()  # the bound may have been lowered since the last use
         except BaseException:
             self._db.close()

@@ -13,7 +13,6 @@ again, and content addressing keeps the store free of duplicates.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Final
 
 import blake3 as _blake3
 
+from syncengine import _sqlite
 from syncengine.repo.pack import CorruptData, IndexEntry, decode_index, encode_index
 
 __all__ = ["PutJournal"]
@@ -51,10 +51,8 @@ class PutJournal:
             path = _state_dir() / "puts.sqlite"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.repo = repo_id
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # survives kill -9; a power cut may lose a row
-        self._db.execute(_SCHEMA)
+        # synchronous=NORMAL: survives kill -9; a power cut may lose a row
+        self._db = _sqlite.connect(path, setup=lambda db: db.execute(_SCHEMA))
         self._lock = threading.Lock()  # one statement at a time; close waits for the last
         self._closed = False
 

@@ -18,7 +18,6 @@ no-change ``syncengine put`` then never imports asyncio or the repository's writ
 from __future__ import annotations
 
 import os
-import sqlite3
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Final
 import blake3 as _blake3
 import msgspec
 
+from syncengine import _sqlite
 from syncengine.hashing.stat_cache import RACY_NS, default_cache_dir
 from syncengine.hashing.tree import Source, TreeHasher
 from syncengine.repo.records import (
@@ -114,9 +114,7 @@ class PutMemo:
         if path is None:
             path = default_cache_dir() / "stat-cache.sqlite"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db = _sqlite.connect(path, synchronous=None, setup=lambda db: db.execute(_SCHEMA))
 
     def _row(self, key: bytes) -> bytes | None:
         row = self._db.execute("SELECT value FROM put_memo WHERE key = ?", (key,)).fetchone()
