@@ -81,19 +81,38 @@ class _Unchanged(NamedTuple):
 
 
 def _recall_unchanged(repo_url: str | None, paths: tuple[str, ...], **kw: Any) -> _Unchanged | None:
-    """A no-change put of a local repository, answered without an event loop (and so without
-    importing asyncio, the stores or the upload path: most of a no-change put's start-up);
+    """A no-change put, answered without an event loop (and so without importing asyncio,
+    the stores or the upload path: most of a no-change put's start-up) for a local
+    repository, and for S3 where `s3_quick.quick_reader` resolves what `S3Store` would;
     None when `Repository.log` must run (see `recall_unchanged`)."""
-    root = local_path(repo_location(repo_url))
-    if root is None:
-        return None
+    url = repo_location(repo_url)
+    root = local_path(url)
+    read: Callable[[str], bytes | None]
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    if root is not None:
+        read = lambda key: read_local_object(root, key)  # noqa: E731
+    else:
+        from syncengine.store.s3_quick import quick_reader
+
+        endpoint = click.get_current_context().find_root().meta.get("endpoint_url")
+        try:
+            reader = quick_reader(url, endpoint)
+        except SyncEngineError:
+            return None  # a bad setting: the full path reports it
+        if reader is None:
+            return None
+        read, close = reader, reader.close
     try:
         sources = sources_for(list(paths))
     except SyncEngineError:
+        close()
         return None  # the put reports it, in its usual order
     from syncengine.repo.put_memo import recall_unchanged
 
-    found = recall_unchanged(lambda key: read_local_object(root, key), sources, **kw)
+    try:
+        found = recall_unchanged(read, sources, **kw)
+    finally:
+        close()
     return None if found is None else _Unchanged(*found)
 
 

@@ -21,7 +21,6 @@ import datetime
 import functools
 import hashlib
 import heapq
-import ipaddress
 import itertools
 import logging
 import os
@@ -33,8 +32,8 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
-from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar, cast
-from urllib.parse import quote, unquote_plus, urlsplit
+from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
+from urllib.parse import unquote_plus, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
 import aiohttp
@@ -82,6 +81,17 @@ from syncengine.store.retry import (
     transient_from_exception,
     transient_from_status,
 )
+from syncengine.store.s3_urls import (
+    _AWS_HOST,
+    Addressing,
+    _addressing_setting,
+    _check_endpoint,
+    _env_endpoint,
+    _is_ip_or_localhost,
+    choose_addressing,
+    default_endpoint,
+    object_url,
+)
 
 __all__ = ["S3Store", "choose_addressing", "default_endpoint", "object_url"]
 
@@ -90,7 +100,6 @@ log = logging.getLogger("syncengine.store.s3")
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-Addressing = Literal["auto", "path", "virtual"]
 ListStrategy = Literal["auto", "flat", "walk"]
 
 UNSIGNED_PAYLOAD: Final = "UNSIGNED-PAYLOAD"
@@ -109,8 +118,6 @@ _XML_DECL: Final = '<?xml version="1.0" encoding="UTF-8"?>'
 _MAX_PAGE: Final = 1000
 # Upload ids of S3 and its clones are URL-safe tokens; anything else cannot name an upload.
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9._~=+-]{1,1024}\Z")
-_AWS_HOST = re.compile(r"(^|\.)amazonaws\.com(\.cn)?\Z")
-_DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 _ACCESS_DENIED_CODES: Final = frozenset(
     {
         "AccessDenied",
@@ -130,121 +137,6 @@ _ACCESS_DENIED_CODES: Final = frozenset(
 _REGION_CODES: Final = frozenset(
     {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 )
-
-
-# ---- endpoints and URLs ------------------------------------------------------------------
-
-
-def default_endpoint(region: str) -> str:
-    """AWS's regional S3 endpoint for ``region``.
-
-    >>> default_endpoint("eu-west-1")
-    'https://s3.eu-west-1.amazonaws.com'
-    """
-    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-    return f"https://s3.{region}.{suffix}"
-
-
-def choose_addressing(
-    endpoint: str, bucket: str, addressing: Addressing = "auto"
-) -> Literal["path", "virtual"]:
-    """Resolve ``addressing="auto"``: virtual-hosted for AWS endpoints (when the bucket name
-    is a DNS label that TLS can cover), path-style for every other endpoint (IPs,
-    ``localhost``, self-hosted servers, which rarely have wildcard DNS).
-
-    >>> choose_addressing("http://127.0.0.1:9000", "b1")
-    'path'
-    >>> choose_addressing("https://s3.us-east-1.amazonaws.com", "b1")
-    'virtual'
-    """
-    if addressing in ("path", "virtual"):
-        return addressing
-    if addressing != "auto":
-        raise ConfigError(f"addressing must be 'auto', 'path' or 'virtual', not {addressing!r}")
-    parts = urlsplit(endpoint)
-    host = parts.hostname or ""
-    if not _AWS_HOST.search(host) or not _DNS_BUCKET.match(bucket):
-        return "path"
-    if "." in bucket and parts.scheme == "https":
-        return "path"  # *.s3.amazonaws.com certificates do not cover dotted names
-    return "virtual"
-
-
-def _addressing_setting(value: str, where: str) -> Addressing:
-    """An addressing style named in a setting; botocore's ``virtual``/``path``/``auto``."""
-    v = value.strip().lower()
-    if v not in ("auto", "path", "virtual"):
-        raise ConfigError(f"{where}={value!r}: use 'auto', 'path' or 'virtual'")
-    return cast(Addressing, v)
-
-
-def _is_ip_or_localhost(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def _quote_key(key: str) -> str:
-    # SigV4 URI-encoding: everything but unreserved characters; '/' separates segments.
-    return quote(key, safe="/~")
-
-
-def _quote_param(value: str) -> str:
-    return quote(value, safe="-_.~")
-
-
-def object_url(
-    endpoint: str,
-    bucket: str,
-    key: str = "",
-    *,
-    addressing: Literal["path", "virtual"] = "path",
-    query: Sequence[tuple[str, str | None]] = (),
-) -> str:
-    """The request URL of ``key`` in ``bucket`` (``key=""``: the bucket itself).
-
-    The key is percent-encoded exactly as SigV4 canonicalizes it, so the URL can be
-    signed and sent as is. ``query`` pairs with value None are bare flags (``?uploads``).
-
-    >>> object_url("http://127.0.0.1:9000", "b1", "a b/c")
-    'http://127.0.0.1:9000/b1/a%20b/c'
-    >>> object_url("https://s3.eu-west-1.amazonaws.com", "b1", "k", addressing="virtual",
-    ...            query=[("uploadId", "x/y"), ("partNumber", "1")])
-    'https://b1.s3.eu-west-1.amazonaws.com/k?uploadId=x%2Fy&partNumber=1'
-    """
-    parts = urlsplit(endpoint)
-    base_path = parts.path.rstrip("/")
-    if addressing == "virtual":
-        netloc = f"{bucket}.{parts.netloc}"
-        path = f"{base_path}/{_quote_key(key)}"
-    else:
-        netloc = parts.netloc
-        path = f"{base_path}/{_quote_param(bucket)}" + (f"/{_quote_key(key)}" if key else "")
-    url = f"{parts.scheme}://{netloc}{path}"
-    if query:
-        url += "?" + "&".join(
-            _quote_param(k) if v is None else f"{_quote_param(k)}={_quote_param(v)}" for k, v in query
-        )
-    return url
-
-
-def _env_endpoint(environ: Mapping[str, str]) -> str | None:
-    if environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
-        return None
-    return environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
-
-
-def _check_endpoint(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"S3 endpoint {url!r} is not an http(s) URL (like http://127.0.0.1:9000)")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"S3 endpoint {url!r} must not carry a query, fragment or credentials")
-    return url.rstrip("/")
 
 
 # ---- credentials -------------------------------------------------------------------------
