@@ -82,6 +82,12 @@ READ_BATCH: Final = 8 << 20
 FEED_FILES: Final = 512
 
 
+#: Seconds an interrupted put (Ctrl-C: its task cancelled) lets its pack uploads in flight
+#: finish, so that those the store answers in time are journaled and adopted by the re-run;
+#: later ones are abandoned (the store may keep a pack nobody refers to: garbage for gc).
+INTERRUPT_GRACE: Final = 3.0
+
+
 class ArtifactNotFound(SyncEngineError, LookupError):
     """No such project/artifact/version/alias; the message says what exists instead."""
 
@@ -340,6 +346,7 @@ class Repository:
         # One future per pack shipped (from hashing threads too); appended before the thread
         # that ships goes on, so once hashing is over every upload is in this list.
         uploads: list[concurrent.futures.Future[None]] = []
+        running: set[asyncio.Task[Any]] = set()  # the upload tasks that have started
         in_flight = 0
         failed: list[BaseException] = []  # uploads that failed, whenever they finished
         sent = 0  # pack bytes sent so far (progress)
@@ -352,6 +359,9 @@ class Repository:
         ) -> None:
             nonlocal sent, in_flight
             done = 0
+            task = asyncio.current_task()
+            assert task is not None
+            running.add(task)
 
             def progress(n: int) -> None:
                 nonlocal done, sent
@@ -379,6 +389,7 @@ class Repository:
                 raise
             finally:
                 in_flight -= 1
+                running.discard(task)
                 release()  # its buffers and slot (the thread that shipped it had taken one)
 
         def ship(
@@ -387,9 +398,25 @@ class Repository:
             """From any thread but the loop's: a finished pack goes to the loop for upload."""
             uploads.append(asyncio.run_coroutine_threadsafe(upload(pid, data, locs, release), loop))
 
-        async def wait_uploads() -> None:
-            """Until every upload shipped so far is over; their failures are in ``failed``."""
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in uploads), return_exceptions=True)
+        async def wait_uploads(grace: float | None = None) -> None:
+            """Until every upload shipped so far is over; their failures are in ``failed``.
+            Being cancelled here does not cancel them (``asyncio.wait``). With ``grace``
+            (the put was interrupted), uploads still running after ``grace`` seconds are
+            cancelled: one answered by then is journaled, and the re-run adopts it."""
+            futures = [asyncio.wrap_future(f) for f in uploads]
+            if not futures:
+                return
+            if grace is None:
+                await asyncio.wait(futures)
+                return
+            await asyncio.wait(futures, timeout=grace)
+            late = [t for t in running if not t.done()]
+            for f in uploads:
+                f.cancel()  # not started yet: never starts
+            for t in late:
+                t.cancel()
+            if late:
+                await asyncio.wait(late)
 
         ingest = Ingest(self.params, hasher.impl, index, self.config.pack_target, packs_in_flight, ship)
         hasher.pack_while_reading(ingest.file_hasher)
@@ -492,7 +519,9 @@ class Repository:
                 raise failed[0]
         except BaseException as e:
             ingest.abort()
-            await wait_uploads()  # pack writes in flight finish (and are journaled) before the error
+            # Pack writes in flight finish (and are journaled) before the error; on an
+            # interrupt (Ctrl-C) they get INTERRUPT_GRACE seconds, then are abandoned.
+            await wait_uploads(INTERRUPT_GRACE if isinstance(e, asyncio.CancelledError) else None)
             if isinstance(e, IngestAborted) and failed:
                 raise failed[0] from None  # the upload failure that stopped the hashing threads
             raise
