@@ -202,11 +202,12 @@ def register(cli: click.Group) -> None:
             exclude=exclude,
         )
         if result is None:
-            with progress_bar(not as_json, "logging") as progress:
+            sources = sources_for(list(paths))
+            with progress_bar(not as_json, "logging", count=(sources, include, exclude)) as progress:
                 result = _run(
                     repo_url,
                     lambda repo: repo.log(
-                        sources_for(list(paths)),
+                        sources,
                         project=ref.project,
                         name=ref.name,
                         type=type_,

@@ -311,6 +311,38 @@ def test_tag_and_edit_after_logging(tmp_path: Path) -> None:
     assert cli("edit", "p/d", "-m", "[1]", env=env).returncode == 2
 
 
+def test_put_on_a_terminal_counts_ahead_for_a_bar_with_totals(tmp_path: Path) -> None:
+    import pty
+    import select
+
+    env = {**os.environ, "SYNCENGINE_REPO": str(tmp_path / "repo"), "COLUMNS": "160", "TERM": "xterm"}
+    data = tmp_path / "data"
+    for i in range(3000):
+        p = data / f"d{i % 30}" / f"f{i}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(20_000))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncengine", "put", "-n", "p/d", "-t", "dataset", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    seen = b""
+    while select.select([master], [], [], 60)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0
+    assert proc.stdout is not None and b"3000 files" in proc.stdout.read()
+    assert b"logging" in seen and b"/3000 files" in seen  # the total the walk ahead found
+
+
 def test_get_draws_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     import pty
     import select
