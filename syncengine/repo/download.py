@@ -61,6 +61,7 @@ from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReade
 from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, read_blob
 from syncengine.repo.records import VersionRecord
 from syncengine.repo.repository import Repository, UnsafePath, _obj_key, safe_target
+from syncengine.transfer import default_limits
 
 __all__ = [
     "Difference",
@@ -1072,7 +1073,10 @@ class _Downloader(_Session):
         await self.budget.acquire(r.size)
         try:
             try:
-                data = await self.repo.store.get(_obj_key("data", r.pack), (r.start, r.end))
+                # A request slot and its bytes of the process-wide limits, shared with every
+                # other transfer of the process (a put uploading meanwhile, other downloads).
+                async with default_limits().slot(r.size):
+                    data = await self.repo.store.get(_obj_key("data", r.pack), (r.start, r.end))
             except ObjectNotFound as e:
                 who = _names([x for loc in r.blobs for x in self.dests[loc.digest]])
                 raise CorruptData(f"{who}: pack {r.pack.hex()} is missing from the store") from e

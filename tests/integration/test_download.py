@@ -101,6 +101,47 @@ async def log(repo: Repository, data: Path, name: str = "ds") -> VersionRecord:
     return (await repo.log([Source(str(data))], project="p", name=name, type="dataset")).record
 
 
+def test_pack_reads_take_the_process_wide_request_limits(tmp_path: Path) -> None:
+    """A get's ranged reads share SYNCENGINE_MAX_REQUESTS with every other transfer of the
+    process: with 2 process-wide slots, never more than 2 reads at once, whatever the
+    download's own concurrency."""
+    from syncengine import transfer
+
+    class Watching(CountingStore):
+        def __init__(self, inner: LocalStore) -> None:
+            super().__init__(inner)
+            self.now = self.peak = 0
+
+        async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            try:
+                await asyncio.sleep(0.01)  # overlap the requests
+                return await super().get(key, range)
+            finally:
+                self.now -= 1
+
+    files = {f"f{i:02d}.bin": os.urandom(70_000) for i in range(40)}
+    write_tree(tmp_path / "data", files)
+    limits = transfer.TransferLimits(max_requests=2, max_inflight=64 << 20)
+    saved = transfer.default_limits()
+
+    async def go() -> None:
+        store = Watching(LocalStore(tmp_path / "repo"))
+        repo = await Repository.open(store, params=PARAMS)  # type: ignore[arg-type]
+        rec = await log(repo, tmp_path / "data")
+        transfer.set_default_limits(limits)
+        try:
+            await dl.download(repo, rec, tmp_path / "out", concurrency=16, max_gap=0, max_range=80_000)
+        finally:
+            transfer.set_default_limits(saved)
+        assert len(store.pack_gets) >= 10 and store.peak == 2
+        assert limits.in_use == (0, 0)
+
+    asyncio.run(go())
+    assert read_tree(tmp_path / "out") == files
+
+
 def test_round_trip_of_a_mixed_tree(tmp_path: Path) -> None:
     files = mixed_files()
     write_tree(tmp_path / "data", files)
