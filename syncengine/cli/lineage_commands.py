@@ -39,19 +39,25 @@ def _suffix(node: dict[str, Any]) -> str:
     return ""
 
 
+def _add(tree: Tree, label: str) -> Tree:
+    from rich.text import Text
+
+    return tree.add(Text(label))  # Text: run and artifact names are never read as markup
+
+
 def _up(tree: Tree, run: dict[str, Any]) -> None:
-    branch = tree.add(f"logged by {_run_label(run)}{_suffix(run)}")
+    branch = _add(tree, f"logged by {_run_label(run)}{_suffix(run)}")
     for v in run.get("used", []):
-        child = branch.add(f"used {_version_label(v)}{_suffix(v)}")
+        child = _add(branch, f"used {_version_label(v)}{_suffix(v)}")
         if v.get("logged_by"):
             _up(child, v["logged_by"])
 
 
 def _down(tree: Tree, runs: list[dict[str, Any]]) -> None:
     for run in runs:
-        branch = tree.add(f"used by {_run_label(run)}{_suffix(run)}")
+        branch = _add(tree, f"used by {_run_label(run)}{_suffix(run)}")
         for v in run.get("logged", []):
-            child = branch.add(f"logged {_version_label(v)}{_suffix(v)}")
+            child = _add(branch, f"logged {_version_label(v)}{_suffix(v)}")
             _down(child, v.get("used_by", []))
 
 
