@@ -150,7 +150,8 @@ def lineage_vector() -> dict[str, object]:
     run = RunRecord(
         1, "vision", "k3x9q2ab", "2024-06-01T12:00:00.000000Z", "crashed", "train", "sweep-7",
         {"lr": 0.01, "layers": [64, 64], "opt": {"name": "adam"}}, {"val_acc": 0.93, "best": True},
-        {"host": "trainer-1", "user": "ml"}, "2024-06-01T13:00:00.000000Z", 2, "RuntimeError: CUDA out of memory",
+        {"host": "trainer-1", "user": "ml"}, "2024-06-01T13:00:00.000000Z", 2,
+        "RuntimeError: CUDA out of memory",
     )  # fmt: skip
     minimal = RunRecord(1, "p", "r", "2024-06-01T00:00:00Z")
     logged = VersionRecord(

@@ -61,9 +61,8 @@ def test_a_run_records_its_state_config_and_summary(repo: Any, tmp_path: Path) -
 
 
 def test_an_exception_marks_the_run_crashed(repo: Any, tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="out of memory"):
-        with repo.run(project="vision", job_type="train", id="oom-run") as run:
-            raise RuntimeError("CUDA out of memory")
+    with pytest.raises(RuntimeError, match="out of memory"), repo.run(project="vision", id="oom-run") as run:
+        raise RuntimeError("CUDA out of memory")
     (stored,) = repo.runs("vision")
     assert stored.state == "crashed" and stored.record.error == "RuntimeError: CUDA out of memory"
     assert run.state == "crashed"
@@ -72,12 +71,16 @@ def test_an_exception_marks_the_run_crashed(repo: Any, tmp_path: Path) -> None:
 def test_ids_resume_and_their_errors(repo: Any, tmp_path: Path) -> None:
     with repo.run(project="p", job_type="train", id="run-1") as run:
         run.log_artifact(artifact(tmp_path, "ckpt", "model", b"epoch 1"))
-    with pytest.raises(RunExists, match="run p/run-1 already exists; pass resume=True"):
-        with repo.run(project="p", id="run-1"):
-            pass
-    with pytest.raises(RunNotFound, match="project 'p' has no run 'nope'"):
-        with repo.run(project="p", id="nope", resume=True):
-            pass
+    with (
+        pytest.raises(RunExists, match="run p/run-1 already exists; pass resume=True"),
+        repo.run("p", id="run-1"),
+    ):
+        pass
+    with (
+        pytest.raises(RunNotFound, match="project 'p' has no run 'nope'"),
+        repo.run("p", id="nope", resume=True),
+    ):
+        pass
     with pytest.raises(ConfigError, match="resume=True needs id="):
         repo.run(project="p", resume=True)
     with pytest.raises(InvalidName):
