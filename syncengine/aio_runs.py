@@ -108,7 +108,6 @@ class Run:
         store = self._repo.core.store
         if self._resume:
             assert self.id is not None
-            await read_run(store, self.project, self.id)  # RunNotFound: a clear error
             config = dict(self.config)
 
             def resume(r: RunRecord) -> RunRecord:
@@ -121,7 +120,7 @@ class Run:
                     error="",
                 )
 
-            self._record = await update_run(store, self.project, self.id, resume)
+            self._record = await update_run(store, self.project, self.id, resume)  # or RunNotFound
             self.job_type = self.job_type or self._record.job_type
             self.group = self.group or self._record.group
         else:

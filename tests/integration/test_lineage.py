@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import syncengine as se
 from syncengine import aio
@@ -380,3 +382,66 @@ def test_cli_lineage_runs_link_unlink(repo: Any, tmp_path: Path) -> None:
     missing = cli("lineage", "vision/nope:v0", "--repo", r)
     assert missing.returncode == 1 and "has no artifact 'nope'" in missing.stderr
     assert cli("runs", "empty", "--repo", r).stdout.strip() == "project 'empty' has no runs"
+
+
+def test_a_use_through_a_link_keeps_the_link_it_came_through(repo: Any, tmp_path: Path) -> None:
+    from syncengine.repo.runs import version_runs
+
+    v = repo.log_artifact(artifact(tmp_path, "m", "model", b"m"), project="p")
+    v.link("reg/models", aliases=["prod"])
+    with repo.run(project="p", id="user") as run:
+        run.use_artifact("reg/models:prod")
+    ((project, run_id, edge),) = aio_run(version_runs(repo._inner.core.store, v.record, "used_by"))
+    assert (project, run_id, edge.via) == ("p", "user", "reg/models:v0")
+
+
+# -- a property: both ends of every edge agree, whatever the runs did --------------------------------
+
+_steps = st.lists(
+    st.tuples(st.sampled_from(["use", "log"]), st.integers(0, 2), st.integers(0, 3)), min_size=1, max_size=12
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(_steps, min_size=1, max_size=4))
+def test_both_ends_of_every_edge_agree(tmp_path_factory: pytest.TempPathFactory, runs: list[Any]) -> None:
+    """Runs use and log versions of three artifacts (content drawn from four values); then every
+    version's consumers are exactly the runs listing it as an input, its producer is the first
+    run that logged its content, and every run's outputs are the versions it logged."""
+    tmp = tmp_path_factory.mktemp("prop")
+
+    async def go() -> None:
+        async with await aio.Repository.open(str(tmp / "repo")) as repo:
+            uses: dict[str, set[str]] = {}
+            logs: dict[str, set[str]] = {}
+            first: dict[str, str] = {}
+            for i, steps in enumerate(runs):
+                async with repo.run(project="p", id=f"r{i}") as run:
+                    for kind, a, content in steps:
+                        name = f"a{a}"
+                        if kind == "log":
+                            art = aio.Artifact(name, type="data")
+                            art.add_file(
+                                str(write(tmp / "src" / f"{name}-{content}", "f", f"{content}".encode()))
+                            )
+                            v = await run.log_artifact(art)
+                            ref = f"{v.name}:{v.version}"
+                            logs.setdefault(f"r{i}", set()).add(ref)
+                            first.setdefault(ref, f"r{i}")
+                        elif (await repo.artifacts("p")) and f"p/{name}" in await repo.artifacts("p"):
+                            v = await run.use_artifact(f"{name}:latest")
+                            uses.setdefault(f"{v.name}:{v.version}", set()).add(f"r{i}")
+            for name in await repo.artifacts("p"):
+                for v in await repo.artifact_versions(name):
+                    ref = f"{v.name}:{v.version}"
+                    assert {r.id for r in await v.used_by()} == uses.get(ref, set())
+                    producer = await v.logged_by()
+                    assert producer is not None and producer.id == first[ref]
+            for run in await repo.runs("p"):
+                assert {f"{v.name}:{v.version}" for v in await run.logged_artifacts()} == logs.get(
+                    run.id, set()
+                )
+                inputs = {f"{v.name}:{v.version}" for v in await run.used_artifacts()}
+                assert inputs == {ref for ref, who in uses.items() if run.id in who}
+
+    asyncio.run(go())
