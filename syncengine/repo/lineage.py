@@ -49,7 +49,13 @@ async def consumers(repo: Repository, version: VersionRecord) -> list[RunRecord]
     """The runs that used ``version`` (for a link: its source), first use first."""
     source = await source_of(repo, version)
     edges = await version_runs(repo.store, source, "used_by")
-    runs = await asyncio.gather(*(_run_or_none(repo, p, r) for p, r, _ in edges))
+    gate = asyncio.Semaphore(16)
+
+    async def load(project: str, run_id: str) -> RunRecord | None:
+        async with gate:
+            return await _run_or_none(repo, project, run_id)
+
+    runs = await asyncio.gather(*(load(p, r) for p, r, _ in edges))
     return [r for r in runs if r is not None]
 
 
@@ -135,14 +141,25 @@ async def graph(repo: Repository, version: VersionRecord, depth: int = DEFAULT_D
 
     async def down(v: VersionRecord, d: int) -> list[dict[str, Any]]:
         out = []
-        for run in await consumers(repo, v):
+        users = await consumers(repo, v)
+        fresh = [r for r in users if r.path not in seen_runs_down]
+        gate = asyncio.Semaphore(16)
+
+        async def outs(run: RunRecord) -> list[VersionRecord]:
+            async with gate:
+                return await outputs(repo, run)
+
+        logged_by_run = dict(
+            zip([r.path for r in fresh], await asyncio.gather(*(outs(r) for r in fresh)), strict=True)
+        )
+        for run in users:
             node = run_json(run)
             out.append(node)
             if run.path in seen_runs_down:
                 node["seen"] = True
                 continue
             seen_runs_down.add(run.path)
-            logged = await outputs(repo, run)
+            logged = logged_by_run[run.path]
             if d <= 1:
                 if logged:
                     node["more"] = True

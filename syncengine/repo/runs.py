@@ -268,13 +268,16 @@ async def version_runs(store: ObjectStore, version: VersionRecord, kind: str) ->
     """(run project, run id, edge) of the runs that used (``used_by``) or logged
     (``logged_by``) ``version``, first edge first."""
     found = await _list_edges(store, _version_edges(version.project, version.name, version.version, kind), 2)
-    out = []
-    for parts, key in found:
-        try:
-            edge = decode_edge(await store.get(key), key)
-        except ObjectNotFound:
-            continue
-        out.append((parts[0], parts[1], edge))
+    gate = asyncio.Semaphore(16)
+
+    async def load(parts: tuple[str, ...], key: str) -> tuple[str, str, Edge] | None:
+        async with gate:
+            try:
+                return parts[0], parts[1], decode_edge(await store.get(key), key)
+            except ObjectNotFound:
+                return None
+
+    out = [e for e in await asyncio.gather(*(load(p, k) for p, k in found)) if e is not None]
     return sorted(out, key=lambda t: (t[2].time, t[0], t[1]))
 
 
