@@ -106,7 +106,7 @@ async def unlink(repo: Repository, version: VersionRecord) -> VersionRecord:
         return msgspec.structs.replace(head, aliases=aliases, digests=digests, latest=latest)
 
     await repo.update_head(project, name, change)
-    with contextlib.suppress(ObjectNotFound):
+    with contextlib.suppress(ObjectNotFound, LookupError):  # the source may be deleted since
         source = await source_of(repo, version)
         await repo.store.delete([linked_as_key(source, version)])
     return new
