@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -26,6 +26,9 @@ from syncengine.repo.manifest import ManifestEntry
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
 from syncengine.repo.repository import Repository as _Core
 from syncengine.store import open_store
+
+if TYPE_CHECKING:
+    from syncengine.aio_runs import Run
 
 
 def default_repo() -> str:
@@ -266,6 +269,38 @@ class ArtifactVersion:
         reader = await self._repo.core.manifest(self._record)
         return Manifest({e.path: e async for e in reader.entries()})
 
+    # Lineage and collections (syncengine/aio_runs.py, docs/LINEAGE.md).
+
+    @property
+    def linked_from(self) -> str | None:
+        """For a version of a collection: the source version it links (``project/name:vN``)."""
+        return self._record.linked_from or None
+
+    async def logged_by(self) -> Run | None:
+        """The run that logged this version (for a link: its source), or None."""
+        from syncengine import aio_runs
+
+        return await aio_runs.logged_by(self)
+
+    async def used_by(self) -> list[Run]:
+        """The runs that used this version (for a link: its source), first use first."""
+        from syncengine import aio_runs
+
+        return await aio_runs.used_by(self)
+
+    async def link(self, target: str, aliases: Sequence[str] = ()) -> ArtifactVersion:
+        """Links this version into the collection ``target`` (``PROJECT/COLLECTION``) as its
+        next vN, pointing ``aliases`` at it; no data is copied."""
+        from syncengine import aio_runs
+
+        return await aio_runs.link(self, target, aliases)
+
+    async def unlink(self) -> None:
+        """Removes this link from its collection; its source version is untouched."""
+        from syncengine import aio_runs
+
+        await aio_runs.unlink(self)
+
 
 class Repository:
     """A repository: a local directory (the default) or ``s3://bucket/prefix``."""
@@ -326,7 +361,13 @@ class Repository:
         return ArtifactVersion(self, record, aliases)
 
     async def log_artifact(
-        self, artifact: Artifact, project: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
+        self,
+        artifact: Artifact,
+        project: str,
+        aliases: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        *,
+        _logged_by: str = "",  # a Run's log_artifact: "project/run-id"
     ) -> ArtifactVersion:
         """Logs the artifact's files as its next version — or, when the content equals an
         existing version, returns that one (still applying `aliases`)."""
@@ -341,6 +382,7 @@ class Repository:
             description=artifact.description,
             metadata=artifact.metadata,
             tags=tags,
+            logged_by=_logged_by,
         )
         return await self._version(result.record)
 
@@ -358,3 +400,26 @@ class Repository:
             if type is None or (await self.core.head(project, n)).type == type:
                 out.append(f"{project}/{n}")
         return out
+
+    # Runs (syncengine/aio_runs.py, docs/LINEAGE.md).
+
+    def run(
+        self,
+        project: str,
+        job_type: str = "",
+        group: str | None = None,
+        id: str | None = None,
+        resume: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> Run:
+        """A run to use as ``async with repo.run(project="p", job_type="train") as run:``; a
+        new id is drawn unless ``id``; ``resume=True`` continues the existing run ``id``."""
+        from syncengine.aio_runs import Run
+
+        return Run(self, project, job_type, group, id, resume, config)
+
+    async def runs(self, project: str, group: str | None = None) -> list[Run]:
+        """The runs of ``project`` (of ``group`` only, when given), oldest first."""
+        from syncengine import aio_runs
+
+        return await aio_runs.runs(self, project, group)

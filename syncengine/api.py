@@ -19,11 +19,14 @@ import asyncio
 import os
 import threading
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from syncengine import aio
 from syncengine._loop import new_event_loop
 from syncengine.aio import Artifact, Manifest
+
+if TYPE_CHECKING:
+    from syncengine.api_runs import Run
 
 T = TypeVar("T")
 __all__ = ["Artifact", "ArtifactVersion", "Manifest", "Repository"]
@@ -118,6 +121,24 @@ class ArtifactVersion:
     def manifest(self) -> Manifest:
         return _Loop.run(self._inner.manifest())
 
+    # Lineage and collections (syncengine/api_runs.py, docs/LINEAGE.md).
+
+    def logged_by(self) -> Run | None:
+        from syncengine.api_runs import wrap_run
+
+        return wrap_run(_Loop.run(self._inner.logged_by()))
+
+    def used_by(self) -> list[Run]:
+        from syncengine.api_runs import Run
+
+        return [Run(r) for r in _Loop.run(self._inner.used_by())]
+
+    def link(self, target: str, aliases: Sequence[str] = ()) -> ArtifactVersion:
+        return ArtifactVersion(_Loop.run(self._inner.link(target, aliases)))
+
+    def unlink(self) -> None:
+        _Loop.run(self._inner.unlink())
+
 
 class Repository:
     """A repository; `Repository.open(path)` (default location when no path)."""
@@ -158,3 +179,24 @@ class Repository:
 
     def artifacts(self, project: str, type: str | None = None) -> list[str]:
         return _Loop.run(self._inner.artifacts(project, type))
+
+    # Runs (syncengine/api_runs.py, docs/LINEAGE.md).
+
+    def run(
+        self,
+        project: str,
+        job_type: str = "",
+        group: str | None = None,
+        id: str | None = None,
+        resume: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> Run:
+        """``with repo.run(project="p", job_type="train") as run:`` (see `syncengine.aio_runs.Run`)."""
+        from syncengine.api_runs import Run
+
+        return Run(self._inner.run(project, job_type, group, id, resume, config))
+
+    def runs(self, project: str, group: str | None = None) -> list[Run]:
+        from syncengine.api_runs import Run
+
+        return [Run(r) for r in _Loop.run(self._inner.runs(project, group))]

@@ -139,6 +139,11 @@ class VersionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     tags: tuple[str, ...] = ()
     ttl_seconds: int | None = None
     deleted: bool = False
+    # Set at creation, never changed (docs/LINEAGE.md): the run that created this version
+    # ("project/run-id"), and for a version of a collection, the version it links to
+    # ("project/name:vN"; the record shares that version's manifest).
+    logged_by: str = ""
+    linked_from: str = ""
 
 
 class ArtifactHead(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -221,10 +221,12 @@ class Repository:
         threads: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         on_upload: Callable[[int, int], None] | None = None,
+        logged_by: str = "",
     ) -> PutResult:
         """Hashes `sources`, stores what the repository lacks, and records a version
         (or returns the existing version with identical content). ``on_progress(files,
-        bytes)`` follows the hashing, ``on_upload(bytes_sent, packs_in_flight)`` the uploads."""
+        bytes)`` follows the hashing, ``on_upload(bytes_sent, packs_in_flight)`` the uploads;
+        ``logged_by`` ("project/run-id") goes into a version this call creates."""
         check_name("project", project)
         check_name("artifact name", name)
         check_name("type", type)
@@ -278,7 +280,7 @@ class Repository:
             try:
                 return await self._log(
                     result, aliases, description, metadata, tags, sources, index, cache, hasher,
-                    journal, memo, key, on_upload,
+                    journal, memo, key, on_upload, logged_by=logged_by,
                 )  # fmt: skip
             finally:
                 await loop.run_in_executor(None, journal.close)
@@ -330,6 +332,7 @@ class Repository:
         memo: PutMemo | None,
         key: bytes,
         on_upload: Callable[[int, int], None] | None,
+        logged_by: str = "",
     ) -> PutResult:
         """The full put: hash, pack and upload what the repository lacks, commit.
 
@@ -551,6 +554,7 @@ class Repository:
             description or "",
             metadata or {},
             tuple(tags),
+            fields={"logged_by": logged_by} if logged_by else None,
         )
         assert committed is not None
         result.record, result.created = committed
@@ -599,6 +603,7 @@ class Repository:
         description: str,
         metadata: dict[str, Any],
         tags: tuple[str, ...],
+        fields: dict[str, Any] | None = None,
     ) -> tuple[VersionRecord, bool] | None:
         """Records the version with content ``digest`` (or finds it) and moves the head.
         Without ``manifest`` only an existing version can be found: None if there is none."""
@@ -639,6 +644,8 @@ class Repository:
                         metadata,
                         tags,
                     )
+                    if fields:  # creation-time fields (logged_by, linked_from)
+                        candidate = msgspec.structs.replace(candidate, **fields)
                     try:
                         await self.store.put(
                             version_key(project, name, number), encode_record(candidate), if_none_match=True
@@ -647,6 +654,9 @@ class Repository:
                         break
                     except PreconditionFailed:
                         taken = await self.version(project, name, number)
+                        if taken.deleted:  # an unlinked (or deleted) version is never found again
+                            number += 1
+                            continue
                         found.setdefault(taken.content_digest, number)
                         if taken.content_digest == digest and taken.type == type:
                             record = taken  # left by a writer that crashed before its head update
@@ -761,6 +771,8 @@ class Repository:
                 "files",
                 "size",
                 "created",
+                "logged_by",
+                "linked_from",
             )
             if any(getattr(new, f) != getattr(current, f) for f in frozen):
                 raise ConfigError("only description, metadata, tags and ttl of a version can change")

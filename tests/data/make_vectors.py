@@ -142,6 +142,37 @@ def records_vector() -> dict[str, object]:
     }
 
 
+def lineage_vector() -> dict[str, object]:
+    """Runs, edge markers and the creation-time lineage fields of a version record: exact bytes."""
+    from syncengine.repo.records import VersionRecord, encode_record
+    from syncengine.repo.runs import Edge, RunRecord, encode_edge, encode_run
+
+    run = RunRecord(
+        1, "vision", "k3x9q2ab", "2024-06-01T12:00:00.000000Z", "crashed", "train", "sweep-7",
+        {"lr": 0.01, "layers": [64, 64], "opt": {"name": "adam"}}, {"val_acc": 0.93, "best": True},
+        {"host": "trainer-1", "user": "ml"}, "2024-06-01T13:00:00.000000Z", 2,
+        "RuntimeError: CUDA out of memory",
+    )  # fmt: skip
+    minimal = RunRecord(1, "p", "r", "2024-06-01T00:00:00Z")
+    logged = VersionRecord(
+        1, "vision", "model", 0, "model", "manifests/ab/" + "ab" * 32, "cd" * 32, 1, 7,
+        "2024-06-01T12:30:00.000000Z", logged_by="vision/k3x9q2ab",
+    )  # fmt: skip
+    link = VersionRecord(
+        1, "reg", "models", 4, "model", "manifests/ab/" + "ab" * 32, "cd" * 32, 1, 7,
+        "2024-06-02T09:00:00.000000Z", {"host": "laptop", "user": "lead"}, deleted=True,
+        linked_from="vision/model:v0",
+    )  # fmt: skip
+    return {
+        "run": encode_run(run).decode(),
+        "run_minimal": encode_run(minimal).decode(),
+        "edge": encode_edge(Edge(1, "2024-06-01T12:10:00.000000Z")).decode(),
+        "edge_via": encode_edge(Edge(1, "2024-06-01T12:10:00.000000Z", "reg/models:v4")).decode(),
+        "version_logged_by": encode_record(logged).decode(),
+        "version_link": encode_record(link).decode(),
+    }
+
+
 def main() -> None:
     table = gear_table()
     tree = TreeDigest()
@@ -158,6 +189,7 @@ def main() -> None:
         "manifest": manifest_vector(),
         "pack": pack_vector(),
         "records": records_vector(),
+        "lineage": lineage_vector(),
         "tree": {
             "entries": [[p, blake3.blake3(c).hexdigest()] for p, c in entries],
             "digest": tree.hexdigest(),

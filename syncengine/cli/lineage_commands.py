@@ -1,0 +1,184 @@
+"""`lineage`, `runs`, `link`, `unlink`: runs, the graph between runs and versions, and collections."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from syncengine.cli.repo_commands import _record_json, _ref, _run, json_option, repo_option
+from syncengine.repo.records import VersionRecord, check_name, parse_ref
+
+if TYPE_CHECKING:
+    from rich.tree import Tree
+
+    from syncengine.repo.repository import Repository
+
+
+def _run_label(node: dict[str, Any]) -> str:
+    facts = [node[k] for k in ("job_type",) if k in node]
+    if "group" in node:
+        facts.append(f"group {node['group']}")
+    facts.append(node["state"])
+    return f"run {node['run']} [{', '.join(facts)}]"
+
+
+def _version_label(node: dict[str, Any]) -> str:
+    label = f"{node['artifact']} ({node['type']}"
+    if node.get("deleted"):
+        label += ", deleted"
+    return label + ")"
+
+
+def _suffix(node: dict[str, Any]) -> str:
+    if node.get("seen"):
+        return " (shown above)"
+    if node.get("more"):
+        return " (more: raise --depth)"
+    return ""
+
+
+def _add(tree: Tree, label: str) -> Tree:
+    from rich.text import Text
+
+    return tree.add(Text(label))  # Text: run and artifact names are never read as markup
+
+
+def _up(tree: Tree, run: dict[str, Any]) -> None:
+    branch = _add(tree, f"logged by {_run_label(run)}{_suffix(run)}")
+    for v in run.get("used", []):
+        child = _add(branch, f"used {_version_label(v)}{_suffix(v)}")
+        if v.get("logged_by"):
+            _up(child, v["logged_by"])
+
+
+def _down(tree: Tree, runs: list[dict[str, Any]]) -> None:
+    for run in runs:
+        branch = _add(tree, f"used by {_run_label(run)}{_suffix(run)}")
+        for v in run.get("logged", []):
+            child = _add(branch, f"logged {_version_label(v)}{_suffix(v)}")
+            _down(child, v.get("used_by", []))
+
+
+def render_tree(graph: dict[str, Any]) -> Tree:
+    from rich.text import Text
+    from rich.tree import Tree
+
+    title = _version_label(graph)
+    if "link_of" in graph:
+        title += f" -> link of {graph['link_of']} (its lineage below)"
+    root = Tree(Text(title))
+    if graph.get("linked_as"):
+        root.add(Text(f"linked as {', '.join(graph['linked_as'])}"))
+    up = root.add(Text("upstream"))
+    if graph.get("logged_by"):
+        _up(up, graph["logged_by"])
+    else:
+        up.add(Text("(logged outside any run)"))
+    down = root.add(Text("downstream"))
+    if graph.get("used_by"):
+        _down(down, graph["used_by"])
+    else:
+        down.add(Text("(no run used it)"))
+    return root
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("lineage")
+    @click.argument("ref")
+    @click.option(
+        "--depth", type=click.IntRange(0, 100), default=3, show_default=True, help="Runs to follow each way."
+    )
+    @repo_option
+    @json_option
+    def lineage_cmd(ref: str, depth: int, repo_url: str | None, as_json: bool) -> None:
+        """Upstream (the run that logged REF, its inputs, recursively) and downstream (runs that
+        used REF, what they logged, recursively) of PROJECT/NAME[:vN|:ALIAS]."""
+        from syncengine.repo.lineage import graph
+
+        parsed = parse_ref(ref)
+
+        async def job(repo: Repository) -> dict[str, Any]:
+            return await graph(repo, await repo.resolve(parsed), depth)
+
+        result = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps(result))
+            return
+        from rich.console import Console
+
+        Console(highlight=False, soft_wrap=True).print(render_tree(result))
+
+    @cli.command("runs")
+    @click.argument("project")
+    @click.option("--group", default=None, help="Only the runs of this group.")
+    @repo_option
+    @json_option
+    def runs_cmd(project: str, group: str | None, repo_url: str | None, as_json: bool) -> None:
+        """The runs of PROJECT, oldest first: id, job type, group, state, config, summary."""
+        import msgspec
+
+        from syncengine.repo.runs import list_runs
+
+        check_name("project", project)
+
+        async def job(repo: Repository) -> list[Any]:
+            return [r for r in await list_runs(repo.store, project) if group is None or r.group == group]
+
+        found = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps([msgspec.to_builtins(r) for r in found]))
+            return
+        if not found:
+            click.echo(f"project {project!r} has no runs" + (f" in group {group!r}" if group else ""))
+        for r in found:
+            extra = f" group={r.group}" if r.group else ""
+            summary = f" summary={json.dumps(r.summary)}" if r.summary else ""
+            click.echo(f"{r.path}  {r.job_type or '-'}  {r.state}  {r.created}{extra}{summary}")
+
+    @cli.command("link")
+    @click.argument("source")
+    @click.argument("collection")
+    @click.option("-a", "--alias", "aliases", multiple=True, help="Alias for the link (repeatable).")
+    @repo_option
+    @json_option
+    def link_cmd(
+        source: str, collection: str, aliases: tuple[str, ...], repo_url: str | None, as_json: bool
+    ) -> None:
+        """Link SOURCE (PROJECT/NAME:vN|:ALIAS) into COLLECTION (PROJECT/COLLECTION) without
+        copying data: it becomes the collection's next vN (or the one already linking it)."""
+        from syncengine.repo.links import link, parse_collection
+
+        project, name = parse_collection(collection)
+        src = parse_ref(source)
+
+        async def job(repo: Repository) -> tuple[VersionRecord, bool]:
+            return await link(repo, await repo.resolve(src), project, name, aliases)
+
+        record, created = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps({**_record_json(record), "created": created}))
+        else:
+            verb = "linked" if created else "already linked"
+            click.echo(f"{verb}: {_ref(record)} -> {record.linked_from or _ref(record)}")
+
+    @cli.command("unlink")
+    @click.argument("ref")
+    @repo_option
+    @json_option
+    def unlink_cmd(ref: str, repo_url: str | None, as_json: bool) -> None:
+        """Remove the link PROJECT/COLLECTION:vN (or :ALIAS) from its collection; the source
+        version stays."""
+        from syncengine.repo.links import unlink
+
+        parsed = parse_ref(ref)
+
+        async def job(repo: Repository) -> VersionRecord:
+            return await unlink(repo, await repo.resolve(parsed))
+
+        record = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps(_record_json(record)))
+        else:
+            click.echo(f"unlinked {_ref(record)} (its source {record.linked_from} is kept)")
