@@ -59,6 +59,8 @@ from syncengine.repo.pack import (
 )
 from syncengine.repo.put_journal import PutJournal
 from syncengine.repo.put_memo import Fingerprint, Memo, PutMemo, memo_key
+from syncengine.repo.references import Merge, Reference, references_key
+from syncengine.repo.references import resolve as resolve_references
 from syncengine.repo.records import (
     FORMAT,
     ArtifactHead,
@@ -215,10 +217,12 @@ class Repository:
         threads: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         on_upload: Callable[[int, int], None] | None = None,
+        references: Sequence[Reference] = (),
     ) -> PutResult:
         """Hashes `sources`, stores what the repository lacks, and records a version
         (or returns the existing version with identical content). ``on_progress(files,
-        bytes)`` follows the hashing, ``on_upload(bytes_sent, packs_in_flight)`` the uploads."""
+        bytes)`` follows the hashing, ``on_upload(bytes_sent, packs_in_flight)`` the uploads.
+        `references` (syncengine.repo.references) become entries holding only metadata."""
         check_name("project", project)
         check_name("artifact name", name)
         check_name("type", type)
@@ -234,6 +238,7 @@ class Repository:
             raise TypeMismatch(f"artifact {project}/{name} has type {head.type!r}, not {type!r}")
         loop = asyncio.get_running_loop()
         result = PutResult(VersionRecord(FORMAT, project, name, -1, type, "", "", 0, 0, ""), False)
+        refs = await resolve_references(references, self.store, self.params)
 
         memo: PutMemo | None = None
         key = b""
@@ -243,7 +248,8 @@ class Repository:
                 list(include),
                 list(exclude),
             ]
-            key = memo_key(self.config.id, project, name, type, [*walk, self.params.label])
+            extra_key = [references_key(refs)] if refs else []  # same references: same key
+            key = memo_key(self.config.id, project, name, type, [*walk, self.params.label, *extra_key])
             memo = await loop.run_in_executor(None, PutMemo)
         try:
             if memo is not None and head is not None:
@@ -272,7 +278,7 @@ class Repository:
             try:
                 return await self._log(
                     result, aliases, description, metadata, tags, sources, index, cache, hasher,
-                    journal, memo, key, on_upload,
+                    journal, memo, key, on_upload, Merge(refs),
                 )  # fmt: skip
             finally:
                 await loop.run_in_executor(None, journal.close)
@@ -324,6 +330,7 @@ class Repository:
         memo: PutMemo | None,
         key: bytes,
         on_upload: Callable[[int, int], None] | None,
+        refs: Merge,
     ) -> PutResult:
         """The full put: hash, pack and upload what the repository lacks, commit.
 
@@ -443,6 +450,9 @@ class Repository:
                     fingerprint.add(scanned)
                     chunks = tuple((c.length, c.digest) for c in d.chunks)
                     entry = ManifestEntry(scanned.path, d.size, scanned.mode & 0o777, d.digest, chunks)
+                    for ref in refs.before(entry.path):  # references sorting before this file
+                        for pid, data in builder.add(ref):
+                            await _put_immutable(self.store, _obj_key("manifests", pid), data)
                     for pid, data in builder.add(entry):
                         await _put_immutable(self.store, _obj_key("manifests", pid), data)
                     result.files += 1
@@ -505,6 +515,9 @@ class Repository:
                 index.setdefault(ie.digest, ie)
             self._segments.add(f"index/{sid.hex()}")
         await loop.run_in_executor(None, journal.forget, journaled)
+        for ref in refs.rest():
+            for pid, data in builder.add(ref):
+                await _put_immutable(self.store, _obj_key("manifests", pid), data)
         pages, manifest = builder.finish()
         for pid, data in pages:
             await _put_immutable(self.store, _obj_key("manifests", pid), data)
@@ -768,6 +781,8 @@ class Repository:
                 record = decode_version(await self.store.get(info.key), info.key)
                 reader = await self.manifest(record)
                 async for entry in reader.entries():
+                    if entry.ref is not None:
+                        continue  # a reference stores no blob
                     blobs = [d for _, d in entry.chunks] if entry.chunks else [entry.digest]
                     for d in blobs:
                         needed.setdefault(d, f"{record.project}/{record.name}:v{record.version} {entry.path}")
