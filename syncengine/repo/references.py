@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import stat
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -56,7 +57,11 @@ REF_MODE: Final = 0o644
 CONCURRENCY: Final = 16
 #: `extra` keys, per scheme: s3 `etag`, `version_id` (versioned buckets); file `mtime_ns`,
 #: `blake3` (hex file digest, with checksum); http(s) `etag`, `last_modified` (when sent).
-EXTRA: Final = {"s3": ("etag", "version_id"), "file": ("mtime_ns", "blake3"), "http": ("etag", "last_modified")}
+EXTRA: Final = {
+    "s3": ("etag", "version_id"),
+    "file": ("mtime_ns", "blake3"),
+    "http": ("etag", "last_modified"),
+}
 SCHEMES: Final = ("s3", "file", "http", "https")
 
 _encode = msgspec.msgpack.Encoder(order="deterministic").encode
@@ -80,10 +85,14 @@ class Reference:
             raise ConfigError(f"reference {uri!r} is no URI; use s3://BUCKET/KEY, file:///PATH or https://…")
         scheme = uri.split("://", 1)[0].lower()
         if scheme not in SCHEMES:
-            raise ConfigError(f"reference {uri!r}: unsupported scheme {scheme!r} (use s3, file, http or https)")
+            raise ConfigError(
+                f"reference {uri!r}: unsupported scheme {scheme!r} (use s3, file, http or https)"
+            )
         parts = urlsplit(uri)
         if scheme == "s3" and not parts.netloc:
-            raise ConfigError(f"reference {uri!r} names no bucket; write s3://BUCKET/KEY or s3://BUCKET/PREFIX/")
+            raise ConfigError(
+                f"reference {uri!r} names no bucket; write s3://BUCKET/KEY or s3://BUCKET/PREFIX/"
+            )
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
                 raise ConfigError(f"reference {uri!r}: file URLs on other hosts are not supported")
@@ -229,7 +238,7 @@ async def resolve(
             else:
                 out.append(await _resolve_http(ref, sources))
     out.sort(key=lambda e: e.path.encode())
-    for a, b in zip(out, out[1:], strict=False):
+    for a, b in itertools.pairwise(out):
         if a.path == b.path:
             raise ConfigError(f"{a.path!r} is given twice: by reference {a.ref} and by {b.ref}")
     return out
@@ -276,13 +285,15 @@ async def _resolve_s3(ref: Reference, sources: SourceStores) -> list[ManifestEnt
         if count <= limit:
             listed.append((obj.key, obj.size, obj.etag))
     if count == 0:
-        raise ReferenceNotFound(f"reference {ref.uri}: no such object, and no objects under s3://{bucket}/{prefix}")
+        raise ReferenceNotFound(
+            f"reference {ref.uri}: no such object, and no objects under s3://{bucket}/{prefix}"
+        )
     if count > limit:
         raise _too_many(ref, count)
     listed.sort(key=lambda t: t[0].encode())
     # ListObjectsV2 gives no version ids: ask HEAD for one; when the bucket keeps versions,
     # every object's HEAD gives the version (and its ETag and size, read together).
-    first_key, first_size, first_etag = listed[0]
+    first_key = listed[0][0]
     info, vid = await store.head_object(first_key)
     entries: list[ManifestEntry] = []
 
@@ -299,7 +310,9 @@ async def _resolve_s3(ref: Reference, sources: SourceStores) -> list[ManifestEnt
             try:
                 i, v = await store.head_object(k)
             except ObjectNotFound:
-                raise ReferenceChanged(f"reference {ref.uri}: s3://{bucket}/{k} was deleted while listed") from None
+                raise ReferenceChanged(
+                    f"reference {ref.uri}: s3://{bucket}/{k} was deleted while listed"
+                ) from None
         return entry(k, i.size, i.etag, v)
 
     entries.append(entry(first_key, info.size, info.etag, vid))
@@ -356,7 +369,7 @@ async def _resolve_http(ref: Reference, sources: SourceStores) -> ManifestEntry:
 
     try:
         async with sources.http().head(ref.uri, allow_redirects=True) as resp:
-            if resp.status == 404 or resp.status == 410:
+            if resp.status in (404, 410):
                 raise ReferenceNotFound(f"reference {ref.uri}: the server answered {resp.status}")
             if resp.status >= 300:
                 raise SyncEngineError(f"reference {ref.uri}: HEAD answered {resp.status} {resp.reason}")
@@ -412,7 +425,9 @@ def _changed(e: ManifestEntry, what: str) -> ReferenceChanged:
     )
 
 
-async def fetch(repo: Repository, entries: Sequence[ManifestEntry], root: str, result: DownloadResult) -> None:
+async def fetch(
+    repo: Repository, entries: Sequence[ManifestEntry], root: str, result: DownloadResult
+) -> None:
     """Fetches every reference entry from its source into ``root`` (verified against the
     logged metadata; temp file, fsync, rename). A changed source is `ReferenceChanged`."""
     if not entries:
@@ -444,9 +459,12 @@ async def _fetch_one(repo: Repository, sources: SourceStores, e: ManifestEntry, 
     target = await asyncio.to_thread(safe_target, root, e.path)
     extra = e.extra or {}
     scheme = e.ref.split("://", 1)[0].lower()
-    if scheme == "file" and "blake3" in extra:
-        if await asyncio.to_thread(_has_digest, target, e.size, str(extra["blake3"]), repo.params):
-            return False
+    if (
+        scheme == "file"
+        and "blake3" in extra
+        and await asyncio.to_thread(_has_digest, target, e.size, str(extra["blake3"]), repo.params)
+    ):
+        return False  # already there with the logged content
     async with _TempFile(target) as tmp:
         if scheme == "s3":
             await _fetch_s3(sources, e, tmp)
@@ -595,7 +613,9 @@ async def _fetch_http(sources: SourceStores, e: ManifestEntry, tmp: _TempFile) -
             if resp.status in (404, 410):
                 raise _changed(e, f"the server answers {resp.status}")
             if resp.status >= 300:
-                raise SyncEngineError(f"reference {e.path!r} ({e.ref}): GET answered {resp.status} {resp.reason}")
+                raise SyncEngineError(
+                    f"reference {e.path!r} ({e.ref}): GET answered {resp.status} {resp.reason}"
+                )
             now = _http_extra(resp.headers)
             for k in ("etag", "last_modified"):
                 if k in extra and now.get(k) != extra[k]:
@@ -605,4 +625,6 @@ async def _fetch_http(sources: SourceStores, e: ManifestEntry, tmp: _TempFile) -
                 raise _changed(e, f"size {length}, logged {e.size}")
             await _write_stream(resp.content.iter_chunked(1 << 20), tmp, e)
     except aiohttp.ClientError as err:
-        raise SyncEngineError(f"reference {e.path!r} ({e.ref}): GET failed: {type(err).__name__}: {err}") from err
+        raise SyncEngineError(
+            f"reference {e.path!r} ({e.ref}): GET failed: {type(err).__name__}: {err}"
+        ) from err

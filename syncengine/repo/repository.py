@@ -59,8 +59,6 @@ from syncengine.repo.pack import (
 )
 from syncengine.repo.put_journal import PutJournal
 from syncengine.repo.put_memo import Fingerprint, Memo, PutMemo, memo_key
-from syncengine.repo.references import Merge, Reference, references_key
-from syncengine.repo.references import resolve as resolve_references
 from syncengine.repo.records import (
     FORMAT,
     ArtifactHead,
@@ -76,6 +74,8 @@ from syncengine.repo.records import (
     head_key,
     version_key,
 )
+from syncengine.repo.references import Merge, Reference, references_key
+from syncengine.repo.references import resolve as resolve_references
 from syncengine.store.base import HashedParts, ObjectStore
 
 #: New blobs are read and packed in batches of about this many bytes per worker-thread hop.
