@@ -394,24 +394,47 @@ def references_key(entries: Iterable[ManifestEntry]) -> str:
 
 
 class Merge:
-    """Puts reference entries (sorted) into the path-ordered stream of hashed files."""
+    """Puts reference entries (sorted) into the path-ordered stream of hashed files, refusing
+    a reference at a file's path, or one that would be a file and a folder at once (``a``
+    and ``a/b``)."""
 
     def __init__(self, entries: list[ManifestEntry]) -> None:
         self._entries = entries
         self._next = 0
+        # Earlier paths that are byte prefixes of the latest one: its only possible ancestors.
+        self._stack: list[tuple[bytes, str]] = []
+
+    def _visit(self, path: str, what: str) -> None:
+        key = path.encode()
+        while self._stack and not key.startswith(self._stack[-1][0]):
+            self._stack.pop()
+        for p, other in self._stack:
+            if key[len(p) : len(p) + 1] == b"/":
+                raise ConfigError(
+                    f"{p.decode()!r} ({other}) would be a file and the folder of {path!r} ({what}); "
+                    "give the reference another name"
+                )
+        self._stack.append((key, what))
 
     def before(self, path: str) -> list[ManifestEntry]:
         """References whose paths sort before `path`; a reference at `path` is an error."""
+        if not self._entries:
+            return []
         key = path.encode()
         start = self._next
         while self._next < len(self._entries) and self._entries[self._next].path.encode() < key:
+            e = self._entries[self._next]
+            self._visit(e.path, f"reference {e.ref}")
             self._next += 1
         if self._next < len(self._entries) and self._entries[self._next].path == path:
             raise ConfigError(f"{path!r} is both a file and reference {self._entries[self._next].ref}")
+        self._visit(path, "a file")
         return self._entries[start : self._next]
 
     def rest(self) -> list[ManifestEntry]:
         out, self._next = self._entries[self._next :], len(self._entries)
+        for e in out:
+            self._visit(e.path, f"reference {e.ref}")
         return out
 
 

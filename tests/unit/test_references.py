@@ -122,6 +122,31 @@ def test_merge_places_references_between_files_and_refuses_a_shared_path() -> No
         Merge(refs).before("c/x")
 
 
+@pytest.mark.parametrize(
+    ("files", "refs"),
+    [
+        (["a"], ["a/b"]),
+        (["a/b"], ["a"]),
+        ([], ["a", "a/b"]),
+        (["a-c", "a/x"], ["a"]),
+        (["z"], ["a", "a-b", "a/b"]),
+    ],
+)
+def test_merge_refuses_a_path_that_is_a_file_and_a_folder(files: list[str], refs: list[str]) -> None:
+    entries = [reference_entry(p, f"s3://b/{p}", 1, {"etag": "e"}) for p in refs]
+    m = Merge(entries)
+    with pytest.raises(ConfigError, match="would be a file and the folder of"):
+        for f in files:
+            m.before(f)
+        m.rest()
+
+
+def test_merge_allows_neighbours_that_only_share_a_name_prefix() -> None:
+    m = Merge([reference_entry(p, f"s3://b/{p}", 1, {"etag": "e"}) for p in ("a", "a.b/c")])
+    assert [e.path for e in m.before("a-x/y")] == ["a"]
+    assert [e.path for e in m.before("ab")] == ["a.b/c"]
+
+
 def test_cli_reference_values() -> None:
     assert split_reference("s3://b/k") == ("s3://b/k", None)
     assert split_reference("data/imgs=s3://b/images/") == ("s3://b/images/", "data/imgs")
