@@ -364,19 +364,45 @@ def _http_extra(headers: Any) -> dict[str, str | int]:
     return extra
 
 
-async def _resolve_http(ref: Reference, sources: SourceStores) -> ManifestEntry:
+async def _http_request(sources: SourceStores, method: str, uri: str, what: str) -> aiohttp.ClientResponse:
+    """A response to ``method uri`` under the retry policy (`RetryPolicy.from_env`, as for S3):
+    connection failures, timeouts, 429 and 5xx are retried; the caller releases the response."""
     import aiohttp
 
+    from syncengine.store.retry import Retrier, RetryPolicy, Transient, transient_from_exception
+    from syncengine.store.retry import transient_from_status as from_status
+
+    retrier = Retrier(RetryPolicy.from_env(), what)
+    while True:
+        try:
+            async with retrier.attempt():
+                try:
+                    resp = await sources.http().request(method, uri, allow_redirects=True)
+                except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    t = transient_from_exception(e)
+                    if t is None:
+                        raise SyncEngineError(f"{what} failed: {type(e).__name__}: {e}") from e
+                    raise t from e
+                t = from_status(resp.status, "", resp.reason or "", resp.headers.get("Retry-After"))
+                if t is not None:
+                    resp.release()
+                    raise t
+                return resp
+        except Transient as t:
+            await retrier.backoff(t)
+
+
+async def _resolve_http(ref: Reference, sources: SourceStores) -> ManifestEntry:
+    resp = await _http_request(sources, "HEAD", ref.uri, f"HEAD {ref.uri}")
     try:
-        async with sources.http().head(ref.uri, allow_redirects=True) as resp:
-            if resp.status in (404, 410):
-                raise ReferenceNotFound(f"reference {ref.uri}: the server answered {resp.status}")
-            if resp.status >= 300:
-                raise SyncEngineError(f"reference {ref.uri}: HEAD answered {resp.status} {resp.reason}")
-            length = resp.headers.get("Content-Length")
-            extra = _http_extra(resp.headers)
-    except aiohttp.ClientError as e:
-        raise SyncEngineError(f"reference {ref.uri}: HEAD failed: {type(e).__name__}: {e}") from e
+        if resp.status in (404, 410):
+            raise ReferenceNotFound(f"reference {ref.uri}: the server answered {resp.status}")
+        if resp.status >= 300:
+            raise SyncEngineError(f"reference {ref.uri}: HEAD answered {resp.status} {resp.reason}")
+        length = resp.headers.get("Content-Length")
+        extra = _http_extra(resp.headers)
+    finally:
+        resp.release()
     if length is None or not length.isdigit():
         raise SyncEngineError(f"reference {ref.uri}: the server sent no Content-Length, so no size to log")
     name = ref.name or unquote(urlsplit(ref.uri).path).rstrip("/").rsplit("/", 1)[-1]
@@ -524,6 +550,12 @@ class _TempFile:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         return self
 
+    def restart(self) -> None:
+        """Empties the file for another attempt."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.size = 0
+
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
@@ -626,19 +658,39 @@ def _copy_file(e: ManifestEntry, tmp: _TempFile, params: ChunkerParams) -> None:
             raise _changed(e, f"content digest {got[:16]}…, logged {str(extra['blake3'])[:16]}…")
 
 
-async def _fetch_http(sources: SourceStores, e: ManifestEntry, tmp: _TempFile) -> None:
+async def _body(resp: aiohttp.ClientResponse, stall: float) -> AsyncIterator[bytes]:
+    """The response body; a broken or stalled transfer is `Transient` (the GET is retried)."""
     import aiohttp
+
+    from syncengine.store.retry import Transient, transient_from_exception
+
+    while True:
+        try:
+            async with asyncio.timeout(stall):
+                data = await resp.content.readany()
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            t = transient_from_exception(e)
+            raise (t or Transient(f"the body broke off ({type(e).__name__}: {e})")) from e
+        if not data:
+            return
+        yield data
+
+
+async def _fetch_http(sources: SourceStores, e: ManifestEntry, tmp: _TempFile) -> None:
+    from syncengine.store.retry import Retrier, RetryPolicy, Transient
 
     assert e.ref is not None
     extra = e.extra or {}
-    try:
-        async with sources.http().get(e.ref, allow_redirects=True) as resp:
+    policy = RetryPolicy.from_env()
+    retrier = Retrier(policy, f"GET {e.ref}")
+    while True:
+        resp = await _http_request(sources, "GET", e.ref, f"GET {e.ref}")
+        try:
             if resp.status in (404, 410):
                 raise _changed(e, f"the server answers {resp.status}")
             if resp.status >= 300:
-                raise SyncEngineError(
-                    f"reference {e.path!r} ({e.ref}): GET answered {resp.status} {resp.reason}"
-                )
+                what = f"GET answered {resp.status} {resp.reason}"
+                raise SyncEngineError(f"reference {e.path!r} ({e.ref}): {what}")
             now = _http_extra(resp.headers)
             for k in ("etag", "last_modified"):
                 if k in extra and now.get(k) != extra[k]:
@@ -646,8 +698,13 @@ async def _fetch_http(sources: SourceStores, e: ManifestEntry, tmp: _TempFile) -
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) != e.size:
                 raise _changed(e, f"size {length}, logged {e.size}")
-            await _write_stream(resp.content.iter_chunked(1 << 20), tmp, e)
-    except aiohttp.ClientError as err:
-        raise SyncEngineError(
-            f"reference {e.path!r} ({e.ref}): GET failed: {type(err).__name__}: {err}"
-        ) from err
+            try:
+                await _write_stream(_body(resp, policy.stall_timeout), tmp, e)
+                return
+            except Transient as t:
+                failure = t
+        finally:
+            resp.release()
+        retrier.attempts += 1  # one GET (its own request retries aside); no attempt timeout on a body
+        await retrier.backoff(failure)  # raises StoreUnavailable once the policy is spent
+        await asyncio.to_thread(tmp.restart)

@@ -228,6 +228,50 @@ def test_http_references(tmp_path: Path) -> None:
     run(go())
 
 
+def test_http_references_are_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 503 and a body cut off in the middle are retried; the file is whole in the end."""
+    monkeypatch.setenv("SYNCENGINE_S3_BASE_DELAY", "0.01")
+    monkeypatch.setenv("SYNCENGINE_S3_MAX_DELAY", "0.05")
+    body = os.urandom(300_000)
+    calls = {"HEAD": 0, "GET": 0}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        calls[request.method] += 1
+        if calls[request.method] == 1:
+            return web.Response(status=503)
+        headers = {"ETag": '"b1"', "Content-Length": str(len(body))}
+        if request.method == "GET" and calls["GET"] == 2:  # half the body, then the connection drops
+            resp = web.StreamResponse(headers=headers)
+            await resp.prepare(request)
+            await resp.write(body[:100_000])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        return web.Response(body=body if request.method == "GET" else None, headers=headers)
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/x.bin", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            async with await aio.Repository.open(str(tmp_path / "repo")) as repo:
+                art = aio.Artifact("web", type="model")
+                art.add_reference(f"{base}/x.bin")
+                v = await repo.log_artifact(art, project="p")
+                await v.download(tmp_path / "out")
+        finally:
+            await runner.cleanup()
+        assert (tmp_path / "out" / "x.bin").read_bytes() == body
+        assert calls == {"HEAD": 2, "GET": 3}
+        assert not list((tmp_path / "out").glob(".se-tmp-*"))
+
+    run(go())
+
+
 # -- s3:// --------------------------------------------------------------------------------------
 
 
@@ -429,3 +473,46 @@ def test_cli_put_reference_show_files_and_get(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["files"] == 1
+
+
+def test_cli_s3_reference_with_a_local_repository(s3_server: S3TestServer, tmp_path: Path) -> None:
+    """A local repository takes S3 settings for references from the AWS environment."""
+    src = s3_server.new_bucket("cli")
+    assert s3_server.request("PUT", f"/{src}/w/model.bin", b"weights")[0] == 200
+    env = {
+        **os.environ,
+        **s3_server.env(),
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    repo = str(tmp_path / "repo")
+
+    def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "syncengine", *args], capture_output=True, text=True, timeout=300, env=env
+        )
+
+    r = run_cli("put", "-n", "p/m", "-t", "model", "--reference", f"s3://{src}/w/", "--repo", repo, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["files"] == 1
+    r = run_cli("show", "p/m", "--files", "--repo", repo)
+    assert r.stdout.strip() == f"model.bin  7  -> s3://{src}/w/model.bin"
+    r = run_cli("get", "p/m", "--root", str(tmp_path / "out"), "--repo", repo)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "model.bin").read_bytes() == b"weights"
+    r = run_cli(
+        "put",
+        "-n",
+        "p/m",
+        "-t",
+        "model",
+        "--reference",
+        f"s3://{src}/w/",
+        "--max-objects",
+        "1",
+        "--repo",
+        repo,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "unchanged" in r.stdout
