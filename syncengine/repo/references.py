@@ -55,6 +55,10 @@ DEFAULT_MAX_OBJECTS: Final = 10_000
 REF_MODE: Final = 0o644
 #: Requests at once while expanding a versioned prefix or fetching references.
 CONCURRENCY: Final = 16
+#: References fetched and then made durable together (one syncfs) at a time.
+FETCH_BATCH: Final = 1024
+#: Objects up to this size are gathered in memory and written with one worker-thread hop.
+SMALL_OBJECT: Final = 1 << 20
 #: `extra` keys, per scheme: s3 `etag`, `version_id` (versioned buckets); file `mtime_ns`,
 #: `blake3` (hex file digest, with checksum); http(s) `etag`, `last_modified` (when sent).
 EXTRA: Final = {
@@ -477,51 +481,77 @@ def _changed(e: ManifestEntry, what: str) -> ReferenceChanged:
 async def fetch(
     repo: Repository, entries: Sequence[ManifestEntry], root: str, result: DownloadResult
 ) -> None:
-    """Fetches every reference entry from its source into ``root`` (verified against the
-    logged metadata; temp file, fsync, rename). A changed source is `ReferenceChanged`."""
+    """Fetches every reference entry from its source into ``root``, verified against the
+    logged metadata. A changed source is `ReferenceChanged`; nothing is written at its path.
+
+    Objects go into temp files beside their targets; per batch of `FETCH_BATCH` entries the
+    temp files are made durable together (one syncfs, `syncengine.durable`), renamed over the
+    targets, and the directories made durable — as the downloader does for stored files."""
     if not entries:
         return
     for e in entries:
         check_entry(e)
-    gate = asyncio.Semaphore(CONCURRENCY)
     async with SourceStores(repo.store) as sources:
+        for i in range(0, len(entries), FETCH_BATCH):
+            await _fetch_batch(repo, sources, entries[i : i + FETCH_BATCH], root, result)
+
+
+async def _fetch_batch(
+    repo: Repository,
+    sources: SourceStores,
+    entries: Sequence[ManifestEntry],
+    root: str,
+    result: DownloadResult,
+) -> None:
+    from syncengine._loop import gather_all
+    from syncengine.durable import SyncBatch
+
+    batch = await asyncio.to_thread(SyncBatch, root)  # before any write: see syncengine.durable
+    gate = asyncio.Semaphore(CONCURRENCY)
+    fetched: list[_TempFile] = []
+    try:
 
         async def one(e: ManifestEntry) -> None:
             async with gate:
-                written = await _fetch_one(repo, sources, e, root)
-            if written:
-                result.written += 1
-                result.bytes_written += e.size
-            else:
+                tmp = await _fetch_one(repo, sources, e, root)
+            if tmp is None:
                 result.present += 1
-
-        from syncengine._loop import gather_all
+            else:
+                fetched.append(tmp)
 
         await gather_all([one(e) for e in entries])
+        await asyncio.to_thread(_commit, batch, fetched)
+    except BaseException:
+        for t in fetched:  # renamed ones are gone already
+            with contextlib.suppress(OSError):
+                os.unlink(t.path)
+        raise
+    finally:
+        batch.close()
+    result.written += len(fetched)
+    result.bytes_written += sum(t.size for t in fetched)
 
 
-async def _fetch_one(repo: Repository, sources: SourceStores, e: ManifestEntry, root: str) -> bool:
-    """Writes one reference's object to its target; False if a checksummed file was there already."""
-    from syncengine.repo.repository import safe_target
+def _commit(batch: Any, fetched: list[_TempFile]) -> None:
+    """Durable temp files → renames → durable directory entries."""
+    batch.flush([t.path for t in fetched])
+    for t in fetched:
+        os.replace(t.path, t.target)
+    batch.flush_dirs({os.path.dirname(t.target) for t in fetched})
 
+
+async def _fetch_one(
+    repo: Repository, sources: SourceStores, e: ManifestEntry, root: str
+) -> _TempFile | None:
+    """One reference's object in a complete, verified (closed) temp file beside its target;
+    None if a checksummed file is there already with the logged content."""
     assert e.ref is not None
-    target = await asyncio.to_thread(safe_target, root, e.path)
-    extra = e.extra or {}
     scheme = e.ref.split("://", 1)[0].lower()
-    if (
-        scheme == "file"
-        and "blake3" in extra
-        and await asyncio.to_thread(_has_digest, target, e.size, str(extra["blake3"]), repo.params)
-    ):
-        return False  # already there with the logged content
-    async with _TempFile(target) as tmp:
-        if scheme == "s3":
-            await _fetch_s3(sources, e, tmp)
-        elif scheme == "file":
-            await asyncio.to_thread(_copy_file, e, tmp, repo.params)
-        else:
-            await _fetch_http(sources, e, tmp)
-    return True
+    if scheme == "s3":
+        return await _fetch_s3(sources, e, root)
+    if scheme == "file":
+        return await asyncio.to_thread(_copy_file, e, root, repo.params)
+    return await _fetch_http(sources, e, root)
 
 
 def _has_digest(target: str, size: int, digest_hex: str, params: ChunkerParams) -> bool:
@@ -535,20 +565,29 @@ def _has_digest(target: str, size: int, digest_hex: str, params: ChunkerParams) 
 
 
 class _TempFile:
-    """A temp file beside the target (named like the downloader's, so a crashed writer's is
-    swept), renamed over the target after fsync on success, removed otherwise."""
+    """A temp file beside a target, named like the downloader's (a killed writer's is swept
+    by the next download). Blocking calls: run it in a worker thread."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, root: str, path: str) -> None:
         from syncengine.repo.download import _temp_name, _writer_tag
+        from syncengine.repo.repository import safe_target
 
-        self.target = target
-        self.path = os.path.join(os.path.dirname(target), _temp_name(_writer_tag(), None))
-        self.fd = -1
+        self.target = safe_target(root, path)  # checks the path, makes the parent folders
+        self.path = os.path.join(os.path.dirname(self.target), _temp_name(_writer_tag(), None))
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.size = 0
 
-    async def __aenter__(self) -> _TempFile:
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        return self
+    @classmethod
+    def whole(cls, root: str, path: str, data: bytes) -> _TempFile:
+        """A closed temp file holding ``data``: one worker-thread hop for a small object."""
+        tmp = cls(root, path)
+        try:
+            tmp.write(data)
+        except BaseException:
+            tmp.discard()
+            raise
+        tmp.close()
+        return tmp
 
     def restart(self) -> None:
         """Empties the file for another attempt."""
@@ -563,55 +602,56 @@ class _TempFile:
             view = view[n:]
         self.size += len(data)
 
-    async def __aexit__(self, t: type[BaseException] | None, *rest: object) -> None:
+    def write_all(self, chunks: list[bytes]) -> None:
+        for c in chunks:
+            self.write(c)
+
+    def close(self) -> None:
         fd, self.fd = self.fd, -1
-        try:
-            if t is None:
-                await asyncio.to_thread(os.fsync, fd)
-        finally:
+        if fd >= 0:
             os.close(fd)
-        if t is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            return
-        try:
-            await asyncio.to_thread(_rename_durably, self.path, self.target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            raise
+
+    def discard(self) -> None:
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
 
 
-def _rename_durably(tmp: str, target: str) -> None:
-    os.replace(tmp, target)
-    dfd = os.open(os.path.dirname(target), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-async def _write_stream(chunks: AsyncIterator[bytes], tmp: _TempFile, e: ManifestEntry) -> None:
+async def _receive(
+    chunks: AsyncIterator[bytes], e: ManifestEntry, root: str, tmp: _TempFile | None = None
+) -> _TempFile:
+    """The body of ``e``'s object in a closed temp file: a small object is gathered in memory
+    and written with one thread hop, a larger one streamed (``tmp`` given: into that one)."""
     pending: list[bytes] = []
     held = 0
-    async for c in chunks:
-        pending.append(c)
-        held += len(c)
-        if held >= 4 << 20:
-            await asyncio.to_thread(_write_all, tmp, pending)
-            pending, held = [], 0
-    if pending:
-        await asyncio.to_thread(_write_all, tmp, pending)
-    if tmp.size != e.size:
-        raise _changed(e, f"{tmp.size} bytes arrived, the logged size is {e.size}")
+    given = tmp  # the caller's: emptied and reused by a retry, so left to the caller on errors
+    try:
+        async for c in chunks:
+            pending.append(c)
+            held += len(c)
+            if held >= SMALL_OBJECT:
+                if tmp is None:
+                    tmp = await asyncio.to_thread(_TempFile, root, e.path)
+                await asyncio.to_thread(tmp.write_all, pending)
+                pending, held = [], 0
+        if tmp is None:
+            data = b"".join(pending)
+            if len(data) != e.size:
+                raise _changed(e, f"{len(data)} bytes arrived, the logged size is {e.size}")
+            return await asyncio.to_thread(_TempFile.whole, root, e.path, data)
+        if pending:
+            await asyncio.to_thread(tmp.write_all, pending)
+        if tmp.size != e.size:
+            raise _changed(e, f"{tmp.size} bytes arrived, the logged size is {e.size}")
+        tmp.close()
+        return tmp
+    except BaseException:
+        if tmp is not None and tmp is not given:
+            await asyncio.to_thread(tmp.discard)
+        raise
 
 
-def _write_all(tmp: _TempFile, chunks: list[bytes]) -> None:
-    for c in chunks:
-        tmp.write(c)
-
-
-async def _fetch_s3(sources: SourceStores, e: ManifestEntry, tmp: _TempFile) -> None:
+async def _fetch_s3(sources: SourceStores, e: ManifestEntry, root: str) -> _TempFile:
     assert e.ref is not None and e.extra is not None
     bucket, key = _s3_parts(e.ref)
     vid = e.extra.get("version_id")
@@ -629,15 +669,19 @@ async def _fetch_s3(sources: SourceStores, e: ManifestEntry, tmp: _TempFile) -> 
             raise _changed(e, f"size {reader.info.size}, logged {e.size}")
         if vid and got_vid != vid:
             raise _changed(e, f"version {got_vid!r} was sent, logged {vid!r}")
-        await _write_stream(aiter(reader), tmp, e)
+        return await _receive(aiter(reader), e, root)
     finally:
         reader.close()
 
 
-def _copy_file(e: ManifestEntry, tmp: _TempFile, params: ChunkerParams) -> None:
+def _copy_file(e: ManifestEntry, root: str, params: ChunkerParams) -> _TempFile | None:
+    from syncengine.repo.repository import safe_target
+
     assert e.ref is not None
     src = _file_path(e.ref)
     extra = e.extra or {}
+    if "blake3" in extra and _has_digest(safe_target(root, e.path), e.size, str(extra["blake3"]), params):
+        return None  # already there with the logged content
     try:
         f = open(src, "rb", buffering=0)  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -648,14 +692,21 @@ def _copy_file(e: ManifestEntry, tmp: _TempFile, params: ChunkerParams) -> None:
             raise _changed(e, f"size {st.st_size}, logged {e.size}")
         if "blake3" not in extra and st.st_mtime_ns != extra.get("mtime_ns"):
             raise _changed(e, f"mtime_ns {st.st_mtime_ns}, logged {extra.get('mtime_ns')}")
-        while data := f.read(1 << 20):
-            tmp.write(data)
-    if tmp.size != e.size:
-        raise _changed(e, f"{tmp.size} bytes read, the logged size is {e.size}")
-    if "blake3" in extra:
-        got = bytes(backend.impl.FileHasher(params).hash_file(tmp.path, e.size).digest).hex()
-        if got != extra["blake3"]:
-            raise _changed(e, f"content digest {got[:16]}…, logged {str(extra['blake3'])[:16]}…")
+        tmp = _TempFile(root, e.path)
+        try:
+            while data := f.read(1 << 20):
+                tmp.write(data)
+            if tmp.size != e.size:
+                raise _changed(e, f"{tmp.size} bytes read, the logged size is {e.size}")
+            tmp.close()
+            if "blake3" in extra:
+                got = bytes(backend.impl.FileHasher(params).hash_file(tmp.path, e.size).digest).hex()
+                if got != extra["blake3"]:
+                    raise _changed(e, f"content digest {got[:16]}…, logged {str(extra['blake3'])[:16]}…")
+        except BaseException:
+            tmp.discard()
+            raise
+    return tmp
 
 
 async def _body(resp: aiohttp.ClientResponse, stall: float) -> AsyncIterator[bytes]:
@@ -676,35 +727,45 @@ async def _body(resp: aiohttp.ClientResponse, stall: float) -> AsyncIterator[byt
         yield data
 
 
-async def _fetch_http(sources: SourceStores, e: ManifestEntry, tmp: _TempFile) -> None:
+async def _fetch_http(sources: SourceStores, e: ManifestEntry, root: str) -> _TempFile:
     from syncengine.store.retry import Retrier, RetryPolicy, Transient
 
     assert e.ref is not None
     extra = e.extra or {}
     policy = RetryPolicy.from_env()
     retrier = Retrier(policy, f"GET {e.ref}")
-    while True:
-        resp = await _http_request(sources, "GET", e.ref, f"GET {e.ref}")
-        try:
-            if resp.status in (404, 410):
-                raise _changed(e, f"the server answers {resp.status}")
-            if resp.status >= 300:
-                what = f"GET answered {resp.status} {resp.reason}"
-                raise SyncEngineError(f"reference {e.path!r} ({e.ref}): {what}")
-            now = _http_extra(resp.headers)
-            for k in ("etag", "last_modified"):
-                if k in extra and now.get(k) != extra[k]:
-                    raise _changed(e, f"{k} {now.get(k)!r}, logged {extra[k]!r}")
-            length = resp.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) != e.size:
-                raise _changed(e, f"size {length}, logged {e.size}")
+    tmp: _TempFile | None = None  # a large object's, kept (emptied) across attempts
+    try:
+        while True:
+            resp = await _http_request(sources, "GET", e.ref, f"GET {e.ref}")
             try:
-                await _write_stream(_body(resp, policy.stall_timeout), tmp, e)
-                return
-            except Transient as t:
-                failure = t
-        finally:
-            resp.release()
-        retrier.attempts += 1  # one GET (its own request retries aside); no attempt timeout on a body
-        await retrier.backoff(failure)  # raises StoreUnavailable once the policy is spent
-        await asyncio.to_thread(tmp.restart)
+                if resp.status in (404, 410):
+                    raise _changed(e, f"the server answers {resp.status}")
+                if resp.status >= 300:
+                    what = f"GET answered {resp.status} {resp.reason}"
+                    raise SyncEngineError(f"reference {e.path!r} ({e.ref}): {what}")
+                now = _http_extra(resp.headers)
+                for k in ("etag", "last_modified"):
+                    if k in extra and now.get(k) != extra[k]:
+                        raise _changed(e, f"{k} {now.get(k)!r}, logged {extra[k]!r}")
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) != e.size:
+                    raise _changed(e, f"size {length}, logged {e.size}")
+                if e.size > SMALL_OBJECT and tmp is None:
+                    tmp = await asyncio.to_thread(_TempFile, root, e.path)
+                try:
+                    done = await _receive(_body(resp, policy.stall_timeout), e, root, tmp)
+                    tmp = None  # handed over
+                    return done
+                except Transient as t:
+                    failure = t
+            finally:
+                resp.release()
+            retrier.attempts += 1  # one GET (its own request retries aside); no attempt timeout on a body
+            await retrier.backoff(failure)  # raises StoreUnavailable once the policy is spent
+            if tmp is not None:
+                await asyncio.to_thread(tmp.restart)
+    except BaseException:
+        if tmp is not None:
+            await asyncio.to_thread(tmp.discard)
+        raise
