@@ -24,6 +24,7 @@ from syncengine.errors import ConfigError
 from syncengine.hashing.tree import Source
 from syncengine.repo.manifest import ManifestEntry
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
+from syncengine.repo.references import Reference
 from syncengine.repo.repository import Repository as _Core
 from syncengine.store import open_store
 
@@ -53,6 +54,7 @@ class Artifact:
         self.description = description
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.sources: list[Source] = []
+        self.references: list[Reference] = []
 
     def add_file(self, path: str | os.PathLike[str], name: str | None = None) -> None:
         """Adds one file, stored as `name` (default: its basename)."""
@@ -67,6 +69,24 @@ class Artifact:
         if not os.path.isdir(p):
             raise NotADirectoryError(f"{p}: not a folder")
         self.sources.append(Source(p, (name or "").strip("/")))
+
+    def add_reference(
+        self, uri: str, name: str | None = None, checksum: bool = True, max_objects: int | None = None
+    ) -> None:
+        """Adds an external object by URI; only its metadata is logged, and a download
+        fetches it from the source and checks it is unchanged (docs/REFERENCES.md).
+
+        ``s3://bucket/key`` (size, ETag, VersionId), ``s3://bucket/prefix/`` (every object
+        under it), ``file:///abs/path`` (a file or folder: size, mtime and, with ``checksum``,
+        the content digest), ``https://…`` (size, ETag, Last-Modified). ``name`` is the entry's
+        path (for a prefix or folder: the folder its objects go under). A prefix or folder
+        with more than ``max_objects`` objects (default 10,000) is an error. The source is
+        read when the version is logged.
+
+        >>> art = Artifact("raw", type="dataset")
+        >>> art.add_reference("s3://my-bucket/images/", name="images")
+        """
+        self.references.append(Reference.parse(uri, name, checksum, max_objects))
 
 
 class Manifest:
@@ -371,8 +391,10 @@ class Repository:
     ) -> ArtifactVersion:
         """Logs the artifact's files as its next version — or, when the content equals an
         existing version, returns that one (still applying `aliases`)."""
-        if not artifact.sources:
-            raise ConfigError(f"artifact {artifact.name!r} has no files: call add_file or add_dir first")
+        if not artifact.sources and not artifact.references:
+            raise ConfigError(
+                f"artifact {artifact.name!r} has no files: call add_file, add_dir or add_reference first"
+            )
         result = await self.core.log(
             artifact.sources,
             project=project,
@@ -383,6 +405,7 @@ class Repository:
             metadata=artifact.metadata,
             tags=tags,
             logged_by=_logged_by,
+            references=artifact.references,
         )
         return await self._version(result.record)
 

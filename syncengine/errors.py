@@ -149,3 +149,15 @@ class PreconditionFailedAfterRetry(PreconditionFailed):
 
     The earlier attempt may have been applied and then changed by another writer, so the
     write's outcome is unknown: re-read the object and decide again (see docs/S3.md)."""
+
+
+class ReferenceNotFound(SyncEngineError, FileNotFoundError):
+    """An external object a reference names (s3://, file://, https://) does not exist."""
+
+
+class ReferenceChanged(SyncEngineError):
+    """An external object changed since its reference was logged (ETag, version, size or digest)."""
+
+
+class TooManyObjects(SyncEngineError, ValueError):
+    """A reference to a folder or prefix would expand to more objects than ``max_objects``."""

@@ -15,6 +15,7 @@ import click
 import msgspec
 
 from syncengine.cli.progress import progress_bar
+from syncengine.cli.reference_commands import reference_options
 from syncengine.errors import SyncEngineError
 from syncengine.hashing.tree import sources_for
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
@@ -158,7 +159,7 @@ def _ref(r: VersionRecord) -> str:
 
 def register(cli: click.Group) -> None:
     @cli.command("put")
-    @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+    @click.argument("paths", nargs=-1, type=click.Path(exists=True))
     @click.option("-n", "--name", "full_name", required=True, help="PROJECT/NAME of the artifact.")
     @click.option("-t", "--type", "type_", required=True, help="Artifact type, e.g. dataset or model.")
     @click.option("-a", "--alias", "aliases", multiple=True, help="Alias for this version (repeatable).")
@@ -167,6 +168,15 @@ def register(cli: click.Group) -> None:
     @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
     @click.option("--include", multiple=True)
     @click.option("--exclude", multiple=True)
+    @click.option(
+        "--reference",
+        "references",
+        multiple=True,
+        metavar="[NAME=]URI",
+        help="Log an external object by reference (s3://, file:///, https://), stored as NAME (repeatable).",
+    )
+    @click.option("--no-checksum", is_flag=True, help="file:// references: size and mtime only, no digest.")
+    @click.option("--max-objects", type=click.IntRange(min=1), default=None, help="Per reference [10000].")
     @repo_option
     @json_option
     def put(
@@ -179,30 +189,38 @@ def register(cli: click.Group) -> None:
         tags: tuple[str, ...],
         include: tuple[str, ...],
         exclude: tuple[str, ...],
+        references: tuple[str, ...],
+        no_checksum: bool,
+        max_objects: int | None,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
         """Log PATHS as the next version of PROJECT/NAME (or find the identical existing one)."""
         ref = parse_ref(full_name)
+        if not paths and not references:
+            raise click.UsageError("give PATHS to log, or --reference URI")
+        refs = reference_options(references, checksum=not no_checksum, max_objects=max_objects)
         if ref.version is not None or ref.alias is not None:
             raise click.BadParameter(
                 "give PROJECT/NAME without :alias (use -a to set aliases)", param_hint="-n"
             )
         meta = json_object(metadata, "-m") if metadata is not None else None
         start = time.perf_counter()
-        result: PutResult | _Unchanged | None = _recall_unchanged(
-            repo_url,
-            paths,
-            project=ref.project,
-            name=ref.name,
-            type=type_,
-            aliases=aliases,
-            tags=tags,
-            include=include,
-            exclude=exclude,
-        )
+        result: PutResult | _Unchanged | None = None
+        if not refs:  # references must be looked at each time: the shortcut cannot see them
+            result = _recall_unchanged(
+                repo_url,
+                paths,
+                project=ref.project,
+                name=ref.name,
+                type=type_,
+                aliases=aliases,
+                tags=tags,
+                include=include,
+                exclude=exclude,
+            )
         if result is None:
-            sources = sources_for(list(paths))
+            sources = sources_for(list(paths)) if paths else []
             with progress_bar(not as_json, "logging", count=(sources, include, exclude)) as progress:
                 result = _run(
                     repo_url,
@@ -219,6 +237,7 @@ def register(cli: click.Group) -> None:
                         exclude=exclude,
                         on_progress=progress,
                         on_upload=progress.upload if progress is not None else None,
+                        references=refs,
                     ),
                 )
         seconds = time.perf_counter() - start
@@ -383,10 +402,16 @@ def register(cli: click.Group) -> None:
 
     @cli.command("show")
     @click.argument("ref")
+    @click.option("--files", is_flag=True, help="List the version's files (references: -> URI) instead.")
     @repo_option
     @json_option
-    def show(ref: str, repo_url: str | None, as_json: bool) -> None:
-        """One version's record as JSON (indented; one line with --json)."""
+    def show(ref: str, files: bool, repo_url: str | None, as_json: bool) -> None:
+        """One version's record as JSON (indented; one line with --json); --files: its files."""
+        if files:
+            from syncengine.cli.reference_commands import show_files
+
+            show_files(lambda job: _run(repo_url, job), parse_ref(ref), as_json)
+            return
         record = _run(repo_url, lambda repo: repo.resolve(parse_ref(ref)))
         click.echo(json.dumps(_record_json(record), indent=None if as_json else 1))
 

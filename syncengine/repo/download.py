@@ -159,7 +159,9 @@ class DownloadResult:
     requests: int = 0
     removed: int = 0  # checkout: files, symlinks and other non-directories deleted
     swept: int = 0  # temp files left by downloads whose process has ended, deleted
-    references: list[str] = field(default_factory=list)  # entries naming external objects: skipped
+    references: list[str] = field(default_factory=list)  # entries naming external objects
+    #: Their entries: fetched from their sources after the stored files (repo/references.py).
+    reference_entries: list[ManifestEntry] = field(default_factory=list, repr=False)
 
 
 def default_root(record: VersionRecord) -> str:
@@ -1178,6 +1180,7 @@ class _Downloader(_Session):
             parts = check_path(e.path)
             if e.ref is not None:
                 res.references.append(e.path)
+                res.reference_entries.append(e)
                 continue
             _check_entry(e)
             jobs.append(_FileJob(e, parts, self.root, self._seq, self.writer))
@@ -1359,6 +1362,10 @@ async def download(
                 window, blobs = [], 0
         if window:
             await d.window(window)
+        if d.result.reference_entries:
+            from syncengine.repo.references import fetch as fetch_references
+
+            await fetch_references(repo, d.result.reference_entries, real_root, d.result)
         if mode == "checkout":
             await d.prune(reader, prefix)
     finally:

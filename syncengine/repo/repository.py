@@ -74,6 +74,8 @@ from syncengine.repo.records import (
     head_key,
     version_key,
 )
+from syncengine.repo.references import Merge, Reference, references_key
+from syncengine.repo.references import resolve as resolve_references
 from syncengine.store.base import HashedParts, ObjectStore
 
 #: New blobs are read and packed in batches of about this many bytes per worker-thread hop.
@@ -222,11 +224,13 @@ class Repository:
         on_progress: Callable[[int, int], None] | None = None,
         on_upload: Callable[[int, int], None] | None = None,
         logged_by: str = "",
+        references: Sequence[Reference] = (),
     ) -> PutResult:
         """Hashes `sources`, stores what the repository lacks, and records a version
         (or returns the existing version with identical content). ``on_progress(files,
         bytes)`` follows the hashing, ``on_upload(bytes_sent, packs_in_flight)`` the uploads;
-        ``logged_by`` ("project/run-id") goes into a version this call creates."""
+        ``logged_by`` ("project/run-id") goes into a version this call creates.
+        `references` (syncengine.repo.references) become entries holding only metadata."""
         check_name("project", project)
         check_name("artifact name", name)
         check_name("type", type)
@@ -242,6 +246,7 @@ class Repository:
             raise TypeMismatch(f"artifact {project}/{name} has type {head.type!r}, not {type!r}")
         loop = asyncio.get_running_loop()
         result = PutResult(VersionRecord(FORMAT, project, name, -1, type, "", "", 0, 0, ""), False)
+        refs = await resolve_references(references, self.store, self.params)
 
         memo: PutMemo | None = None
         key = b""
@@ -251,7 +256,8 @@ class Repository:
                 list(include),
                 list(exclude),
             ]
-            key = memo_key(self.config.id, project, name, type, [*walk, self.params.label])
+            extra_key = [references_key(refs)] if refs else []  # same references: same key
+            key = memo_key(self.config.id, project, name, type, [*walk, self.params.label, *extra_key])
             memo = await loop.run_in_executor(None, PutMemo)
         try:
             if memo is not None and head is not None:
@@ -280,7 +286,7 @@ class Repository:
             try:
                 return await self._log(
                     result, aliases, description, metadata, tags, sources, index, cache, hasher,
-                    journal, memo, key, on_upload, logged_by=logged_by,
+                    journal, memo, key, on_upload, Merge(refs), logged_by=logged_by,
                 )  # fmt: skip
             finally:
                 await loop.run_in_executor(None, journal.close)
@@ -332,6 +338,7 @@ class Repository:
         memo: PutMemo | None,
         key: bytes,
         on_upload: Callable[[int, int], None] | None,
+        refs: Merge,
         logged_by: str = "",
     ) -> PutResult:
         """The full put: hash, pack and upload what the repository lacks, commit.
@@ -473,6 +480,9 @@ class Repository:
                     fingerprint.add(scanned)
                     chunks = tuple((c.length, c.digest) for c in d.chunks)
                     entry = ManifestEntry(scanned.path, d.size, scanned.mode & 0o777, d.digest, chunks)
+                    for ref in refs.before(entry.path):  # references sorting before this file
+                        for pid, data in builder.add(ref):
+                            await _put_immutable(self.store, _obj_key("manifests", pid), data)
                     for pid, data in builder.add(entry):
                         await _put_immutable(self.store, _obj_key("manifests", pid), data)
                     result.files += 1
@@ -537,6 +547,9 @@ class Repository:
                 index.setdefault(ie.digest, ie)
             self._segments.add(f"index/{sid.hex()}")
         await loop.run_in_executor(None, journal.forget, journaled)
+        for ref in refs.rest():
+            for pid, data in builder.add(ref):
+                await _put_immutable(self.store, _obj_key("manifests", pid), data)
         pages, manifest = builder.finish()
         for pid, data in pages:
             await _put_immutable(self.store, _obj_key("manifests", pid), data)
@@ -809,6 +822,8 @@ class Repository:
                 record = decode_version(await self.store.get(info.key), info.key)
                 reader = await self.manifest(record)
                 async for entry in reader.entries():
+                    if entry.ref is not None:
+                        continue  # a reference stores no blob
                     blobs = [d for _, d in entry.chunks] if entry.chunks else [entry.digest]
                     for d in blobs:
                         needed.setdefault(d, f"{record.project}/{record.name}:v{record.version} {entry.path}")

@@ -281,6 +281,11 @@ def _unquote_etag(etag: str | None) -> str:
     return etag
 
 
+def _version_header(headers: Mapping[str, str]) -> str | None:
+    v = headers.get("x-amz-version-id")
+    return v if v and v != "null" else None  # "null": written while versioning was off
+
+
 def _lost_detail(cond: Mapping[str, str]) -> str:
     if "If-Match" in cond:
         return f"its ETag is not {cond['If-Match']} (another writer changed it, or it does not exist)"
@@ -1634,6 +1639,72 @@ class S3Store(StoreContext):
         for fk in full_keys:
             with contextlib.suppress(_HttpError):
                 await self._send("DELETE", fk, what=f"DELETE {fk}")
+
+    # ---- objects other tools wrote (references: syncengine/repo/references.py) ---------
+
+    def for_bucket(self, bucket: str) -> S3Store:
+        """A store over another bucket (no prefix) with this store's endpoint, region,
+        addressing, credentials, retry policy and listing page size."""
+        twin = S3Store(
+            bucket,
+            endpoint_url=self._endpoint_arg,
+            region=self._region_arg,
+            addressing=self._addressing_arg,
+            profile=self.profile,
+            retry=self.retry_policy,
+            list_page_size=self._page_size,
+            list_strategy=self._list_strategy_arg,
+        )
+        twin._explicit = self._explicit
+        return twin
+
+    async def head_object(self, key: str, version_id: str | None = None) -> tuple[ObjectInfo, str | None]:
+        """HEAD of any key below the prefix, also one `validate_key` refuses (objects other
+        tools wrote), of one version when ``version_id`` is given: (info, the object's
+        ``x-amz-version-id`` or None when the bucket has no versioning)."""
+        self._check_open()
+        what = f"HEAD {self._display(key)}" + (f" (version {version_id})" if version_id else "")
+        query: list[tuple[str, str | None]] = [("versionId", version_id)] if version_id else []
+        try:
+            _, headers, _, _ = await self._send("HEAD", self.prefix + key, what=what, query=query)
+        except _HttpError as e:
+            if e.status in (400, 404):  # 400: a version id the bucket does not know
+                raise ObjectNotFound(key, repr(self)) from None
+            raise self._unexpected(e, what) from None
+        size = int(headers.get("Content-Length", "0"))
+        return self._info_from_headers(key, headers, size), _version_header(headers)
+
+    async def open_object(self, key: str, version_id: str | None = None) -> tuple[_S3Reader, str | None]:
+        """A streamed GET of any key below the prefix (one version when ``version_id`` is
+        given): (reader, its ``x-amz-version-id`` or None). The caller closes the reader; a
+        dropped connection resumes pinned to the first answer's ETag."""
+        self._check_open()
+        what = f"GET {self._display(key)}" + (f" (version {version_id})" if version_id else "")
+        query: list[tuple[str, str | None]] = [("versionId", version_id)] if version_id else []
+        try:
+            _, h, _, resp = await self._send("GET", self.prefix + key, what=what, query=query, stream=True)
+        except _HttpError as e:
+            if e.status in (400, 404):
+                raise ObjectNotFound(key, repr(self)) from None
+            raise self._unexpected(e, what) from None
+        assert resp is not None
+        try:
+            length = int(h.get("Content-Length", "0"))
+            info = self._info_from_headers(key, h, length)
+        except BaseException:
+            resp.close()
+            raise
+        return _S3Reader(self, key, info, resp, 0, length), _version_header(h)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key (below the store prefix) starts with ``prefix``, keys as the
+        server lists them (any characters, server order), one ListObjectsV2 page of
+        ``list_page_size`` keys per request."""
+        self._check_open()
+        await self._ready()
+        async for page in self._pages(self.prefix + prefix, delimiter=False):
+            for full_key, size, etag, mtime in page.objects:
+                yield ObjectInfo(full_key[len(self.prefix) :], size, etag, mtime)
 
     # ---- lifecycle ------------------------------------------------------------------------
 

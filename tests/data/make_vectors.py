@@ -94,6 +94,54 @@ def manifest_vector() -> dict[str, object]:
     }
 
 
+def reference_vector() -> dict[str, object]:
+    """Reference entries (docs/FORMAT.md "References"): digest input bytes, digest, entry bytes."""
+    import msgspec
+
+    from syncengine.hashing.digests import TreeDigest
+    from syncengine.repo.references import REF_KEY, covered_extra, reference_entry
+
+    cases = [
+        (
+            "train.csv",
+            "s3://bucket/data/train.csv",
+            1234,
+            {"etag": "d41d8cd98f00b204e9800998ecf8427e", "version_id": "3HL4kqtJlcpXroDTDmJ"},
+        ),
+        (
+            "local/a.txt",
+            "file:///data/a%20b.txt",
+            5,
+            {"mtime_ns": 1700000000123456789, "blake3": blake3.blake3(b"hello").hexdigest()},
+        ),
+        ("local/b.txt", "file:///data/b.txt", 7, {"mtime_ns": 1700000000000000000}),
+        (
+            "web/index.html",
+            "https://example.com/index.html",
+            42,
+            {"etag": '"abc"', "last_modified": "Tue, 01 Dec 2026 21:00:00 GMT"},
+        ),
+    ]
+    enc = msgspec.msgpack.Encoder(order="deterministic").encode
+    tree = TreeDigest()
+    out = []
+    for path, uri, size, extra in sorted(cases, key=lambda c: c[0].encode()):
+        e = reference_entry(path, uri, size, extra)
+        tree.add(e.path, e.digest)
+        out.append(
+            {
+                "path": path,
+                "uri": uri,
+                "size": size,
+                "extra": extra,
+                "digest_input": enc([uri, size, covered_extra(extra)]).hex(),
+                "digest": e.digest.hex(),
+                "entry": enc(e).hex(),
+            }
+        )
+    return {"ref_key": REF_KEY.hex(), "entries": out, "content_digest": tree.hexdigest()}
+
+
 def pack_vector() -> dict[str, object]:
     from syncengine.repo.pack import PackWriter, blob_digest, encode_index, index_entries
 
@@ -187,6 +235,7 @@ def main() -> None:
         "tree_key": TREE_KEY.hex(),
         "files": [file_vector(name, n) for name, n in INPUTS],
         "manifest": manifest_vector(),
+        "reference": reference_vector(),
         "pack": pack_vector(),
         "records": records_vector(),
         "lineage": lineage_vector(),
