@@ -1,4 +1,4 @@
-"""Incremental manifests: the next version's page tree from a base tree plus changes, reusing every untouched page.
+"""Incremental manifests: the next version's page tree from its base's plus changes, reusing untouched pages.
 
 A manifest's page tree is a pure function of its sorted entry list (page boundaries depend on
 paths only, FORMAT.md), so the tree of "base + changes" can be built by re-splitting only the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import itertools
 from collections.abc import AsyncIterator, Collection, Sequence
 
 from syncengine.hashing.digests import TreeDigest
@@ -62,7 +63,7 @@ async def patch_manifest(
     """The pages to store and the manifest of `reader`'s entries with every entry at or under
     a path in `removals` dropped and then `upserts` (strictly increasing paths) added,
     replacing entries of the same path. Pages the base already has are not returned."""
-    for a, b in zip(upserts, upserts[1:], strict=False):
+    for a, b in itertools.pairwise(upserts):
         if a.path.encode() >= b.path.encode():
             raise ManifestError(f"draft entries out of order or repeated: {b.path!r} after {a.path!r}")
     old_levels, kids = await _interior(reader)
@@ -223,7 +224,8 @@ def _paginate(
             if hit is not None:
                 children = kids[hit.page]
                 m = len(children)
-                if tuple(items[i : i + m]) == children and (i + m == n or _ends_page(level, children[-1].first)):
+                closed = i + m == n or _ends_page(level, children[-1].first)
+                if closed and tuple(items[i : i + m]) == children:
                     out.append(PageRef(children[0].first, hit.page, hit.entries, hit.size))
                     i += m
                     continue

@@ -1,4 +1,4 @@
-"""Incremental manifests: base + changes gives exactly the tree a full build gives, and writes only new pages."""
+"""Incremental manifests: base + changes gives the very tree a full build gives, writing only new pages."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def build(entries: list[ManifestEntry], pages: dict[bytes, bytes]) -> manifest.M
     return m
 
 
-def expected(base: list[ManifestEntry], upserts: list[ManifestEntry], removals: set[str]) -> list[ManifestEntry]:
+def expected(
+    base: list[ManifestEntry], upserts: list[ManifestEntry], removals: set[str]
+) -> list[ManifestEntry]:
     kept = {e.path: e for e in base if not covered(e.path, removals)}
     kept.update({e.path: e for e in upserts})
     return [kept[p] for p in sorted(kept, key=str.encode)]
