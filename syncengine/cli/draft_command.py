@@ -92,8 +92,8 @@ def register(cli: click.Group) -> None:
 
             record = await repo.resolve(ref)
             changes = DraftChanges(record)
-            for name in removes:
-                await changes.remove(repo, name)
+            for gone in removes:
+                await changes.remove(repo, gone)
             for path, name in staged:
                 if os.path.isdir(path):
                     changes.add_dir(path, name)

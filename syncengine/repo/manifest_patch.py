@@ -110,12 +110,12 @@ async def patch_manifest(
                 # ref has no first path yet: take it from the page)
                 r = leaves[i]
                 new_leaves.append(PageRef(page.entries[0].path, r.page, r.entries, r.size))
-            for e in page.entries:
-                tree.add(e.path, e.digest)
+            tree.add_many((e.path, e.digest) for e in page.entries)
         else:
             kept = (e for e in page.entries if not covered(e.path, removals))
-            for e in _merge(kept, changes.get(i, ())):
-                tree.add(e.path, e.digest)
+            merged = _merge(kept, changes.get(i, ()))
+            tree.add_many((e.path, e.digest) for e in merged)
+            for e in merged:
                 carry.append(e)
                 if _ends_page(0, e.path):
                     close_leaf()

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from syncengine.hashing.digests import TreeDigest
 from syncengine.repo import manifest
 from syncengine.repo.manifest import ManifestBuilder, ManifestEntry, ManifestReader
 from syncengine.repo.manifest_patch import covered, patch_manifest
@@ -115,3 +116,13 @@ def test_remove_everything_gives_the_empty_manifest() -> None:
 def test_covered() -> None:
     assert covered("a/b/c", {"a/b"}) and covered("a", {"a"})
     assert not covered("a/bc", {"a/b"}) and not covered("ab", {"a"})
+
+
+@given(st.lists(st.tuples(st.text(max_size=8), st.binary(min_size=32, max_size=32)), max_size=20))
+def test_tree_digest_add_many_is_add_one_by_one(pairs: list[tuple[str, bytes]]) -> None:
+    pairs = [(p.encode("utf-8", "replace").decode(), d) for p, d in pairs]
+    one, many = TreeDigest(), TreeDigest()
+    for p, d in pairs:
+        one.add(p, d)
+    many.add_many(pairs)
+    assert (one.digest(), one.count) == (many.digest(), many.count)
