@@ -53,9 +53,10 @@ def test_draft_adds_replaces_and_removes(tmp_path: Path) -> None:
     draft.remove("sub")  # the folder and everything under it
     draft.metadata["rows"] = 5
     draft.description = "edited"
-    v1 = repo.log_artifact(draft, aliases=["best"])
+    v1 = repo.log_artifact(draft, aliases=["best"], tags=["fixed"])
 
     assert v1.version == "v1" and sorted(v1.aliases) == ["best", "latest"]
+    assert v1.tags == ["fixed"] and v0.tags == []  # tags name one version: not inherited
     assert (v1.description, v1.metadata, v1.type) == ("edited", {"rows": 5}, "dataset")
     out = Path(v1.download(str(tmp_path / "out")))
     assert tree_of(out) == {"a.txt": b"A2", "b.txt": b"b", "extra/new.txt": b"new", "extra/more/e.txt": b"e"}
@@ -121,6 +122,44 @@ def test_remove_names_what_the_draft_holds(tmp_path: Path) -> None:
     assert sorted(v1.manifest.entries) == ["a.txt", "b.txt", "sub/deep/d.txt"]
     assert v1.manifest.entries["sub/deep/d.txt"].size == 1
     repo.close()
+
+
+def test_remove_inside_a_staged_folder(tmp_path: Path) -> None:
+    data = write(tmp_path / "data", BASE)
+    extra = write(tmp_path / "extra", {"keep.txt": b"k", "more/drop.txt": b"d", "more/x/y.txt": b"y"})
+    repo = se.Repository.open(str(tmp_path / "repo"))
+    art = se.Artifact("ds", type="dataset")
+    art.add_dir(str(data))
+    draft = repo.log_artifact(art, project="p").new_draft()
+    draft.add_dir(str(extra), name="extra")
+    draft.remove("extra/more")
+    with pytest.raises(NotInDraft):
+        draft.remove("extra/more/x")  # gone with its folder
+    with pytest.raises(NotInDraft):
+        draft.remove("extra/nothing-here")
+    v1 = draft.save()
+    assert sorted(v1.manifest.entries) == sorted([*BASE, "extra/keep.txt"])
+    repo.close()
+
+
+def test_concurrent_drafts_of_one_base_get_distinct_versions(tmp_path: Path) -> None:
+    data = write(tmp_path / "data", BASE)
+    news = [write(tmp_path / f"n{i}", {"n.txt": f"new {i}".encode()}) for i in range(3)]
+
+    async def go() -> list[tuple[str, int]]:
+        async with await aio.Repository.open(str(tmp_path / "repo")) as repo:
+            art = aio.Artifact("ds", type="dataset")
+            art.add_dir(str(data))
+            v0 = await repo.log_artifact(art, project="p")
+            drafts = [v0.new_draft() for _ in news]
+            for d, n in zip(drafts, news, strict=True):
+                d.add_file(str(n / "n.txt"))
+            saved = await asyncio.gather(*(d.save() for d in drafts))
+            return [(v.version, (await v.manifest()).entries["n.txt"].size) for v in saved]
+
+    got = asyncio.run(go())
+    assert sorted(v for v, _ in got) == ["v1", "v2", "v3"]
+    assert all(size == 5 for _, size in got)
 
 
 def test_later_additions_win(tmp_path: Path) -> None:
