@@ -10,6 +10,7 @@ again replaces it, and `remove` drops what was staged before it as well as the b
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -103,7 +104,7 @@ class DraftChanges:
 
     async def _in_base(self, core: Repository, target: str) -> bool:
         if self._reader is None:
-            self._reader = await core.manifest(self.base)
+            self._reader = _cached(await core.manifest(self.base))
         removed = self.removals.keys()
         entry = await self._reader.get(target)
         if entry is not None and not covered(target, removed):
@@ -136,6 +137,25 @@ class DraftChanges:
             if key != last:
                 last = key
                 yield e
+
+
+def _cached(reader: ManifestReader, pages: int = 256) -> ManifestReader:
+    """The reader with its last `pages` pages kept: many `remove` calls look up the same root
+    and interior pages (each look-up reads one page per level)."""
+    kept: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+    load = reader._load
+
+    async def cached_load(pid: bytes) -> bytes:
+        data = kept.get(pid)
+        if data is None:
+            data = kept[pid] = await load(pid)
+            if len(kept) > pages:
+                kept.popitem(last=False)
+        else:
+            kept.move_to_end(pid)
+        return data
+
+    return ManifestReader(reader.manifest, cached_load)
 
 
 def _keyed(
