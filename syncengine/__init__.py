@@ -16,6 +16,7 @@ __all__ = [
     "Artifact",
     "ArtifactVersion",
     "ChunkerParams",
+    "Draft",
     "FileChangedError",
     "FileDigest",
     "HashingFailed",
@@ -25,12 +26,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from syncengine.api import Artifact, ArtifactVersion, Repository
+    from syncengine.api import Artifact, ArtifactVersion, Draft, Repository
 
 
 def __getattr__(name: str) -> Any:
     # The repository API pulls in asyncio and the stores; `syncengine hash` needs neither.
-    if name in {"Artifact", "ArtifactVersion", "Repository"}:
+    if name in {"Artifact", "ArtifactVersion", "Draft", "Repository"}:
         from syncengine import api
 
         return getattr(api, name)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from syncengine.aio_draft import Draft
 from syncengine.errors import ConfigError
 from syncengine.hashing.tree import Source
 from syncengine.repo.manifest import ManifestEntry
@@ -285,6 +286,10 @@ class ArtifactVersion:
 
         await check(self._repo.core, self._record, root)
 
+    def new_draft(self) -> Draft:
+        """A draft of the artifact's next version, starting from this one (see `Draft`)."""
+        return Draft(self._repo, self._record)
+
     async def manifest(self) -> Manifest:
         reader = await self._repo.core.manifest(self._record)
         return Manifest({e.path: e async for e in reader.entries()})
@@ -382,15 +387,24 @@ class Repository:
 
     async def log_artifact(
         self,
-        artifact: Artifact,
-        project: str,
+        artifact: Artifact | Draft,
+        project: str | None = None,
         aliases: Sequence[str] = (),
         tags: Sequence[str] = (),
         *,
         _logged_by: str = "",  # a Run's log_artifact: "project/run-id"
     ) -> ArtifactVersion:
         """Logs the artifact's files as its next version — or, when the content equals an
-        existing version, returns that one (still applying `aliases`)."""
+        existing version, returns that one (still applying `aliases`). A `Draft` logs its
+        base plus its changes (its project is the base's)."""
+        if isinstance(artifact, Draft):
+            if project is not None and project != artifact.project:
+                raise ConfigError(f"the draft belongs to project {artifact.project!r}, not {project!r}")
+            if _logged_by:
+                raise ConfigError("a run cannot log a draft yet: call draft.save() outside the run")
+            return await artifact.save(aliases, tags)
+        if project is None:
+            raise ConfigError("log_artifact needs the project to log the artifact into")
         if not artifact.sources and not artifact.references:
             raise ConfigError(
                 f"artifact {artifact.name!r} has no files: call add_file, add_dir or add_reference first"

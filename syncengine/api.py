@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from syncengine import aio
 from syncengine._loop import new_event_loop
 from syncengine.aio import Artifact, Manifest
+from syncengine.aio_draft import Draft as _AsyncDraft
 
 if TYPE_CHECKING:
     from syncengine.api_runs import Run
 
 T = TypeVar("T")
-__all__ = ["Artifact", "ArtifactVersion", "Manifest", "Repository"]
+__all__ = ["Artifact", "ArtifactVersion", "Draft", "Manifest", "Repository"]
 
 
 class _Loop:
@@ -139,6 +140,48 @@ class ArtifactVersion:
     def unlink(self) -> None:
         _Loop.run(self._inner.unlink())
 
+    def new_draft(self) -> Draft:
+        """A draft of the next version, starting from this one; see `syncengine.aio.Draft`."""
+        return Draft(self._inner.new_draft())
+
+
+class Draft:
+    """The next version as this one plus changes; see `syncengine.aio.Draft`.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "data").mkdir(); _ = (d / "data" / "x.txt").write_text("x")
+    >>> repo = Repository.open(str(d / "repo"))
+    >>> art = Artifact("mnist", type="dataset"); art.add_dir(str(d / "data"))
+    >>> draft = repo.log_artifact(art, project="vision").new_draft()
+    >>> _ = (d / "y.txt").write_text("y"); draft.add_file(str(d / "y.txt")); draft.remove("x.txt")
+    >>> v1 = draft.save(); (v1.version, sorted(v1.manifest.entries))
+    ('v1', ['y.txt'])
+    """
+
+    def __init__(self, inner: _AsyncDraft) -> None:
+        object.__setattr__(self, "_inner", inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._inner, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def add_file(self, path: str | os.PathLike[str], name: str | None = None) -> None:
+        self._inner.add_file(path, name)
+
+    def add_dir(self, path: str | os.PathLike[str], name: str | None = None) -> None:
+        self._inner.add_dir(path, name)
+
+    def remove(self, path: str) -> None:
+        _Loop.run(self._inner.remove(path))
+
+    def save(self, aliases: Sequence[str] = (), tags: Sequence[str] = ()) -> ArtifactVersion:
+        return ArtifactVersion(_Loop.run(self._inner.save(aliases, tags)))
+
 
 class Repository:
     """A repository; `Repository.open(path)` (default location when no path)."""
@@ -167,9 +210,14 @@ class Repository:
         self.close()
 
     def log_artifact(
-        self, artifact: Artifact, project: str, aliases: Sequence[str] = (), tags: Sequence[str] = ()
+        self,
+        artifact: Artifact | Draft,
+        project: str | None = None,
+        aliases: Sequence[str] = (),
+        tags: Sequence[str] = (),
     ) -> ArtifactVersion:
-        return ArtifactVersion(_Loop.run(self._inner.log_artifact(artifact, project, aliases, tags)))
+        inner = artifact._inner if isinstance(artifact, Draft) else artifact
+        return ArtifactVersion(_Loop.run(self._inner.log_artifact(inner, project, aliases, tags)))
 
     def artifact(self, ref: str) -> ArtifactVersion:
         return ArtifactVersion(_Loop.run(self._inner.artifact(ref)))

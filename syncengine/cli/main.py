@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from syncengine._version import __version__
+from syncengine.cli.draft_command import register as register_draft_command
 from syncengine.cli.lineage_commands import register as register_lineage_commands
 from syncengine.cli.progress import human_bytes, progress_bar
 from syncengine.cli.repo_commands import register as register_repo_commands
@@ -297,6 +298,7 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
 register_repo_commands(cli)
 register_more_repo_commands(cli)
 register_lineage_commands(cli)
+register_draft_command(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

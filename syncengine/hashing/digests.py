@@ -13,6 +13,7 @@ FILE_KEY: Final = _blake3.blake3(b"syncengine chunked file digest v1").digest()
 TREE_KEY: Final = _blake3.blake3(b"syncengine tree digest v1").digest()
 
 _CHUNK_RECORD: Final = struct.Struct("<Q32s")
+_U32: Final = struct.Struct("<I")
 
 
 class Chunk(NamedTuple):
@@ -69,6 +70,16 @@ class TreeDigest:
         raw = path.encode("utf-8")
         self._h.update(struct.pack("<I", len(raw)) + raw + digest)
         self.count += 1
+
+    def add_many(self, pairs: Iterable[tuple[str, bytes]]) -> None:
+        """`add` for each pair, in one hash update (a manifest page's entries at a time)."""
+        parts: list[bytes] = []
+        pack = _U32.pack
+        for path, digest in pairs:
+            raw = path.encode("utf-8")
+            parts += (pack(len(raw)), raw, digest)
+        self._h.update(b"".join(parts))
+        self.count += len(parts) // 3
 
     def digest(self) -> bytes:
         return self._h.digest()

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import blake3 as _blake3
 import msgspec
@@ -88,6 +88,29 @@ FEED_FILES: Final = 512
 #: finish, so that those the store answers in time are journaled and adopted by the re-run;
 #: later ones are abandoned (the store may keep a pack nobody refers to: garbage for gc).
 INTERRUPT_GRACE: Final = 3.0
+
+
+class ManifestSink(Protocol):
+    """Where `_log` sends the entries it hashed, in path order: `add` returns pages to store
+    now, `finish` the remaining pages and the manifest (a full build, or a draft's patch of
+    its base: syncengine.repo.draft)."""
+
+    def add(self, entry: ManifestEntry) -> list[tuple[bytes, bytes]]: ...
+
+    async def finish(self) -> tuple[list[tuple[bytes, bytes]], Manifest]: ...
+
+
+class _FullManifest:
+    """The manifest of exactly the entries hashed."""
+
+    def __init__(self) -> None:
+        self._builder = ManifestBuilder()
+
+    def add(self, entry: ManifestEntry) -> list[tuple[bytes, bytes]]:
+        return self._builder.add(entry)
+
+    async def finish(self) -> tuple[list[tuple[bytes, bytes]], Manifest]:
+        return self._builder.finish()
 
 
 class ArtifactNotFound(SyncEngineError, LookupError):
@@ -340,6 +363,7 @@ class Repository:
         on_upload: Callable[[int, int], None] | None,
         refs: Merge,
         logged_by: str = "",
+        sink: ManifestSink | None = None,
     ) -> PutResult:
         """The full put: hash, pack and upload what the repository lacks, commit.
 
@@ -350,7 +374,7 @@ class Repository:
         project, name, type = result.record.project, result.record.name, result.record.type
         fingerprint = Fingerprint()
         journaled, adopted = await self._adopt(journal, index)
-        builder = ManifestBuilder()
+        builder = sink or _FullManifest()
         writer = PackWriter()  # blobs of stat-cache hits the repository lacks
         new_entries: list[IndexEntry] = adopted
         # One future per pack shipped (from hashing threads too); appended before the thread
@@ -550,7 +574,7 @@ class Repository:
         for ref in refs.rest():
             for pid, data in builder.add(ref):
                 await _put_immutable(self.store, _obj_key("manifests", pid), data)
-        pages, manifest = builder.finish()
+        pages, manifest = await builder.finish()
         for pid, data in pages:
             await _put_immutable(self.store, _obj_key("manifests", pid), data)
         mdata = encode_manifest(manifest)
