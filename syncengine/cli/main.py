@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from syncengine._version import __version__
+from syncengine.cli.lifecycle_commands import register_lifecycle
 from syncengine.cli.progress import human_bytes, progress_bar
 from syncengine.cli.repo_commands import register as register_repo_commands
 from syncengine.cli.repo_commands import register_more as register_more_repo_commands
@@ -295,6 +296,7 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
 
 register_repo_commands(cli)
 register_more_repo_commands(cli)
+register_lifecycle(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -555,6 +555,7 @@ def register_more(cli: click.Group) -> None:
     @click.option("-m", "--metadata", default=None, help="JSON object replacing the metadata.")
     @click.option("--set", "set_items", multiple=True, metavar="KEY=JSON", help="Set one metadata key.")
     @click.option("--unset", "unset_keys", multiple=True, metavar="KEY", help="Remove one metadata key.")
+    @click.option("--ttl", default=None, metavar="30d|none", help="Time to live from creation (none: keep).")
     @repo_option
     @json_option
     def edit(
@@ -563,6 +564,7 @@ def register_more(cli: click.Group) -> None:
         metadata: str | None,
         set_items: tuple[str, ...],
         unset_keys: tuple[str, ...],
+        ttl: str | None,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
@@ -576,8 +578,11 @@ def register_more(cli: click.Group) -> None:
             if not sep or not k:
                 raise MetadataError(f"--set {item!r}: expected KEY=JSON")
             updates[k] = json_value(v, f"--set {k}", bare_word_ok=True)
-        if description is None and replace is None and not updates and not unset_keys:
-            raise click.UsageError("nothing to change: give -d, -m, --set or --unset")
+        ttl_s: int | None = None
+        if ttl is not None and ttl.strip().lower() != "none":
+            ttl_s = max(1, int(parse_duration(ttl)))
+        if description is None and replace is None and not updates and not unset_keys and ttl is None:
+            raise click.UsageError("nothing to change: give -d, -m, --set, --unset or --ttl")
 
         async def job(repo: Repository) -> VersionRecord:
             record = await repo.resolve(r)
@@ -588,7 +593,8 @@ def register_more(cli: click.Group) -> None:
                 for k in unset_keys:
                     meta.pop(k, None)
                 desc = description if description is not None else v.description
-                return msgspec.structs.replace(v, description=desc, metadata=meta)
+                ttl_now = v.ttl_seconds if ttl is None else ttl_s
+                return msgspec.structs.replace(v, description=desc, metadata=meta, ttl_seconds=ttl_now)
 
             return await repo.update_version(r.project, r.name, record.version, change)
 
