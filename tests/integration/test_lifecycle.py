@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import random
@@ -16,7 +17,14 @@ from syncengine.errors import ConfigError
 from syncengine.hashing.params import ChunkerParams
 from syncengine.hashing.tree import Source
 from syncengine.repo.lifecycle import AliasedVersion, _tombstone, cleanup, delete_version, forget
-from syncengine.repo.records import ArtifactHead, VersionRecord, decode_head, encode_record, head_key
+from syncengine.repo.records import (
+    ArtifactHead,
+    VersionRecord,
+    decode_head,
+    encode_record,
+    head_key,
+    parse_ref,
+)
 from syncengine.repo.repository import ArtifactNotFound, Repository, VersionDeleted
 from syncengine.store.local import LocalStore
 from tests.s3server import S3TestServer
@@ -53,8 +61,8 @@ def test_delete_tombstones_and_moves_latest_and_never_reuses_numbers(tmp_path: P
         assert (h.latest, h.highest) == (1, 2)
         assert [r.version for r in await repo.versions("p", "m")] == [0, 1]
         with pytest.raises(VersionDeleted, match="p/m:v2 was deleted"):
-            await repo.resolve(se_ref("p/m:v2"))
-        assert (await repo.resolve(se_ref("p/m:latest"))).version == 1
+            await repo.resolve(parse_ref("p/m:v2"))
+        assert (await repo.resolve(parse_ref("p/m:latest"))).version == 1
         # The record stays as a tombstone: the number is taken for good.
         assert (await repo.version("p", "m", 2, include_deleted=True)).deleted
         # Identical content is not matched to the deleted version: it gets a new number.
@@ -68,12 +76,6 @@ def test_delete_tombstones_and_moves_latest_and_never_reuses_numbers(tmp_path: P
         assert d2.already_deleted
 
     asyncio.run(main())
-
-
-def se_ref(text: str):  # type: ignore[no-untyped-def]
-    from syncengine.repo.records import parse_ref
-
-    return parse_ref(text)
 
 
 def test_aliased_version_is_refused_unless_delete_aliases(tmp_path: Path) -> None:
@@ -92,7 +94,7 @@ def test_aliased_version_is_refused_unless_delete_aliases(tmp_path: Path) -> Non
         h = await head(repo)
         assert h.aliases == {} and h.latest == 1
         with pytest.raises(ArtifactNotFound, match="has no alias 'best'"):
-            await repo.resolve(se_ref("p/m:best"))
+            await repo.resolve(parse_ref("p/m:best"))
         # A deleted version takes no alias, metadata or TTL change.
         with pytest.raises(VersionDeleted):
             await repo.set_aliases("p", "m", 0, add=["best"])
@@ -114,7 +116,7 @@ def test_deleting_every_version_then_logging_numbers_above_them(tmp_path: Path) 
         assert (h.latest, h.highest, h.digests) == (None, 2, {})
         assert await repo.versions("p", "m") == []
         with pytest.raises(ArtifactNotFound, match="has no versions"):
-            await repo.resolve(se_ref("p/m"))
+            await repo.resolve(parse_ref("p/m"))
         assert (await log(repo, src, b"0")).version == 3
 
     asyncio.run(main())
@@ -131,7 +133,7 @@ def test_crash_between_tombstone_and_head_update_is_finished_later(tmp_path: Pat
         assert h.latest == 1 and h.aliases == {"best": 1}
         # Not resolvable, not listed, not matched as identical content meanwhile.
         with pytest.raises(VersionDeleted):
-            await repo.resolve(se_ref("p/m:best"))
+            await repo.resolve(parse_ref("p/m:best"))
         assert [r.version for r in await repo.versions("p", "m")] == [0]
         # Logging the same content makes a new version (and its head update drops the stale
         # digest); deleting v1 again finishes the head (alias, digest).
@@ -172,10 +174,8 @@ def test_concurrent_deletes_logs_and_alias_moves_lose_nothing(tmp_path: Path) ->
         async def aliaser(repo: Repository) -> None:
             for i in range(8):
                 n = rng.randrange(0, 6)
-                try:
+                with contextlib.suppress(VersionDeleted):
                     await repo.set_aliases("p", "m", n, add=[f"a{i}"])
-                except VersionDeleted:
-                    pass
 
         await asyncio.gather(
             deleter(writers[0], [0, 2, 4]),
@@ -192,7 +192,7 @@ def test_concurrent_deletes_logs_and_alias_moves_lose_nothing(tmp_path: Path) ->
         assert set(h.aliases.values()) <= listed and set(h.digests.values()) <= listed
         assert set(h.digests.values()) == listed  # every live version is found by its content
         for n in listed:
-            assert (await base.resolve(se_ref(f"p/m:v{n}"))).version == n
+            assert (await base.resolve(parse_ref(f"p/m:v{n}"))).version == n
         for w in [base, *writers]:
             await w.store.close()
 
