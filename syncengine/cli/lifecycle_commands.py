@@ -13,6 +13,7 @@ from syncengine.cli.repo_commands import _run, json_option, repo_option
 from syncengine.repo.records import parse_ref
 
 if TYPE_CHECKING:
+    from syncengine.repo.gc import GcReport
     from syncengine.repo.lifecycle import Cleanup, Deletion
     from syncengine.repo.repository import Repository
 
@@ -134,3 +135,51 @@ def register_lifecycle(cli: click.Group) -> None:
             f"{verb} {c.files_removed} files ({human_bytes(c.bytes_freed)}); "
             f"{c.files} files, {human_bytes(c.bytes)} {'would remain' if dry_run else 'remain'}"
         )
+
+    @cli.command("gc")
+    @_dry_run
+    @repo_option
+    @json_option
+    def gc(dry_run: bool, repo_url: str | None, as_json: bool) -> None:
+        """Report what garbage collection would reclaim: packs, blobs and manifest objects no
+        live version uses (docs/GC.md). Only --dry-run exists so far: nothing is deleted."""
+        if not dry_run:
+            raise click.UsageError("gc only reports so far: run `syncengine gc --dry-run` (docs/GC.md)")
+
+        async def job(repo: Repository) -> GcReport:
+            from syncengine.repo.gc import survey
+
+            return await survey(repo)
+
+        r = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps(r.to_json()))
+            return
+        click.echo(f"{r.versions} live version(s), {r.deleted_versions} deleted")
+        click.echo(
+            f"{r.packs} pack(s), {human_bytes(r.pack_bytes)}: {human_bytes(r.live_bytes)} live in "
+            f"{r.live_blobs} blob(s), {human_bytes(r.dead_bytes)} in {r.dead_blobs} blob(s) "
+            "no live version uses"
+        )
+        click.echo(
+            f"would delete {r.dead_packs} pack(s) with no live blob ({human_bytes(r.dead_pack_bytes)})"
+        )
+        click.echo(
+            f"would repack {len(r.repack)} pack(s) under half live ({human_bytes(r.repack_bytes)} dead)"
+        )
+        if r.unindexed_packs:
+            click.echo(
+                f"{r.unindexed_packs} pack(s) no index names ({human_bytes(r.unindexed_bytes)}): "
+                "left by interrupted puts, or a put still running; collected after the grace period"
+            )
+        click.echo(
+            f"would delete {r.dead_manifest_objects} manifest object(s) "
+            f"({human_bytes(r.dead_manifest_bytes)})"
+        )
+        for ref in r.expired:
+            click.echo(f"expired (TTL): {ref}, deleted by `syncengine cleanup`")
+        for ref in r.expired_aliased:
+            click.echo(f"expired (TTL) but aliased, kept: {ref}")
+        for p in r.problems:
+            click.echo(f"problem: {p}", err=True)
+        click.echo(f"reclaimable: {human_bytes(r.reclaimable_bytes)} (dry run: nothing deleted)")
