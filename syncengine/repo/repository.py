@@ -693,13 +693,24 @@ class Repository:
         if ref.alias in (None, "latest"):
             if head.latest is None:
                 raise ArtifactNotFound(f"{ref.full_name} has no versions")
-            return await self.version(ref.project, ref.name, head.latest)
+            return await self._named(ref, head.latest)
         assert ref.alias is not None
         if ref.alias not in head.aliases:
             known = ", ".join(sorted(head.aliases)) or "none"
             hint = did_you_mean(ref.alias, [*head.aliases, "latest"])
             raise ArtifactNotFound(f"{ref.full_name} has no alias {ref.alias!r}{hint} (aliases: {known})")
-        return await self.version(ref.project, ref.name, head.aliases[ref.alias])
+        return await self._named(ref, head.aliases[ref.alias])
+
+    async def _named(self, ref: ArtifactRef, number: int) -> VersionRecord:
+        """The version the head names for `ref`; a tombstone there means a deletion is running
+        or was interrupted before its head update (docs/DELETION.md)."""
+        try:
+            return await self.version(ref.project, ref.name, number)
+        except VersionDeleted:
+            raise VersionDeleted(
+                f"{ref} names v{number}, which was deleted; unless a deletion is running, "
+                f"`syncengine delete {ref.full_name}:v{number}` finishes the interrupted one"
+            ) from None
 
     async def versions(self, project: str, name: str) -> list[VersionRecord]:
         await self.head(project, name)  # an unknown artifact raises, naming the ones that exist

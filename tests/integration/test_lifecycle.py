@@ -132,7 +132,7 @@ def test_crash_between_tombstone_and_head_update_is_finished_later(tmp_path: Pat
         h = await head(repo)
         assert h.latest == 1 and h.aliases == {"best": 1}
         # Not resolvable, not listed, not matched as identical content meanwhile.
-        with pytest.raises(VersionDeleted):
+        with pytest.raises(VersionDeleted, match=r"p/m:best names v1.*syncengine delete p/m:v1` finishes"):
             await repo.resolve(parse_ref("p/m:best"))
         assert [r.version for r in await repo.versions("p", "m")] == [0]
         # Logging the same content makes a new version (and its head update drops the stale
@@ -197,6 +197,78 @@ def test_concurrent_deletes_logs_and_alias_moves_lose_nothing(tmp_path: Path) ->
             await w.store.close()
 
     asyncio.run(main())
+
+
+_CHILD = """
+import contextlib, os, random, sys
+import syncengine as se
+from syncengine.repo.repository import VersionDeleted
+role, repo_path, work = sys.argv[1], sys.argv[2], sys.argv[3]
+repo = se.Repository.open(repo_path)
+if role == "log":
+    for i in range(5):
+        d = os.path.join(work, f"new{i}")
+        os.makedirs(d)
+        open(os.path.join(d, "f"), "w").write(f"new {i}")
+        art = se.Artifact("m", type="model")
+        art.add_dir(d)
+        print(repo.log_artifact(art, "p", aliases=[f"n{i}"]).version, flush=True)
+elif role == "delete":
+    for n in (0, 2, 4, 6):
+        repo.artifact(f"p/m:v{n}").delete(delete_aliases=True)
+        print(n, flush=True)
+else:
+    rng = random.Random(3)
+    for i in range(10):
+        with contextlib.suppress(VersionDeleted):
+            v = repo.artifact(f"p/m:v{rng.randrange(8)}")
+            v.aliases.append(f"x{i}")
+            v.save()
+repo.close()
+"""
+
+
+def test_processes_logging_deleting_and_aliasing_at_once(tmp_path: Path) -> None:
+    """Three processes on one repository (as three machines would be): no lost version, no
+    head entry on a deleted version, numbers never reused."""
+    import subprocess
+    import sys
+
+    async def seed() -> None:
+        repo = await open_repo(tmp_path / "repo")
+        for i in range(8):
+            await log(repo, tmp_path / f"seed{i}", b"seed %d" % i)
+        await repo.store.close()
+
+    asyncio.run(seed())
+    procs = {
+        role: subprocess.Popen(
+            [sys.executable, "-c", _CHILD, role, str(tmp_path / "repo"), str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role in ("log", "delete", "alias")
+    }
+    out = {}
+    for role, p in procs.items():
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr
+        out[role] = stdout.split()
+    logged = [int(v[1:]) for v in out["log"]]
+    assert logged == list(range(8, 13))  # v0..v7 stay taken, deleted or not
+
+    async def check() -> None:
+        repo = await open_repo(tmp_path / "repo")
+        listed = {r.version for r in await repo.versions("p", "m")}
+        assert listed == {1, 3, 5, 7, *logged}
+        h = await head(repo)
+        assert h.latest == 12
+        assert set(h.aliases.values()) <= listed and set(h.digests.values()) == listed
+        assert {f"n{i}" for i in range(5)} <= set(h.aliases)  # no alias of the logger lost
+        await repo.store.close()
+
+    asyncio.run(check())
 
 
 def test_cleanup_keeps_aliased_and_newest_and_deletes_expired(tmp_path: Path) -> None:
