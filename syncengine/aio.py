@@ -137,6 +137,12 @@ class ArtifactVersion:
         self._ttl = None if seconds is None else _dt.timedelta(seconds=seconds)
         self._ttl_set = True
 
+    def _not_deleted(self) -> None:
+        if self._record.deleted:
+            from syncengine.repo.repository import VersionDeleted
+
+            raise VersionDeleted(f"{self.name}:{self.version} was deleted")
+
     async def delete(self, delete_aliases: bool = False, *, dry_run: bool = False) -> Deletion:
         """Deletes this version (a tombstone; data goes when no version uses it, docs/GC.md).
         A version holding aliases other than `latest` raises `AliasedVersion` unless
@@ -144,9 +150,13 @@ class ArtifactVersion:
         from syncengine.repo.lifecycle import delete_version
 
         r = self._record
-        return await delete_version(
+        done = await delete_version(
             self._repo.core, r.project, r.name, r.version, delete_aliases=delete_aliases, dry_run=dry_run
         )
+        if not dry_run:
+            self._record = msgspec.structs.replace(r, deleted=True)
+            self.aliases = self._saved_aliases = []
+        return done
 
     @property
     def description(self) -> str:
@@ -268,6 +278,7 @@ class ArtifactVersion:
         `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). See docs/DOWNLOAD.md."""
         from syncengine.repo.download import default_root
 
+        self._not_deleted()
         target = os.fspath(root) if root is not None else default_root(self._record)
         await self._repo.core.download(
             self._record,
@@ -289,6 +300,7 @@ class ArtifactVersion:
     ) -> str:
         """Makes `root` exactly this version: downloads what differs, removes files it lacks
         (the cache options as for `download`)."""
+        self._not_deleted()
         await self._repo.core.download(
             self._record,
             os.fspath(root),
@@ -412,6 +424,8 @@ class Repository:
         from syncengine.repo.lifecycle import cleanup
 
         ref = parse_ref(name)
+        if ref.version is not None or ref.alias is not None:
+            raise ConfigError(f"cleanup takes 'project/name', not a version ({name!r})")
         return await cleanup(self.core, ref.project, ref.name, keep_last=keep_last, dry_run=dry_run)
 
     @property

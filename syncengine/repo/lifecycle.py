@@ -240,7 +240,7 @@ async def cleanup(
     when = now or _dt.datetime.now(_dt.UTC)
     records = await repo.versions(project, name)
     head = await repo.head(project, name)
-    newest = {r.version for r in records[len(records) - keep_last :]} if keep_last else set()
+    newest = {r.version for r in records[max(0, len(records) - keep_last) :]} if keep_last else set()
     result = Cleanup(dry_run=dry_run)
     doomed: list[Deletion] = []
     for r in records:

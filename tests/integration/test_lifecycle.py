@@ -300,6 +300,7 @@ def test_cleanup_keeps_aliased_and_newest_and_deletes_expired(tmp_path: Path) ->
         assert [r.version for r in await repo.versions("p", "m")] == [1, 4]
         with pytest.raises(ConfigError, match="keep_last"):
             await cleanup(repo, "p", "m", keep_last=-1)
+        assert (await cleanup(repo, "p", "m", keep_last=10)).deleted == []  # more than there are
 
     asyncio.run(main())
 
@@ -336,6 +337,11 @@ def test_sync_api_delete_ttl_and_cleanup(tmp_path: Path) -> None:
             versions[1].delete()
         d = versions[3].delete()
         assert d.ref == "p/m:v3"
+        assert versions[3].record.deleted and versions[3].aliases == []
+        with pytest.raises(VersionDeleted, match="p/m:v3 was deleted"):
+            versions[3].download(tmp_path / "gone")
+        with pytest.raises(ConfigError, match="takes 'project/name'"):
+            repo.cleanup("p/m:v1")
         assert [v.version for v in repo.artifact_versions("p/m")] == ["v0", "v1", "v2", "v4"]
         with pytest.raises(VersionDeleted):
             versions[3].save()
