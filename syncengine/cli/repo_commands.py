@@ -165,6 +165,7 @@ def register(cli: click.Group) -> None:
     @click.option("-d", "--description", default=None)
     @click.option("-m", "--metadata", default=None, help="JSON object of metadata.")
     @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
+    @click.option("--ttl", default=None, metavar="30d", help="Time to live from creation (docs/DELETION.md).")
     @click.option("--include", multiple=True)
     @click.option("--exclude", multiple=True)
     @repo_option
@@ -177,12 +178,14 @@ def register(cli: click.Group) -> None:
         description: str | None,
         metadata: str | None,
         tags: tuple[str, ...],
+        ttl: str | None,
         include: tuple[str, ...],
         exclude: tuple[str, ...],
         repo_url: str | None,
         as_json: bool,
     ) -> None:
         """Log PATHS as the next version of PROJECT/NAME (or find the identical existing one)."""
+        ttl_s = None if ttl is None else max(1, int(parse_duration(ttl)))
         ref = parse_ref(full_name)
         if ref.version is not None or ref.alias is not None:
             raise click.BadParameter(
@@ -220,10 +223,14 @@ def register(cli: click.Group) -> None:
                         on_upload=progress.upload if progress is not None else None,
                     ),
                 )
+        r = result.record
+        if ttl_s is not None and r.ttl_seconds != ttl_s:  # set right after the commit (DELETION.md)
+            v = r.version
+            set_ttl = lambda rec: msgspec.structs.replace(rec, ttl_seconds=ttl_s)  # noqa: E731
+            r = _run(repo_url, lambda repo: repo.update_version(ref.project, ref.name, v, set_ttl))
         seconds = time.perf_counter() - start
         for w in result.warnings:
             click.echo(f"warning: {w}", err=True)
-        r = result.record
         if as_json:
             click.echo(
                 json.dumps(

@@ -76,6 +76,15 @@ def test_cleanup_and_edit_ttl(tmp_path: Path) -> None:
     assert [v["version"] for v in listing] == [0, 3, 4]
     r = cli("cleanup", "p/m:v3", env=env)
     assert r.returncode == 2 and "without :alias or :vN" in r.stderr
+    src = tmp_path / "src"
+    (src / "x.txt").write_text("with ttl")
+    r = cli("put", str(src), "-n", "p/m", "-t", "model", "--ttl", "7d", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["ttl_seconds"] == 7 * 86400
+    r = cli(
+        "put", str(src), "-n", "p/m", "-t", "model", "--ttl", "1h", "--json", env=env
+    )  # unchanged content
+    assert r.returncode == 0 and json.loads(r.stdout)["ttl_seconds"] == 3600
+    assert json.loads(cli("show", "p/m", "--json", env=env).stdout)["ttl_seconds"] == 3600
 
 
 def test_cache_info_and_cleanup(tmp_path: Path) -> None:
