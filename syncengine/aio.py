@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ from syncengine.store import open_store
 
 if TYPE_CHECKING:
     from syncengine.aio_runs import Run
+    from syncengine.repo.lifecycle import Cleanup, Deletion
+    from syncengine.repo.local_cache import LocalCache
 
 
 def default_repo() -> str:
@@ -48,8 +51,17 @@ class Artifact:
     """
 
     def __init__(
-        self, name: str, type: str, description: str | None = None, metadata: dict[str, Any] | None = None
+        self,
+        name: str,
+        type: str,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: _dt.timedelta | None = None,
     ) -> None:
+        from syncengine.repo.lifecycle import ttl_seconds
+
+        ttl_seconds(ttl)  # a bad TTL fails here, not after the upload
+        self.ttl = ttl  # time to live from creation: `cleanup` deletes the version after it
         self.name = check_name("artifact name", name)
         self.type = check_name("type", type)
         self.description = description
@@ -130,6 +142,43 @@ class ArtifactVersion:
         self._metadata: dict[str, Any] = _json_copy(record.metadata)
         self._metadata_replaced = False
         self.tags: list[str] = list(record.tags)
+        self._ttl_set = False
+        self._ttl: _dt.timedelta | None = _ttl_of(record)
+
+    @property
+    def ttl(self) -> _dt.timedelta | None:
+        """Time to live, counted from the version's creation; `cleanup` deletes the version
+        once it has passed (unless it holds aliases). Assign a timedelta or None, then save()."""
+        return self._ttl
+
+    @ttl.setter
+    def ttl(self, value: _dt.timedelta | None) -> None:
+        from syncengine.repo.lifecycle import ttl_seconds
+
+        seconds = ttl_seconds(value)
+        self._ttl = None if seconds is None else _dt.timedelta(seconds=seconds)
+        self._ttl_set = True
+
+    def _not_deleted(self) -> None:
+        if self._record.deleted:
+            from syncengine.repo.repository import VersionDeleted
+
+            raise VersionDeleted(f"{self.name}:{self.version} was deleted")
+
+    async def delete(self, delete_aliases: bool = False, *, dry_run: bool = False) -> Deletion:
+        """Deletes this version (a tombstone; data goes when no version uses it, docs/GC.md).
+        A version holding aliases other than `latest` raises `AliasedVersion` unless
+        `delete_aliases`; `latest` moves to the newest remaining version. See docs/DELETION.md."""
+        from syncengine.repo.lifecycle import delete_version
+
+        r = self._record
+        done = await delete_version(
+            self._repo.core, r.project, r.name, r.version, delete_aliases=delete_aliases, dry_run=dry_run
+        )
+        if not dry_run:
+            self._record = msgspec.structs.replace(r, deleted=True)
+            self.aliases = self._saved_aliases = []
+        return done
 
     @property
     def description(self) -> str:
@@ -196,6 +245,7 @@ class ArtifactVersion:
         add_tags = [t for t in tags if t not in r.tags]
         removed_tags = {t for t in r.tags if t not in tags}
         description = self._description if self._description_set else None
+        ttl_set, ttl = self._ttl_set, (None if self._ttl is None else int(self._ttl.total_seconds()))
 
         def change(cur: VersionRecord) -> VersionRecord:  # run on each compare-and-swap attempt
             if replace is not None:
@@ -209,6 +259,7 @@ class ArtifactVersion:
                 description=cur.description if description is None else description,
                 metadata=metadata,
                 tags=(*kept, *(t for t in add_tags if t not in kept)),
+                ttl_seconds=ttl if ttl_set else cur.ttl_seconds,
             )
 
         new = await core.update_version(r.project, r.name, r.version, change)
@@ -217,6 +268,7 @@ class ArtifactVersion:
         self._metadata.update(_json_copy(new.metadata))
         self._metadata_replaced = False
         self._description, self._description_set = new.description, False
+        self._ttl, self._ttl_set = _ttl_of(new), False
         if isinstance(self.tags, list):
             self.tags[:] = new.tags
         else:
@@ -248,6 +300,7 @@ class ArtifactVersion:
         `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). See docs/DOWNLOAD.md."""
         from syncengine.repo.download import default_root
 
+        self._not_deleted()
         target = os.fspath(root) if root is not None else default_root(self._record)
         await self._repo.core.download(
             self._record,
@@ -269,6 +322,7 @@ class ArtifactVersion:
     ) -> str:
         """Makes `root` exactly this version: downloads what differs, removes files it lacks
         (the cache options as for `download`)."""
+        self._not_deleted()
         await self._repo.core.download(
             self._record,
             os.fspath(root),
@@ -325,6 +379,10 @@ class ArtifactVersion:
         from syncengine import aio_runs
 
         await aio_runs.unlink(self)
+
+
+def _ttl_of(record: VersionRecord) -> _dt.timedelta | None:
+    return None if record.ttl_seconds is None else _dt.timedelta(seconds=record.ttl_seconds)
 
 
 class Repository:
@@ -391,20 +449,27 @@ class Repository:
         project: str | None = None,
         aliases: Sequence[str] = (),
         tags: Sequence[str] = (),
+        ttl: _dt.timedelta | None = None,
         *,
         _logged_by: str = "",  # a Run's log_artifact: "project/run-id"
     ) -> ArtifactVersion:
         """Logs the artifact's files as its next version — or, when the content equals an
         existing version, returns that one (still applying `aliases`). A `Draft` logs its
-        base plus its changes (its project is the base's)."""
+        base plus its changes (its project is the base's). `ttl` (or the artifact's) is set
+        on the version (docs/DELETION.md)."""
+        from syncengine.repo.lifecycle import ttl_seconds
+
         if isinstance(artifact, Draft):
             if project is not None and project != artifact.project:
                 raise ConfigError(f"the draft belongs to project {artifact.project!r}, not {project!r}")
             if _logged_by:
                 raise ConfigError("a run cannot log a draft yet: call draft.save() outside the run")
+            if ttl is not None:
+                raise ConfigError("set the TTL on the version a draft logs: v.ttl = …; v.save()")
             return await artifact.save(aliases, tags)
         if project is None:
             raise ConfigError("log_artifact needs the project to log the artifact into")
+        ttl_s = ttl_seconds(ttl if ttl is not None else artifact.ttl)
         if not artifact.sources and not artifact.references:
             raise ConfigError(
                 f"artifact {artifact.name!r} has no files: call add_file, add_dir or add_reference first"
@@ -421,7 +486,29 @@ class Repository:
             logged_by=_logged_by,
             references=artifact.references,
         )
-        return await self._version(result.record)
+        record = result.record
+        if ttl_s is not None and record.ttl_seconds != ttl_s:
+            set_ttl = lambda v: msgspec.structs.replace(v, ttl_seconds=ttl_s)  # noqa: E731
+            record = await self.core.update_version(record.project, record.name, record.version, set_ttl)
+        return await self._version(record)
+
+    async def cleanup(self, name: str, keep_last: int = 1, *, dry_run: bool = False) -> Cleanup:
+        """Deletes the versions of `"project/name"` that hold no alias (besides `latest`) and
+        are not among the newest `keep_last` or are past their TTL; expired versions that
+        hold aliases are kept and listed (`kept_aliased`). `dry_run`: report only."""
+        from syncengine.repo.lifecycle import cleanup
+
+        ref = parse_ref(name)
+        if ref.version is not None or ref.alias is not None:
+            raise ConfigError(f"cleanup takes 'project/name', not a version ({name!r})")
+        return await cleanup(self.core, ref.project, ref.name, keep_last=keep_last, dry_run=dry_run)
+
+    @property
+    def cache(self) -> LocalCache:
+        """This machine's file cache (shared by every repository): `info()`, `cleanup("1GB")`."""
+        from syncengine.repo.local_cache import LocalCache
+
+        return LocalCache()
 
     async def artifact(self, ref: str) -> ArtifactVersion:
         """`"project/name:alias"`, `":vN"`, or `"project/name"` (latest)."""

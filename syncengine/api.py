@@ -16,6 +16,7 @@ its own loop thread, and repositories opened in the parent reopen their store th
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import os
 import threading
 from collections.abc import Coroutine, Sequence
@@ -28,6 +29,10 @@ from syncengine.aio_draft import Draft as _AsyncDraft
 
 if TYPE_CHECKING:
     from syncengine.api_runs import Run
+
+if TYPE_CHECKING:
+    from syncengine.repo.lifecycle import Cleanup, Deletion
+    from syncengine.repo.local_cache import CacheCleanup, CacheInfo
 
 T = TypeVar("T")
 __all__ = ["Artifact", "ArtifactVersion", "Draft", "Manifest", "Repository"]
@@ -90,6 +95,10 @@ class ArtifactVersion:
 
     def save(self) -> None:
         _Loop.run(self._inner.save())
+
+    def delete(self, delete_aliases: bool = False, *, dry_run: bool = False) -> Deletion:
+        """See `syncengine.aio.ArtifactVersion.delete`."""
+        return _Loop.run(self._inner.delete(delete_aliases, dry_run=dry_run))
 
     def download(
         self,
@@ -215,9 +224,19 @@ class Repository:
         project: str | None = None,
         aliases: Sequence[str] = (),
         tags: Sequence[str] = (),
+        ttl: _dt.timedelta | None = None,
     ) -> ArtifactVersion:
         inner = artifact._inner if isinstance(artifact, Draft) else artifact
-        return ArtifactVersion(_Loop.run(self._inner.log_artifact(inner, project, aliases, tags)))
+        return ArtifactVersion(_Loop.run(self._inner.log_artifact(inner, project, aliases, tags, ttl)))
+
+    def cleanup(self, name: str, keep_last: int = 1, *, dry_run: bool = False) -> Cleanup:
+        """See `syncengine.aio.Repository.cleanup`."""
+        return _Loop.run(self._inner.cleanup(name, keep_last, dry_run=dry_run))
+
+    @property
+    def cache(self) -> LocalCache:
+        """This machine's file cache: `info()`, `cleanup("1GB")`."""
+        return LocalCache()
 
     def artifact(self, ref: str) -> ArtifactVersion:
         return ArtifactVersion(_Loop.run(self._inner.artifact(ref)))
@@ -248,3 +267,21 @@ class Repository:
         from syncengine.api_runs import Run
 
         return [Run(r) for r in _Loop.run(self._inner.runs(project, group))]
+
+
+class LocalCache:
+    """The machine's file cache (see `syncengine.repo.local_cache`)."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+
+    def info(self) -> CacheInfo:
+        from syncengine.repo.local_cache import cache_info
+
+        return cache_info(self.path)
+
+    def cleanup(self, target: str | int, *, dry_run: bool = False) -> CacheCleanup:
+        """Deletes least recently used files until at most `target` (``"1GB"``) remain."""
+        from syncengine.repo.local_cache import cache_cleanup
+
+        return cache_cleanup(target, dry_run=dry_run, path=self.path)

@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``candidates`` (difflib), else ``""``.
+
+    >>> did_you_mean("mnsit", ["mnist", "cifar"])
+    " (did you mean 'mnist'?)"
+    """
+    import difflib
+
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 class SyncEngineError(Exception):
     """Base of every error syncengine raises on purpose."""

@@ -14,6 +14,7 @@ import click
 
 from syncengine._version import __version__
 from syncengine.cli.draft_command import register as register_draft_command
+from syncengine.cli.lifecycle_commands import register_lifecycle
 from syncengine.cli.lineage_commands import register as register_lineage_commands
 from syncengine.cli.progress import human_bytes, progress_bar
 from syncengine.cli.repo_commands import register as register_repo_commands
@@ -299,6 +300,7 @@ register_repo_commands(cli)
 register_more_repo_commands(cli)
 register_lineage_commands(cli)
 register_draft_command(cli)
+register_lifecycle(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -166,6 +166,7 @@ def register(cli: click.Group) -> None:
     @click.option("-d", "--description", default=None)
     @click.option("-m", "--metadata", default=None, help="JSON object of metadata.")
     @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
+    @click.option("--ttl", default=None, metavar="30d", help="Time to live from creation (docs/DELETION.md).")
     @click.option("--include", multiple=True)
     @click.option("--exclude", multiple=True)
     @click.option(
@@ -187,6 +188,7 @@ def register(cli: click.Group) -> None:
         description: str | None,
         metadata: str | None,
         tags: tuple[str, ...],
+        ttl: str | None,
         include: tuple[str, ...],
         exclude: tuple[str, ...],
         references: tuple[str, ...],
@@ -196,6 +198,7 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Log PATHS as the next version of PROJECT/NAME (or find the identical existing one)."""
+        ttl_s = None if ttl is None else max(1, int(parse_duration(ttl)))
         ref = parse_ref(full_name)
         if not paths and not references:
             raise click.UsageError("give PATHS to log, or --reference URI")
@@ -240,10 +243,14 @@ def register(cli: click.Group) -> None:
                         references=refs,
                     ),
                 )
+        r = result.record
+        if ttl_s is not None and r.ttl_seconds != ttl_s:  # set right after the commit (DELETION.md)
+            v = r.version
+            set_ttl = lambda rec: msgspec.structs.replace(rec, ttl_seconds=ttl_s)  # noqa: E731
+            r = _run(repo_url, lambda repo: repo.update_version(ref.project, ref.name, v, set_ttl))
         seconds = time.perf_counter() - start
         for w in result.warnings:
             click.echo(f"warning: {w}", err=True)
-        r = result.record
         if as_json:
             click.echo(
                 json.dumps(
@@ -581,6 +588,7 @@ def register_more(cli: click.Group) -> None:
     @click.option("-m", "--metadata", default=None, help="JSON object replacing the metadata.")
     @click.option("--set", "set_items", multiple=True, metavar="KEY=JSON", help="Set one metadata key.")
     @click.option("--unset", "unset_keys", multiple=True, metavar="KEY", help="Remove one metadata key.")
+    @click.option("--ttl", default=None, metavar="30d|none", help="Time to live from creation (none: keep).")
     @repo_option
     @json_option
     def edit(
@@ -589,6 +597,7 @@ def register_more(cli: click.Group) -> None:
         metadata: str | None,
         set_items: tuple[str, ...],
         unset_keys: tuple[str, ...],
+        ttl: str | None,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
@@ -602,8 +611,11 @@ def register_more(cli: click.Group) -> None:
             if not sep or not k:
                 raise MetadataError(f"--set {item!r}: expected KEY=JSON")
             updates[k] = json_value(v, f"--set {k}", bare_word_ok=True)
-        if description is None and replace is None and not updates and not unset_keys:
-            raise click.UsageError("nothing to change: give -d, -m, --set or --unset")
+        ttl_s: int | None = None
+        if ttl is not None and ttl.strip().lower() != "none":
+            ttl_s = max(1, int(parse_duration(ttl)))
+        if description is None and replace is None and not updates and not unset_keys and ttl is None:
+            raise click.UsageError("nothing to change: give -d, -m, --set, --unset or --ttl")
 
         async def job(repo: Repository) -> VersionRecord:
             record = await repo.resolve(r)
@@ -614,7 +626,8 @@ def register_more(cli: click.Group) -> None:
                 for k in unset_keys:
                     meta.pop(k, None)
                 desc = description if description is not None else v.description
-                return msgspec.structs.replace(v, description=desc, metadata=meta)
+                ttl_now = v.ttl_seconds if ttl is None else ttl_s
+                return msgspec.structs.replace(v, description=desc, metadata=meta, ttl_seconds=ttl_now)
 
             return await repo.update_version(r.project, r.name, record.version, change)
 

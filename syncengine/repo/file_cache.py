@@ -462,6 +462,13 @@ class FileCache:
     def clear(self) -> int:
         return self.evict(0)
 
+    def eviction_order(self) -> list[tuple[bytes, int]]:
+        """(digest, size) of every entry, least recently used first: the order `evict` takes."""
+        with self._lock, _table_errors():
+            self._flush_touched_locked()
+            rows = self._db.execute("SELECT digest, size FROM files ORDER BY last_used").fetchall()
+        return [(bytes(d), int(n)) for d, n in rows]
+
     def _evict_locked(self, max_bytes: int | None = None) -> int:
         limit = self.max_bytes if max_bytes is None else max_bytes
         self._flush_touched_locked()  # the order of use must be current

@@ -157,6 +157,9 @@ class ArtifactHead(msgspec.Struct, frozen=True, omit_defaults=True):
     latest: int | None = None
     aliases: dict[str, int] = {}
     digests: dict[str, int] = {}
+    #: The highest version number ever created, kept only while it is above ``latest`` (the
+    #: newest versions were deleted): new versions are numbered above it (docs/DELETION.md).
+    highest: int | None = None
 
 
 _encode = msgspec.json.Encoder(order="sorted").encode

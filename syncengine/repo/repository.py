@@ -31,6 +31,7 @@ from syncengine.errors import (
     ObjectNotFound,
     PreconditionFailed,
     SyncEngineError,
+    did_you_mean,
 )
 from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.hashing.stat_cache import StatCache, default_cache_dir
@@ -115,6 +116,10 @@ class _FullManifest:
 
 class ArtifactNotFound(SyncEngineError, LookupError):
     """No such project/artifact/version/alias; the message says what exists instead."""
+
+
+class VersionDeleted(ArtifactNotFound):
+    """The version was deleted (a tombstone): it is no longer resolvable, listed or changed."""
 
 
 class TypeMismatch(SyncEngineError, ValueError):
@@ -658,12 +663,14 @@ class Repository:
                 head = ArtifactHead(FORMAT, project, name, type)
             existing = head.digests.get(digest)
             if record is None and existing is not None:
-                number = existing
-                record = await self.version(project, name, existing)
-            elif record is None:
+                old = await self.version(project, name, existing, include_deleted=True)
+                if not old.deleted:  # a deleted version never matches: the content gets a new one
+                    number, record = existing, old
+            if record is None:
                 if manifest is None:
                     return None
-                number = (head.latest + 1) if head.latest is not None else 0
+                # Numbers of deleted versions are never reused (`highest`, docs/DELETION.md).
+                number = 1 + max([-1, *(n for n in (head.latest, head.highest) if n is not None)])
                 while True:  # the number is taken once its record exists: first come, first served
                     candidate = VersionRecord(
                         FORMAT,
@@ -690,38 +697,51 @@ class Repository:
                         record, created = candidate, True
                         break
                     except PreconditionFailed:
-                        taken = await self.version(project, name, number)
-                        if taken.deleted:  # an unlinked (or deleted) version is never found again
-                            number += 1
-                            continue
-                        found.setdefault(taken.content_digest, number)
-                        if taken.content_digest == digest and taken.type == type:
-                            record = taken  # left by a writer that crashed before its head update
-                            break
+                        taken = await self.version(project, name, number, include_deleted=True)
+                        if not taken.deleted:
+                            found.setdefault(taken.content_digest, number)
+                            if taken.content_digest == digest and taken.type == type:
+                                record = taken  # left by a writer that crashed before its head update
+                                break
                         number += 1
             assert record is not None and number is not None
             new_aliases = {a: v for a, v in head.aliases.items() if a not in aliases}
             new_aliases.update({a: number for a in aliases})
             latest = max(number, *found.values(), head.latest if head.latest is not None else -1)
             digests = {**found, **head.digests, digest: number}
-            new_head = msgspec.structs.replace(head, latest=latest, aliases=new_aliases, digests=digests)
+            highest = head.highest if head.highest is not None and head.highest > latest else None
+            new_head = msgspec.structs.replace(
+                head, latest=latest, aliases=new_aliases, digests=digests, highest=highest
+            )
             if new_head == head or await self._write_head(new_head, etag):
                 return record, created
+            if not created:
+                record = None  # found, not made: look again, it may have been deleted meanwhile
 
     # -- reading --------------------------------------------------------------------------
 
-    async def version(self, project: str, name: str, number: int) -> VersionRecord:
+    async def version(
+        self, project: str, name: str, number: int, *, include_deleted: bool = False
+    ) -> VersionRecord:
+        """The record of `vN`; a deleted one raises `VersionDeleted` unless `include_deleted`."""
         try:
             key = version_key(project, name, number)
-            return decode_version(await self.store.get(key), key)
+            record = decode_version(await self.store.get(key), key)
         except ObjectNotFound:
             raise ArtifactNotFound(f"{project}/{name} has no version v{number}") from None
+        if record.deleted and not include_deleted:
+            raise VersionDeleted(f"{project}/{name}:v{number} was deleted")
+        return record
 
     async def head(self, project: str, name: str) -> ArtifactHead:
         head, _ = await self._read_head(project, name)
         if head is None:
             names = [n async for n in self.artifacts(project)]
-            hint = f" (it has: {', '.join(names[:10])})" if names else ""
+            if not names:
+                projects = await self.projects()
+                known = f"; projects: {', '.join(projects[:10])}" if projects else "; the repository is empty"
+                raise ArtifactNotFound(f"no project {project!r}{did_you_mean(project, projects)}{known}")
+            hint = f"{did_you_mean(name, names)} (it has: {', '.join(names[:10])})"
             raise ArtifactNotFound(f"project {project!r} has no artifact {name!r}{hint}")
         return head
 
@@ -736,16 +756,34 @@ class Repository:
         """The version a reference names: `:vN`, `:alias`, or the newest (`latest`)."""
         head = await self.head(ref.project, ref.name)
         if ref.version is not None:
-            return await self.version(ref.project, ref.name, ref.version)
+            try:
+                return await self.version(ref.project, ref.name, ref.version)
+            except VersionDeleted:
+                raise
+            except ArtifactNotFound as e:
+                newest = "it has no versions" if head.latest is None else f"the newest is v{head.latest}"
+                raise ArtifactNotFound(f"{e} ({newest})") from None
         if ref.alias in (None, "latest"):
             if head.latest is None:
                 raise ArtifactNotFound(f"{ref.full_name} has no versions")
-            return await self.version(ref.project, ref.name, head.latest)
+            return await self._named(ref, head.latest)
         assert ref.alias is not None
         if ref.alias not in head.aliases:
             known = ", ".join(sorted(head.aliases)) or "none"
-            raise ArtifactNotFound(f"{ref.full_name} has no alias {ref.alias!r} (aliases: {known})")
-        return await self.version(ref.project, ref.name, head.aliases[ref.alias])
+            hint = did_you_mean(ref.alias, [*head.aliases, "latest"])
+            raise ArtifactNotFound(f"{ref.full_name} has no alias {ref.alias!r}{hint} (aliases: {known})")
+        return await self._named(ref, head.aliases[ref.alias])
+
+    async def _named(self, ref: ArtifactRef, number: int) -> VersionRecord:
+        """The version the head names for `ref`; a tombstone there means a deletion is running
+        or was interrupted before its head update (docs/DELETION.md)."""
+        try:
+            return await self.version(ref.project, ref.name, number)
+        except VersionDeleted:
+            raise VersionDeleted(
+                f"{ref} names v{number}, which was deleted; unless a deletion is running, "
+                f"`syncengine delete {ref.full_name}:v{number}` finishes the interrupted one"
+            ) from None
 
     async def versions(self, project: str, name: str) -> list[VersionRecord]:
         await self.head(project, name)  # an unknown artifact raises, naming the ones that exist
@@ -753,7 +791,9 @@ class Repository:
         prefix = f"artifacts/{project}/{name}/versions/v"
         numbers = sorted([int(i.key[len(prefix) :]) async for i in self.store.list(prefix)])
         for n in numbers:
-            out.append(await self.version(project, name, n))
+            record = await self.version(project, name, n, include_deleted=True)
+            if not record.deleted:
+                out.append(record)
         return out
 
     async def update_head(
@@ -783,7 +823,17 @@ class Repository:
             aliases.update({a: version for a in add})
             return msgspec.structs.replace(head, aliases=aliases)
 
-        return await self.update_head(project, name, change)
+        head = await self.update_head(project, name, change)
+        if add and (await self.version(project, name, version, include_deleted=True)).deleted:
+            # Deleted while the aliases moved: a deletion's head update may have come first,
+            # so take them off again (docs/DELETION.md).
+            def undo(h: ArtifactHead) -> ArtifactHead:
+                kept = {a: v for a, v in h.aliases.items() if v != version}
+                return msgspec.structs.replace(h, aliases=kept)
+
+            await self.update_head(project, name, undo)
+            raise VersionDeleted(f"{project}/{name}:v{version} was deleted; its aliases were not set")
+        return head
 
     async def update_version(
         self, project: str, name: str, version: int, change: Callable[[VersionRecord], VersionRecord]
@@ -797,6 +847,8 @@ class Repository:
                     current, etag = decode_version(await r.read(), key), r.info.etag
             except ObjectNotFound:
                 raise ArtifactNotFound(f"{project}/{name} has no version v{version}") from None
+            if current.deleted:
+                raise VersionDeleted(f"{project}/{name}:v{version} was deleted; it cannot be changed")
             new = change(current)
             frozen = (
                 "project",
@@ -844,6 +896,8 @@ class Repository:
                 continue
             try:
                 record = decode_version(await self.store.get(info.key), info.key)
+                if record.deleted:  # its data may be collected already
+                    continue
                 reader = await self.manifest(record)
                 async for entry in reader.entries():
                     if entry.ref is not None:

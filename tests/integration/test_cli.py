@@ -182,7 +182,8 @@ def test_put_get_versions_round_trip(tmp_path: Path) -> None:
     bad = cli("get", "proj/dta", env=env)
     assert (
         bad.returncode == 1
-        and bad.stderr.strip() == "error: project 'proj' has no artifact 'dta' (it has: data)"
+        and bad.stderr.strip()
+        == "error: project 'proj' has no artifact 'dta' (did you mean 'data'?) (it has: data)"
     )
     wrong = cli("put", "-n", "proj/data", "-t", "model", str(data), env=env)
     assert wrong.returncode == 1 and "has type 'dataset', not 'model'" in wrong.stderr

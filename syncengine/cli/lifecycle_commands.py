@@ -1,0 +1,185 @@
+"""`delete`, `cleanup`, `cache info|cleanup`, `gc`: the commands that remove things, each with
+--dry-run and a line per thing removed (docs/DELETION.md, docs/GC.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+
+from syncengine.cli.progress import human_bytes
+from syncengine.cli.repo_commands import _run, json_option, repo_option
+from syncengine.repo.records import parse_ref
+
+if TYPE_CHECKING:
+    from syncengine.repo.gc import GcReport
+    from syncengine.repo.lifecycle import Cleanup, Deletion
+    from syncengine.repo.repository import Repository
+
+_dry_run = click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+
+
+def _deletion_line(d: Deletion) -> str:
+    verb = "would delete" if d.dry_run else "deleted"
+    if d.already_deleted:
+        return f"{d.ref} was already deleted" + ("" if d.dry_run else " (head updated)")
+    extra = f", aliases {', '.join(d.aliases)} removed" if d.aliases and not d.dry_run else ""
+    if d.aliases and d.dry_run:
+        extra = f", with aliases {', '.join(d.aliases)}"
+    why = "" if d.reason == "requested" else f" [{d.reason}]"
+    return f"{verb} {d.ref} ({d.files} files, {human_bytes(d.size)}{extra}){why}"
+
+
+def register_lifecycle(cli: click.Group) -> None:
+    @cli.command("delete")
+    @click.argument("ref")
+    @click.option("--delete-aliases", is_flag=True, help="Also remove the version's aliases.")
+    @_dry_run
+    @repo_option
+    @json_option
+    def delete(ref: str, delete_aliases: bool, dry_run: bool, repo_url: str | None, as_json: bool) -> None:
+        """Delete PROJECT/NAME:vN (refused while it holds aliases other than latest, unless
+        --delete-aliases). Its data is reclaimed by `gc` once no version uses it."""
+        r = parse_ref(ref)
+        if r.version is None:
+            raise click.BadParameter("name the version as PROJECT/NAME:vN", param_hint="REF")
+        version = r.version
+
+        async def job(repo: Repository) -> Deletion:
+            from syncengine.repo.lifecycle import delete_version
+
+            return await delete_version(
+                repo, r.project, r.name, version, delete_aliases=delete_aliases, dry_run=dry_run
+            )
+
+        d = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps(d.to_json()))
+        else:
+            click.echo(_deletion_line(d))
+
+    @cli.command("cleanup")
+    @click.argument("name")
+    @click.option(
+        "--keep-last",
+        type=click.IntRange(min=0),
+        default=1,
+        show_default=True,
+        help="Keep the newest N versions (TTL-expired ones still go).",
+    )
+    @_dry_run
+    @repo_option
+    @json_option
+    def cleanup(name: str, keep_last: int, dry_run: bool, repo_url: str | None, as_json: bool) -> None:
+        """Delete the versions of PROJECT/NAME that hold no alias (besides latest) and are
+        older than the newest --keep-last or past their TTL."""
+        r = parse_ref(name)
+        if r.version is not None or r.alias is not None:
+            raise click.BadParameter("give PROJECT/NAME without :alias or :vN", param_hint="NAME")
+
+        async def job(repo: Repository) -> Cleanup:
+            from syncengine.repo.lifecycle import cleanup as run_cleanup
+
+            return await run_cleanup(repo, r.project, r.name, keep_last=keep_last, dry_run=dry_run)
+
+        result = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps(result.to_json()))
+            return
+        for d in result.deleted:
+            click.echo(_deletion_line(d))
+        for k in result.kept_aliased:
+            click.echo(
+                f"kept {k['ref']}: expired {k['expired']} but holds alias(es) {', '.join(k['aliases'])}"
+            )
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(
+            f"{verb} {len(result.deleted)} version(s) of {r.full_name} ({human_bytes(result.bytes)} of files)"
+        )
+
+    @cli.group("cache")
+    def cache() -> None:
+        """This machine's file cache (shared by every download)."""
+
+    @cache.command("info")
+    @json_option
+    def cache_info(as_json: bool) -> None:
+        """Size, files, bound and location of the file cache."""
+        from syncengine.repo.local_cache import cache_info as info
+
+        i = info()
+        if as_json:
+            click.echo(json.dumps(i.to_json()))
+            return
+        click.echo(
+            f"{i.location}: {i.files} files, {human_bytes(i.bytes)} of {human_bytes(i.bound)} "
+            "(SYNCENGINE_FILE_CACHE_SIZE sets the bound)"
+        )
+
+    @cache.command("cleanup")
+    @click.argument("target", default="0")
+    @_dry_run
+    @json_option
+    def cache_cleanup(target: str, dry_run: bool, as_json: bool) -> None:
+        """Delete least recently used cache files until at most TARGET remain (1GB, 500MB;
+        0, the default, empties it). Downloads in progress and hard-linked checkouts are safe."""
+        from syncengine.repo.local_cache import cache_cleanup as clean
+
+        c = clean(target, dry_run=dry_run)
+        if as_json:
+            click.echo(json.dumps(c.to_json()))
+            return
+        verb = "would remove" if dry_run else "removed"
+        click.echo(
+            f"{verb} {c.files_removed} files ({human_bytes(c.bytes_freed)}); "
+            f"{c.files} files, {human_bytes(c.bytes)} {'would remain' if dry_run else 'remain'}"
+        )
+
+    @cli.command("gc")
+    @_dry_run
+    @repo_option
+    @json_option
+    def gc(dry_run: bool, repo_url: str | None, as_json: bool) -> None:
+        """Report what garbage collection would reclaim: packs, blobs and manifest objects no
+        live version uses (docs/GC.md). Only --dry-run exists so far: nothing is deleted."""
+        if not dry_run:
+            raise click.UsageError("gc only reports so far: run `syncengine gc --dry-run` (docs/GC.md)")
+
+        async def job(repo: Repository) -> GcReport:
+            from syncengine.repo.gc import survey
+
+            return await survey(repo)
+
+        r = _run(repo_url, job)
+        if as_json:
+            click.echo(json.dumps(r.to_json()))
+            return
+        click.echo(f"{r.versions} live version(s), {r.deleted_versions} deleted")
+        click.echo(
+            f"{r.packs} pack(s), {human_bytes(r.pack_bytes)}: {human_bytes(r.live_bytes)} live in "
+            f"{r.live_blobs} blob(s), {human_bytes(r.dead_bytes)} in {r.dead_blobs} blob(s) "
+            "no live version uses"
+        )
+        click.echo(
+            f"would delete {r.dead_packs} pack(s) with no live blob ({human_bytes(r.dead_pack_bytes)})"
+        )
+        click.echo(
+            f"would repack {len(r.repack)} pack(s) under half live ({human_bytes(r.repack_bytes)} dead)"
+        )
+        if r.unindexed_packs:
+            click.echo(
+                f"{r.unindexed_packs} pack(s) no index names ({human_bytes(r.unindexed_bytes)}): "
+                "left by interrupted puts, or a put still running; collected after the grace period"
+            )
+        click.echo(
+            f"would delete {r.dead_manifest_objects} manifest object(s) "
+            f"({human_bytes(r.dead_manifest_bytes)})"
+        )
+        for ref in r.expired:
+            click.echo(f"expired (TTL): {ref}, deleted by `syncengine cleanup`")
+        for ref in r.expired_aliased:
+            click.echo(f"expired (TTL) but aliased, kept: {ref}")
+        for p in r.problems:
+            click.echo(f"problem: {p}", err=True)
+        click.echo(f"reclaimable: {human_bytes(r.reclaimable_bytes)} (dry run: nothing deleted)")

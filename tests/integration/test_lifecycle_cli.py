@@ -1,0 +1,112 @@
+"""`syncengine delete`, `cleanup`, `edit --ttl`, `cache info|cleanup` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests.integration.test_cli import cli
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+
+
+def _put(tmp_path: Path, env: dict[str, str], content: str, *extra: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "x.txt").write_text(content)
+    r = cli("put", str(src), "-n", "p/m", "-t", "model", *extra, env=env)
+    assert r.returncode == 0, r.stderr
+
+
+def test_delete_refuses_aliases_dry_runs_and_prints_what_it_did(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    for i in range(3):
+        _put(tmp_path, env, str(i), *(["-a", "best"] if i == 1 else []))
+    r = cli("delete", "p/m:v1", env=env)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        "error: p/m:v1 has alias(es) best: remove them first (syncengine alias rm p/m:v1 best) "
+        "or delete them with it (delete_aliases=True, --delete-aliases)"
+    )
+    r = cli("delete", "p/m:v1", "--delete-aliases", "--dry-run", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "would delete p/m:v1 (1 files, 1 B, with aliases best)"
+    assert "best" in cli("versions", "p/m", env=env).stdout  # the dry run wrote nothing
+    r = cli("delete", "p/m:v1", "--delete-aliases", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["ref"], out["aliases"], out["dry_run"]) == ("p/m:v1", ["best"], False)
+    r = cli("delete", "p/m:v2", env=env)  # the newest: `latest` moves to v0
+    assert r.returncode == 0 and r.stdout.strip() == "deleted p/m:v2 (1 files, 1 B)"
+    listing = json.loads(cli("versions", "p/m", "--json", env=env).stdout)
+    assert [(v["version"], v["aliases"]) for v in listing] == [(0, ["latest"])]
+    r = cli("get", "p/m:v2", "--root", str(tmp_path / "out"), env=env)
+    assert r.returncode == 1 and r.stderr.strip() == "error: p/m:v2 was deleted"
+    r = cli("delete", "p/m", env=env)
+    assert r.returncode == 2 and "name the version as PROJECT/NAME:vN" in r.stderr
+    r = cli("delete", "p/mn:v0", env=env)
+    assert r.returncode == 1 and "(did you mean 'm'?)" in r.stderr
+    _put(tmp_path, env, "2")  # the content of the deleted v2: a new number
+    assert json.loads(cli("show", "p/m", "--json", env=env).stdout)["version"] == 3
+
+
+def test_cleanup_and_edit_ttl(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    for i in range(5):
+        _put(tmp_path, env, str(i), *(["-a", "prod"] if i == 0 else []))
+    r = cli("edit", "p/m:v3", "--ttl", "30d", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["ttl_seconds"] == 30 * 86400
+    r = cli("edit", "p/m:v3", "--ttl", "none", "--json", env=env)
+    assert r.returncode == 0 and "ttl_seconds" not in json.loads(r.stdout)
+    r = cli("edit", "p/m:v3", "--ttl", "soon", env=env)
+    assert r.returncode == 2 and "expected a duration" in r.stderr
+    r = cli("cleanup", "p/m", "--keep-last", "2", "--dry-run", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "would delete p/m:v1 (1 files, 1 B) [keep-last]",
+        "would delete p/m:v2 (1 files, 1 B) [keep-last]",
+        "would delete 2 version(s) of p/m (2 B of files)",
+    ]
+    r = cli("cleanup", "p/m", "--keep-last", "2", "--json", env=env)
+    out = json.loads(r.stdout)
+    assert [d["ref"] for d in out["deleted"]] == ["p/m:v1", "p/m:v2"] and not out["dry_run"]
+    listing = json.loads(cli("versions", "p/m", "--json", env=env).stdout)
+    assert [v["version"] for v in listing] == [0, 3, 4]
+    r = cli("cleanup", "p/m:v3", env=env)
+    assert r.returncode == 2 and "without :alias or :vN" in r.stderr
+    src = tmp_path / "src"
+    (src / "x.txt").write_text("with ttl")
+    r = cli("put", str(src), "-n", "p/m", "-t", "model", "--ttl", "7d", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["ttl_seconds"] == 7 * 86400
+    r = cli(
+        "put", str(src), "-n", "p/m", "-t", "model", "--ttl", "1h", "--json", env=env
+    )  # unchanged content
+    assert r.returncode == 0 and json.loads(r.stdout)["ttl_seconds"] == 3600
+    assert json.loads(cli("show", "p/m", "--json", env=env).stdout)["ttl_seconds"] == 3600
+
+
+def test_cache_info_and_cleanup(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"big{i}.bin").write_bytes(os.urandom(100_000))  # above the cache's 64 KiB floor
+    assert cli("put", str(src), "-n", "p/big", "-t", "data", env=env).returncode == 0
+    assert cli("get", "p/big", "--root", str(tmp_path / "out"), env=env).returncode == 0
+    info = json.loads(cli("cache", "info", "--json", env=env).stdout)
+    assert info["files"] == 3 and info["bytes"] == 300_000
+    assert info["location"] == os.path.join(os.environ["SYNCENGINE_CACHE_DIR"], "files")
+    assert info["bound"] == 20 << 30
+    r = cli("cache", "info", env={**env, "SYNCENGINE_FILE_CACHE_SIZE": "1G"})
+    assert r.returncode == 0 and "3 files, 292.97 KiB of 1.00 GiB" in r.stdout
+    r = cli("cache", "cleanup", "150KB", "--dry-run", "--json", env=env)
+    dry = json.loads(r.stdout)
+    assert (dry["files_removed"], dry["bytes_freed"], dry["files"], dry["dry_run"]) == (2, 200_000, 1, True)
+    assert json.loads(cli("cache", "info", "--json", env=env).stdout)["files"] == 3
+    r = cli("cache", "cleanup", "150KB", env=env)
+    assert r.returncode == 0 and r.stdout.startswith("removed 2 files")
+    assert json.loads(cli("cache", "info", "--json", env=env).stdout)["bytes"] == 100_000
+    r = cli("cache", "cleanup", "lots", env=env)
+    assert r.returncode == 1 and "'lots' is not a size" in r.stderr
