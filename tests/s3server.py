@@ -146,6 +146,10 @@ class S3TestServer:
                 f"-filer.port={p + 3}", f"-admin.port={p + 4}", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", f"-s3.config={self.dir / 's3.json'}", "-admin.ui=false",
                 "-webdav=false",
+                # Each bucket is a collection with volumes of its own; the default bound
+                # (free disk / volume size) ran out after ~55 buckets, and the suite makes
+                # more. Volumes are files that grow as written, so a high count costs nothing.
+                "-volume.max=4000",
             ]  # fmt: skip
             log = open(self.dir / "weed.log", "wb")  # noqa: SIM115 - handed to the child
             self.proc = subprocess.Popen(

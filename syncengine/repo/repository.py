@@ -412,13 +412,16 @@ class Repository:
             in_flight += 1
             try:
                 entries = index_entries(pid, locs)
+                # Journaled *before* it is written: a process killed at any moment after the
+                # store has the pack (even before it learns so) leaves a row, and the next put
+                # adopts the pack if a HEAD finds it whole (else drops the row).
+                await loop.run_in_executor(None, journal.record, pid, entries)
                 # Through the transfer layer: the process-wide request and byte limits, and
                 # multipart for a pack above the threshold (docs/TRANSFER.md).
                 with contextlib.suppress(PreconditionFailed):  # already there: same bytes
                     await transfer.upload(
                         self.store, _obj_key("data", pid), data, if_none_match=True, on_progress=progress
                     )
-                await loop.run_in_executor(None, journal.record, pid, entries)
                 new_entries.extend(entries)
                 journaled.append(pid)
                 result.packs += 1
