@@ -1,10 +1,13 @@
-"""The put journal: packs this machine uploaded whose index segment is not written yet.
+"""The put journal: packs this machine is uploading or uploaded whose index segment is not
+written yet.
 
 A put writes packs first and their index segment last (docs/FORMAT.md, commit protocol), so
 a put killed in between leaves complete packs that no index names. The journal (SQLite in
-the local state dir, ``$SYNCENGINE_STATE_DIR``) records each pack right after its upload
-succeeds, with the index entries of its blobs. The next put into the same repository, from
-any artifact, adopts the journal's packs that still exist in the store (one HEAD each):
+the local state dir, ``$SYNCENGINE_STATE_DIR``) records each pack *before* its upload
+starts, with the index entries of its blobs — so a put killed after the store has the pack
+but before it heard so still leaves a row. The next put into the same repository, from
+any artifact, adopts the journal's packs that exist whole in the store (one HEAD each) and
+drops the rows of those that do not (an upload that never finished):
 their blobs count as stored — they are not read, packed or sent again — and the index
 segment that put writes names them. Rows are dropped once a segment covering them is
 written. Deleting the journal loses nothing but the resume: the next put sends those blobs
