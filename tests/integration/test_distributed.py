@@ -141,9 +141,11 @@ def test_same_path_with_different_content_is_a_clear_error(tmp_path: Path) -> No
             with repo.run(project="p", job_type="w", group="g") as run:
                 run.upsert_artifact(files(tmp_path, f"w{i}", {"labels.csv": b"v%d" % i, f"own{i}": b"x"}))
                 ids.append(run.id)
-        with repo.run(project="p", job_type="merge", group="g") as run:
-            with pytest.raises(DistributedConflict) as e:
-                run.finish_artifact(se.Artifact("corpus", type="dataset"))
+        with (
+            repo.run(project="p", job_type="merge", group="g") as run,
+            pytest.raises(DistributedConflict) as e,
+        ):
+            run.finish_artifact(se.Artifact("corpus", type="dataset"))
         msg = str(e.value)
         assert "'labels.csv'" in msg and all(f"run p/{i}" in msg for i in ids)
         assert "\n" not in msg
