@@ -233,6 +233,72 @@ class Run:
         await record_log(self._repo.core.store, self.project, self.id, version.record)
         return version
 
+    async def upsert_artifact(
+        self, artifact: Artifact, distributed_id: str | None = None, project: str | None = None
+    ) -> None:
+        """Uploads ``artifact``'s files as this writer's part of a distributed artifact
+        (docs/DISTRIBUTED.md): any number of runs, processes and machines upsert into one
+        ``distributed_id`` (default: the run's group), then one ``finish_artifact`` commits a
+        single version holding every file. No version exists until then."""
+        from syncengine.repo import distributed
+
+        self._check_active()
+        if not artifact.sources and not artifact.references:
+            raise ConfigError(
+                f"artifact {artifact.name!r} has no files: call add_file, add_dir or add_reference first"
+            )
+        await distributed.upsert(
+            self._repo.core,
+            artifact.sources,
+            artifact.references,
+            project=project or self.project,
+            name=artifact.name,
+            type=artifact.type,
+            distributed_id=self._distributed_id(distributed_id),
+            run=self.path,
+        )
+
+    async def finish_artifact(
+        self,
+        artifact: Artifact,
+        distributed_id: str | None = None,
+        aliases: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        project: str | None = None,
+    ) -> ArtifactVersion:
+        """Commits every part upserted into ``distributed_id`` (default: the run's group) as one
+        version of ``artifact`` (its description and metadata, this run as its producer) and
+        returns it; the same path upserted with different content is ``DistributedConflict``.
+        Finishing again returns the same version; upserting after it is ``ArtifactFinished``."""
+        from syncengine.repo import distributed
+
+        self._check_active()
+        assert self.id is not None
+        record, _ = await distributed.finish(
+            self._repo.core,
+            project=project or self.project,
+            name=artifact.name,
+            type=artifact.type,
+            distributed_id=self._distributed_id(distributed_id),
+            run=self.path,
+            aliases=aliases,
+            tags=tags,
+            description=artifact.description,
+            metadata=artifact.metadata,
+        )
+        await record_log(self._repo.core.store, self.project, self.id, record)
+        return await self._repo._version(record)
+
+    def _distributed_id(self, distributed_id: str | None) -> str:
+        if distributed_id:
+            return check_name("distributed id", distributed_id)
+        if not self.group:
+            raise ConfigError(
+                f"run {self.path} has no group: pass distributed_id= (the same in every writer), "
+                "or start the runs with group="
+            )
+        return self.group
+
     async def used_artifacts(self) -> list[ArtifactVersion]:
         return [await self._repo._version(v) for v in await lineage.inputs(self._repo.core, self._stored())]
 

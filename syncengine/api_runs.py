@@ -79,6 +79,21 @@ class Run:
     ) -> ArtifactVersion:
         return _wrap(_run(self._inner.log_artifact(artifact, aliases, tags, project)))
 
+    def upsert_artifact(
+        self, artifact: Artifact, distributed_id: str | None = None, project: str | None = None
+    ) -> None:
+        _run(self._inner.upsert_artifact(artifact, distributed_id, project))
+
+    def finish_artifact(
+        self,
+        artifact: Artifact,
+        distributed_id: str | None = None,
+        aliases: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        project: str | None = None,
+    ) -> ArtifactVersion:
+        return _wrap(_run(self._inner.finish_artifact(artifact, distributed_id, aliases, tags, project)))
+
     def used_artifacts(self) -> list[ArtifactVersion]:
         return [_wrap(v) for v in _run(self._inner.used_artifacts())]
 

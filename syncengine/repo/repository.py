@@ -140,6 +140,7 @@ class PutResult:
     new_bytes: int = 0
     packs: int = 0
     warnings: list[str] = field(default_factory=list)
+    segment: str = ""  # key of the index segment this put wrote ("" if it added no blobs)
 
 
 def _now() -> str:
@@ -369,6 +370,7 @@ class Repository:
         refs: Merge,
         logged_by: str = "",
         sink: ManifestSink | None = None,
+        commit: bool = True,
     ) -> PutResult:
         """The full put: hash, pack and upload what the repository lacks, commit.
 
@@ -578,6 +580,7 @@ class Repository:
             for ie in new_entries:
                 index.setdefault(ie.digest, ie)
             self._segments.add(f"index/{sid.hex()}")
+            result.segment = f"index/{sid.hex()}"
         await loop.run_in_executor(None, journal.forget, journaled)
         for ref in refs.rest():
             for pid, data in builder.add(ref):
@@ -588,6 +591,15 @@ class Repository:
         mdata = encode_manifest(manifest)
         mkey = _obj_key("manifests", _blake3.blake3(mdata).digest())
         await _put_immutable(self.store, mkey, mdata)
+        if not commit:  # a distributed writer's part (syncengine.repo.distributed): no version
+            result.record = msgspec.structs.replace(
+                result.record,
+                manifest=mkey,
+                content_digest=manifest.content_digest.hex(),
+                files=manifest.entries,
+                size=manifest.size,
+            )
+            return result
         committed = await self._commit(
             project,
             name,

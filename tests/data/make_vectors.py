@@ -221,6 +221,30 @@ def lineage_vector() -> dict[str, object]:
     }
 
 
+def distributed_vector() -> dict[str, object]:
+    """A distributed writer's part record, a seal and a finished marker: exact bytes."""
+    from syncengine.repo.distributed import FinishedRecord, PartRecord, SealRecord, encode
+
+    part = PartRecord(
+        1, "nlp", "corpus", "shard-job", "k3x9q2ab.0f1e2d3c4b5a6978", "dataset",
+        "manifests/ab/" + "ab" * 32, "cd" * 32, 2, 6034, "2024-06-01T12:00:00.000000Z",
+        {"host": "worker-3", "user": "ml"}, "nlp/k3x9q2ab", "index/" + "ef" * 32,
+    )  # fmt: skip
+    minimal = PartRecord(
+        1, "p", "a", "g", "w.00", "t", "manifests/ab/" + "ab" * 32, "cd" * 32, 0, 0, "2024-06-01T00:00:00Z"
+    )
+    finished = FinishedRecord(
+        1, "nlp", "corpus", "shard-job", 0, "cd" * 32, ("k3x9q2ab.0f1e2d3c4b5a6978", "m8a1.00ff00ff00ff00ff"),
+        "2024-06-01T13:00:00.000000Z", "nlp/merge01",
+    )  # fmt: skip
+    return {
+        "part": encode(part).decode(),
+        "part_minimal": encode(minimal).decode(),
+        "sealed": encode(SealRecord(1, "2024-06-01T12:59:00.000000Z", "nlp/merge01")).decode(),
+        "finished": encode(finished).decode(),
+    }
+
+
 def main() -> None:
     table = gear_table()
     tree = TreeDigest()
@@ -239,6 +263,7 @@ def main() -> None:
         "pack": pack_vector(),
         "records": records_vector(),
         "lineage": lineage_vector(),
+        "distributed": distributed_vector(),
         "tree": {
             "entries": [[p, blake3.blake3(c).hexdigest()] for p, c in entries],
             "digest": tree.hexdigest(),

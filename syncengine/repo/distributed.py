@@ -1,0 +1,368 @@
+"""Distributed writers: many processes upsert files into one artifact, then one finish commits a version.
+
+Each `upsert` hashes and uploads its files as a put does (packs, then an index segment, then
+manifest pages and record) but commits no version: it records its contribution as an
+immutable part object of its own (`distributed/<project>/<name>/<id>/parts/<writer>`,
+create-if-absent under a name nobody else uses), so no two writers ever write one object.
+`finish` seals the artifact, lists the parts, merges their manifests (the same path with the
+same digest from two writers is kept once; different content is `DistributedConflict`),
+commits one version the usual way and writes the `finished` marker (create-if-absent) naming
+the version and the parts in it. docs/DISTRIBUTED.md has the argument for why this needs no
+lock; docs/FORMAT.md the objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import blake3 as _blake3
+import msgspec
+
+from syncengine.errors import ConfigError, ObjectNotFound, PreconditionFailed, SyncEngineError
+from syncengine.hashing.stat_cache import StatCache
+from syncengine.hashing.tree import Source, TreeHasher
+from syncengine.repo.manifest import (
+    ManifestBuilder,
+    ManifestEntry,
+    ManifestReader,
+    decode_manifest,
+    encode_manifest,
+)
+from syncengine.repo.pack import CorruptData
+from syncengine.repo.put_journal import PutJournal
+from syncengine.repo.records import FORMAT, VersionRecord, check_alias, check_name, check_tag
+from syncengine.repo.references import Merge, Reference
+from syncengine.repo.references import resolve as resolve_references
+from syncengine.repo.repository import (
+    PutResult,
+    Repository,
+    TypeMismatch,
+    _created_by,
+    _obj_key,
+    _put_immutable,
+)
+
+#: Part records read at once while finishing.
+READ_PARTS = 16
+
+
+class ArtifactFinished(SyncEngineError, ValueError):
+    """An upsert into a distributed artifact that was already finished (its version is immutable)."""
+
+
+class DistributedConflict(SyncEngineError, ValueError):
+    """Two writers of one distributed artifact upserted the same path with different content."""
+
+
+class NothingToFinish(SyncEngineError, LookupError):
+    """`finish_artifact` found no upserted part for the distributed id."""
+
+
+class PartRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`distributed/<project>/<name>/<id>/parts/<writer>`: one upsert's contribution."""
+
+    format: int
+    project: str
+    name: str
+    distributed_id: str
+    writer: str  # the object's own name: unique per upsert call
+    type: str
+    manifest: str  # key of the manifest record of the upserted entries
+    content_digest: str  # hex, of the upserted entries alone
+    files: int
+    size: int
+    created: str  # RFC 3339 UTC
+    created_by: dict[str, str] = {}
+    run: str = ""  # "project/run-id" of the upserting run
+    index_segment: str = ""  # key of the index segment the upsert wrote ("": no new blobs)
+
+
+class SealRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`…/<id>/sealed`: a finish has begun; written before the parts are listed."""
+
+    format: int
+    created: str
+    run: str = ""
+
+
+class FinishedRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`…/<id>/finished`: the version the parts became (create-if-absent: the first finish wins)."""
+
+    format: int
+    project: str
+    name: str
+    distributed_id: str
+    version: int
+    content_digest: str
+    parts: tuple[str, ...]  # writers whose files the version holds, sorted
+    created: str
+    run: str = ""
+
+
+_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+def encode(record: PartRecord | SealRecord | FinishedRecord) -> bytes:
+    """JSON with sorted keys, defaults omitted (like every record)."""
+    return _encode(record)
+
+
+def _decode(data: bytes, kind: type[Any], key: str) -> Any:
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise CorruptData(f"{key}: not a valid {kind.__name__} ({e})") from e
+
+
+def base_key(project: str, name: str, distributed_id: str) -> str:
+    return f"distributed/{project}/{name}/{distributed_id}/"
+
+
+def part_key(project: str, name: str, distributed_id: str, writer: str) -> str:
+    return f"{base_key(project, name, distributed_id)}parts/{writer}"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _check(project: str, name: str, distributed_id: str) -> None:
+    check_name("project", project)
+    check_name("artifact name", name)
+    check_name("distributed id", distributed_id)
+
+
+async def read_finished(
+    repo: Repository, project: str, name: str, distributed_id: str
+) -> FinishedRecord | None:
+    key = base_key(project, name, distributed_id) + "finished"
+    try:
+        return _decode(await repo.store.get(key), FinishedRecord, key)  # type: ignore[no-any-return]
+    except ObjectNotFound:
+        return None
+
+
+async def _sealed(repo: Repository, project: str, name: str, distributed_id: str) -> bool:
+    try:
+        await repo.store.head(base_key(project, name, distributed_id) + "sealed")
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def _finished_error(project: str, name: str, distributed_id: str, version: int | None) -> ArtifactFinished:
+    done = f"was finished as v{version}" if version is not None else "is being finished"
+    return ArtifactFinished(
+        f"distributed artifact {project}/{name} (distributed id {distributed_id!r}) {done}: its "
+        "version is immutable; upsert into a new distributed id, or log a new version"
+    )
+
+
+async def upsert(
+    repo: Repository,
+    sources: Sequence[Source],
+    references: Sequence[Reference] = (),
+    *,
+    project: str,
+    name: str,
+    type: str,
+    distributed_id: str,
+    run: str = "",
+    threads: int | None = None,
+    stat_cache: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_upload: Callable[[int, int], None] | None = None,
+) -> PartRecord:
+    """Stores `sources` (and `references`) in the repository and records them as one part of
+    the distributed artifact; no version is committed (`finish` does that). Raises
+    `ArtifactFinished` if the artifact was finished before this part could be included."""
+    _check(project, name, distributed_id)
+    check_name("type", type)
+    finished = await read_finished(repo, project, name, distributed_id)
+    if finished is not None or await _sealed(repo, project, name, distributed_id):
+        raise _finished_error(project, name, distributed_id, finished.version if finished else None)
+    head, _ = await repo._read_head(project, name)
+    if head is not None and head.type != type:
+        raise TypeMismatch(f"artifact {project}/{name} has type {head.type!r}, not {type!r}")
+    loop = asyncio.get_running_loop()
+    refs = await resolve_references(references, repo.store, repo.params)
+    index = await repo.index()
+    cache = StatCache(None, repo.params.label) if stat_cache else None
+    hasher = TreeHasher(repo.params, threads=threads, stat_cache=cache, on_progress=on_progress)
+    result = PutResult(VersionRecord(FORMAT, project, name, -1, type, "", "", 0, 0, ""), False)
+    journal = await loop.run_in_executor(None, PutJournal, repo.config.id)
+    try:
+        result = await repo._log(
+            result, [], None, None, [], sources, index, cache, hasher, journal, None, b"", on_upload,
+            Merge(refs), commit=False,
+        )  # fmt: skip
+    finally:
+        await loop.run_in_executor(None, journal.close)
+    run_id = run.rsplit("/", 1)[-1] if run else "w"
+    writer = f"{run_id}.{uuid.uuid4().hex[:16]}"
+    rec = result.record
+    part = PartRecord(
+        FORMAT, project, name, distributed_id, writer, type, rec.manifest, rec.content_digest,
+        rec.files, rec.size, _now(), _created_by(), run, result.segment,
+    )  # fmt: skip
+    # The name is this call's alone: a 412 can only be an earlier attempt of this very write.
+    with contextlib.suppress(PreconditionFailed):
+        await repo.store.put(
+            part_key(project, name, distributed_id, writer), encode(part), if_none_match=True
+        )
+    # A finish seals before it lists the parts: no seal now means any finish lists this part.
+    if await _sealed(repo, project, name, distributed_id):
+        finished = await read_finished(repo, project, name, distributed_id)
+        if finished is None or writer not in finished.parts:
+            raise _finished_error(project, name, distributed_id, finished.version if finished else None)
+    return part
+
+
+async def parts(repo: Repository, project: str, name: str, distributed_id: str) -> list[PartRecord]:
+    """Every part upserted so far, sorted by writer."""
+    _check(project, name, distributed_id)
+    prefix = base_key(project, name, distributed_id) + "parts/"
+    keys = sorted([info.key async for info in repo.store.list(prefix)])
+    gate = asyncio.Semaphore(READ_PARTS)
+
+    async def read(key: str) -> PartRecord:
+        async with gate:
+            return _decode(await repo.store.get(key), PartRecord, key)  # type: ignore[no-any-return]
+
+    return list(await asyncio.gather(*(read(k) for k in keys)))
+
+
+async def _merged(repo: Repository, found: list[PartRecord]) -> AsyncIterator[ManifestEntry]:
+    """The parts' entries in path order, each path once; `DistributedConflict` for a path two
+    parts hold with different content."""
+    import heapq
+
+    async def reader(part: PartRecord) -> ManifestReader:
+        m = decode_manifest(await repo.store.get(part.manifest))
+        return ManifestReader(m, lambda pid: repo.store.get(_obj_key("manifests", pid)))
+
+    streams = [(await reader(p)).entries() for p in found]
+    heap: list[tuple[bytes, int, ManifestEntry]] = []
+
+    async def advance(i: int) -> None:
+        with contextlib.suppress(StopAsyncIteration):
+            e = await anext(streams[i])
+            heapq.heappush(heap, (e.path.encode(), i, e))
+
+    await asyncio.gather(*(advance(i) for i in range(len(streams))))
+    last: tuple[bytes, int, ManifestEntry] | None = None
+    while heap:
+        key, i, entry = heapq.heappop(heap)
+        await advance(i)
+        if last is not None and last[0] == key:
+            if last[2].digest != entry.digest or last[2].ref != entry.ref:
+                a, b = found[last[1]], found[i]
+                raise DistributedConflict(
+                    f"path {entry.path!r} was upserted with different content by writer {a.writer}"
+                    f"{_by(a)} and writer {b.writer}{_by(b)}; upsert each path from one writer "
+                    "(or with identical content), then finish again"
+                )
+            continue  # the same file from two writers: kept once
+        last = (key, i, entry)
+        yield entry
+
+
+def _by(part: PartRecord) -> str:
+    host = part.created_by.get("host", "")
+    who = [f"run {part.run}"] if part.run else []
+    if host:
+        who.append(f"host {host}")
+    return f" ({', '.join(who)})" if who else ""
+
+
+async def finish(
+    repo: Repository,
+    *,
+    project: str,
+    name: str,
+    type: str,
+    distributed_id: str,
+    run: str = "",
+    aliases: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[VersionRecord, bool]:
+    """Commits the parts as one version (identical content: the existing version) and marks
+    the distributed artifact finished. A finished artifact returns its version again.
+    Returns (record, created)."""
+    _check(project, name, distributed_id)
+    check_name("type", type)
+    aliases = [check_alias(a) for a in dict.fromkeys(aliases)]
+    tags = [check_tag(t) for t in dict.fromkeys(tags)]
+    if metadata is not None:
+        try:
+            metadata = msgspec.json.decode(msgspec.json.encode(metadata))
+        except (TypeError, msgspec.EncodeError) as e:
+            raise ConfigError(f"metadata must be JSON-serialisable: {e}") from e
+    base = base_key(project, name, distributed_id)
+    done = await read_finished(repo, project, name, distributed_id)
+    if done is not None:
+        return await _finished_version(repo, done, type), False
+    with contextlib.suppress(PreconditionFailed):  # an earlier (maybe crashed) finish sealed it
+        await repo.store.put(base + "sealed", encode(SealRecord(FORMAT, _now(), run)), if_none_match=True)
+    found = await parts(repo, project, name, distributed_id)
+    if not found:
+        raise NothingToFinish(
+            f"distributed artifact {project}/{name} has no upserted files under distributed id "
+            f"{distributed_id!r}: call upsert_artifact from the writers first"
+        )
+    for p in found:
+        if p.type != type:
+            raise TypeMismatch(
+                f"writer {p.writer}{_by(p)} upserted {project}/{name} as type {p.type!r}, not {type!r}"
+            )
+    builder = ManifestBuilder()
+    async for entry in _merged(repo, found):
+        for pid, data in builder.add(entry):
+            await _put_immutable(repo.store, _obj_key("manifests", pid), data)
+    pages, manifest = builder.finish()
+    for pid, data in pages:
+        await _put_immutable(repo.store, _obj_key("manifests", pid), data)
+    mdata = encode_manifest(manifest)
+    mkey = _obj_key("manifests", _blake3.blake3(mdata).digest())
+    await _put_immutable(repo.store, mkey, mdata)
+    committed = await repo._commit(
+        project,
+        name,
+        type,
+        manifest.content_digest.hex(),
+        manifest,
+        mkey,
+        aliases,
+        description or "",
+        metadata or {},
+        tuple(tags),
+        fields={"logged_by": run} if run else None,
+    )
+    assert committed is not None
+    record, created = committed
+    marker = FinishedRecord(
+        FORMAT, project, name, distributed_id, record.version, record.content_digest,
+        tuple(p.writer for p in found), _now(), run,
+    )  # fmt: skip
+    try:
+        await repo.store.put(base + "finished", encode(marker), if_none_match=True)
+    except PreconditionFailed:  # a concurrent finish won (or an earlier attempt of this write)
+        done = await read_finished(repo, project, name, distributed_id)
+        assert done is not None
+        if done.version != record.version:
+            return await _finished_version(repo, done, type), False
+    return record, created
+
+
+async def _finished_version(repo: Repository, done: FinishedRecord, type: str) -> VersionRecord:
+    record = await repo.version(done.project, done.name, done.version)
+    if record.type != type:
+        raise TypeMismatch(f"artifact {done.project}/{done.name} has type {record.type!r}, not {type!r}")
+    return record
