@@ -88,13 +88,25 @@ async def _aliased(repo: Repository, records: list[VersionRecord]) -> set[tuple[
     return out
 
 
-async def survey(repo: Repository, *, now: _dt.datetime | None = None) -> GcReport:
-    """Marks what live versions use and measures the rest (reads only; see the module doc)."""
+async def survey(
+    repo: Repository,
+    *,
+    now: _dt.datetime | None = None,
+    candidates: set[str] | None = None,
+    unindexed_before: float | None = None,
+) -> GcReport:
+    """Marks what live versions use and measures the rest (reads only; see the module doc).
+
+    ``candidates`` (if given) receives the keys a collection may delete: dead packs, dead
+    manifest objects, and unindexed packs whose store mtime is before ``unindexed_before``
+    (none without it: a put may still be writing them)."""
     when = now or _dt.datetime.now(_dt.UTC)
     report = GcReport()
     # What exists is listed before the versions are read: an object a writer adds later is
     # never counted as garbage here (and never a candidate of the real collector, GC.md).
-    packs = {i.key.rsplit("/", 1)[1]: i.size async for i in repo.store.list("data/")}
+    listed = [i async for i in repo.store.list("data/")]
+    packs = {i.key.rsplit("/", 1)[1]: i.size for i in listed}
+    pack_keys = {i.key.rsplit("/", 1)[1]: i for i in listed}
     segments = [i.key async for i in repo.store.list("index/")]
     manifest_objects = {i.key: i.size async for i in repo.store.list("manifests/")}
     records = await _records(repo)
@@ -145,6 +157,9 @@ async def survey(repo: Repository, *, now: _dt.datetime | None = None) -> GcRepo
         if held is None:
             report.unindexed_packs += 1
             report.unindexed_bytes += size
+            if candidates is not None and unindexed_before is not None:
+                if pack_keys[pack].mtime < unindexed_before:
+                    candidates.add(pack_keys[pack].key)
             continue
         live_bytes = 0
         for ie in held:
@@ -159,6 +174,8 @@ async def survey(repo: Repository, *, now: _dt.datetime | None = None) -> GcRepo
         if live_bytes == 0:
             report.dead_packs += 1
             report.dead_pack_bytes += size
+            if candidates is not None:
+                candidates.add(pack_keys[pack].key)
         elif live_bytes < REPACK_BELOW * size:
             report.repack.append(pack)
             report.repack_bytes += size - live_bytes
@@ -169,6 +186,8 @@ async def survey(repo: Repository, *, now: _dt.datetime | None = None) -> GcRepo
         if key not in live_objects:
             report.dead_manifest_objects += 1
             report.dead_manifest_bytes += size
+            if candidates is not None:
+                candidates.add(key)
     return report
 
 
