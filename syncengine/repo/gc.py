@@ -157,9 +157,9 @@ async def survey(
         if held is None:
             report.unindexed_packs += 1
             report.unindexed_bytes += size
-            if candidates is not None and unindexed_before is not None:
-                if pack_keys[pack].mtime < unindexed_before:
-                    candidates.add(pack_keys[pack].key)
+            old = unindexed_before is not None and pack_keys[pack].mtime < unindexed_before
+            if candidates is not None and old:
+                candidates.add(pack_keys[pack].key)
             continue
         live_bytes = 0
         for ie in held:

@@ -3,12 +3,13 @@ and the writer rule of §4 (`guard_commit`), which a put runs before it creates 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from syncengine.errors import ObjectNotFound, PreconditionFailed, SyncEngineError
 from syncengine.repo import gc_objects as g
@@ -43,6 +44,30 @@ class GcRun:
     kept: int = 0  # candidates a writer's keep object protected, or alive again
     wait_seconds: float = 0.0
     aborted_uploads: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "mark": self.mark,
+            "report": self.report.to_json() if self.report else None,
+            "deleted": self.deleted,
+            "deleted_bytes": self.deleted_bytes,
+            "kept": self.kept,
+            "wait_seconds": self.wait_seconds,
+            "aborted_uploads": self.aborted_uploads,
+        }
+
+    def summary(self) -> str:
+        if self.phase == "marked" and self.report is not None:
+            return (
+                f"marked {self.report.reclaimable_bytes} reclaimable bytes (mark {self.mark}); "
+                "run `syncengine gc` again after the grace period to delete them"
+            )
+        if self.phase == "waiting":
+            return f"mark {self.mark} is in its grace period: run `gc` again in {self.wait_seconds:.0f}s"
+        if self.phase == "swept":
+            return f"deleted {len(self.deleted)} object(s), {self.deleted_bytes} bytes; kept {self.kept}"
+        return "nothing to collect"
 
 
 async def _store_now(store: ObjectStore) -> float:
@@ -136,10 +161,8 @@ async def _sweep(repo: Repository, mid: str, mark: g.Mark) -> GcRun:
             rest = [e for e in entries if e.pack.hex() not in doomed_packs]
             if rest:
                 nsid, data = encode_index(rest)
-                try:
+                with contextlib.suppress(PreconditionFailed):
                     await store.put(f"index/{nsid.hex()}", data, if_none_match=True)
-                except PreconditionFailed:
-                    pass
             old_segments.append(info.key)
     if old_segments:
         await store.delete(old_segments)
@@ -150,7 +173,7 @@ async def _sweep(repo: Repository, mid: str, mark: g.Mark) -> GcRun:
     await store.put(f"{g.DONE}{mid}", g.encode(done), if_none_match=True)
     await store.delete([f"{g.MARKS}{mid}"])
     await store.delete([*keep_keys, f"{g.SWEEPS}{mid}"])
-    repo._index, repo._segments = None, set()  # noqa: SLF001 - segments were rewritten
+    repo._index, repo._segments = None, set()
     return GcRun(
         "swept",
         mid,
@@ -188,15 +211,27 @@ async def _relied_on(repo: Repository, mkey: str) -> set[str]:
                 blobs.update(d for _, d in e.chunks) if e.chunks else blobs.add(e.digest)
     segments = [i.key async for i in store.list("index/")]
     packs = {i.key.rsplit("/", 1)[1]: i.key async for i in store.list("data/")}
+    stored: set[bytes] = set()
     for ie in await _all_index_entries(repo, segments):
         if ie.digest in blobs and ie.pack.hex() in packs:
             out.add(packs[ie.pack.hex()])
+            stored.add(ie.digest)
+    if blobs - stored:  # deduplicated against an index entry of a pack a sweep deleted
+        raise GcConflict("garbage collection deleted data this put reused; run the put again")
     return out
 
 
 async def guard_commit(repo: Repository, mkey: str) -> float:
     """The writer rule: returns the monotonic time by which the version record must exist
     (raise `GcConflict` if a collection deleted, or may delete, what this version needs)."""
+    try:
+        return await _guard(repo, mkey)
+    except GcConflict:
+        repo._index, repo._segments = None, set()
+        raise
+
+
+async def _guard(repo: Repository, mkey: str) -> float:
     t_k = time.monotonic()
     store = repo.store
     marks = [i.key async for i in store.list(g.MARKS)]  # marks first, then done (§4)
@@ -236,3 +271,16 @@ async def guard_commit(repo: Repository, mkey: str) -> float:
         raise GcConflict("the garbage-collection check took too long; run the put again")
     return deadline
 
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``7d`` or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError:
+        raise SyncEngineError(
+            f"grace period {text!r} is not a duration: use e.g. 90s, 30m, 24h, 7d"
+        ) from None

@@ -215,3 +215,52 @@ def test_writers_and_gc_concurrently(tmp_path: Path) -> None:
         assert await base.check(read_data=True) == []
 
     asyncio.run(main())
+
+
+def test_cli_gc_marks_then_sweeps(tmp_path: Path) -> None:
+    from tests.integration.test_cli import cli
+
+    async def setup() -> None:
+        repo = await Repository.open(LocalStore(tmp_path / "repo"), params=PARAMS)
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "a").write_bytes(os.urandom(10_000))
+        await _log(repo, src)
+        await delete_version(repo, "p", "m", 0)
+
+    asyncio.run(setup())
+    url = str(tmp_path / "repo")
+    r = cli("gc", "--dry-run", "--repo", url)
+    assert r.returncode == 0 and "would delete 1 pack" in r.stdout
+    r = cli("gc", "--grace", "2s", "--repo", url)
+    assert r.returncode == 0 and "marked" in r.stdout, r.stdout + r.stderr
+    r = cli("gc", "--grace", "2s", "--repo", url)
+    assert r.returncode == 0 and "grace period" in r.stdout, r.stdout + r.stderr
+    assert cli("gc", "--grace", "soon", "--repo", url).returncode != 0
+
+
+def test_writer_with_an_index_from_before_a_sweep_commits_nothing(tmp_path: Path) -> None:
+    """A long-lived Repository deduplicates against its in-memory index after a sweep deleted
+    the pack: its put fails (nothing committed), and the next put uploads again."""
+
+    async def main() -> None:
+        store = LocalStore(tmp_path / "repo")
+        old = await Repository.open(store, params=PARAMS)
+        src = tmp_path / "src"
+        src.mkdir()
+        data = os.urandom(50_000)
+        (src / "a").write_bytes(data)
+        await _log(old, src)
+        await old.index()  # loaded: names the pack
+        gc_repo = await Repository.open(LocalStore(tmp_path / "repo"), params=PARAMS)
+        await delete_version(gc_repo, "p", "m", 0)
+        assert (await collect(gc_repo, grace=GRACE)).phase == "marked"
+        assert (await _sweep(gc_repo)).phase == "swept"
+        (src / "b").write_bytes(b"new")
+        with pytest.raises(GcConflict):
+            await _log(old, src)
+        v = await _log(old, src)
+        await _verify(old, tmp_path, "m", v, {"a": data, "b": b"new"})
+        assert await old.check(read_data=True) == []
+
+    asyncio.run(main())
