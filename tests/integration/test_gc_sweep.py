@@ -264,3 +264,23 @@ def test_writer_with_an_index_from_before_a_sweep_commits_nothing(tmp_path: Path
         assert await old.check(read_data=True) == []
 
     asyncio.run(main())
+
+
+def test_gc_objects_golden() -> None:
+    """Exact bytes of the gc/ objects (docs/FORMAT.md, "Garbage collection objects")."""
+    mark = g.Mark(
+        format=1,
+        repository="r1",
+        created="2026-12-01T00:00:00+00:00",
+        grace=86400.0,
+        candidates=["data/ab/ab12", "manifests/cd/cd34"],
+    )
+    assert g.encode(mark) == (
+        b'{"format":1,"repository":"r1","created":"2026-12-01T00:00:00+00:00","grace":86400.0,'
+        b'"candidates":["data/ab/ab12","manifests/cd/cd34"]}'
+    )
+    assert g.decode(g.encode(mark), g.Mark) == mark
+    keep = g.Keep(format=1, mark="m1", objects=["data/ab/ab12"])
+    assert g.encode(keep) == b'{"format":1,"mark":"m1","objects":["data/ab/ab12"]}'
+    done = g.Done(format=1, mark="m1", deleted=["manifests/cd/cd34"])
+    assert g.encode(done) == b'{"format":1,"mark":"m1","deleted":["manifests/cd/cd34"]}'
