@@ -172,7 +172,8 @@ async def _sweep(repo: Repository, mid: str, mark: g.Mark) -> GcRun:
     done = g.Done(format=1, mark=mid, deleted=doomed)
     await store.put(f"{g.DONE}{mid}", g.encode(done), if_none_match=True)
     await store.delete([f"{g.MARKS}{mid}"])
-    await store.delete([*keep_keys, f"{g.SWEEPS}{mid}"])
+    # The intent stays: a writer that finds no intent knows the sweep has not started (§4a).
+    await store.delete(keep_keys)
     repo._index, repo._segments = None, set()
     return GcRun(
         "swept",
@@ -221,6 +222,17 @@ async def _relied_on(repo: Repository, mkey: str) -> set[str]:
     return out
 
 
+async def _check_done(store: ObjectStore, key: str, need: set[str]) -> None:
+    done = g.decode(await store.get(key), g.Done)
+    for obj in need.intersection(done.deleted):
+        try:
+            await store.head(obj)  # recreated since (content-addressed): fine
+        except ObjectNotFound:
+            raise GcConflict(
+                f"garbage collection deleted {obj}, which this put reused; run the put again"
+            ) from None
+
+
 async def guard_commit(repo: Repository, mkey: str) -> float:
     """The writer rule: returns the monotonic time by which the version record must exist
     (raise `GcConflict` if a collection deleted, or may delete, what this version needs)."""
@@ -241,20 +253,14 @@ async def _guard(repo: Repository, mkey: str) -> float:
         return deadline
     need = await _relied_on(repo, mkey)
     for key in dones:
-        done = g.decode(await store.get(key), g.Done)
-        for obj in need.intersection(done.deleted):
-            try:
-                await store.head(obj)  # recreated since (content-addressed): fine
-            except ObjectNotFound:
-                raise GcConflict(
-                    f"garbage collection deleted {obj}, which this put reused; run the put again"
-                ) from None
+        await _check_done(store, key, need)
     for key in marks:
         mid = key.rsplit("/", 1)[1]
         try:
             mark = g.decode(await store.get(key), g.Mark)
-        except ObjectNotFound:
-            continue  # swept meanwhile: its done record was listed (or is checked next time)
+        except ObjectNotFound:  # swept meanwhile: its done record exists (written first)
+            await _check_done(store, f"{g.DONE}{mid}", need)
+            continue
         mine = sorted(need.intersection(mark.candidates))
         if not mine:
             continue

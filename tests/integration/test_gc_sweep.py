@@ -75,13 +75,13 @@ async def _dedup_and_reclaim(store: ObjectStore, tmp_path: Path) -> None:
     assert swept.phase == "swept" and swept.deleted
     await _verify(repo, tmp_path, "m", 1, {"shared.bin": shared, "only1.bin": only1})
     assert await repo.check(read_data=True) == []
-    assert not [k for k in await _keys(store) if k.startswith(("gc/marks/", "gc/keep/", "gc/sweeps/"))]
+    assert not [k for k in await _keys(store) if k.startswith(("gc/marks/", "gc/keep/"))]
 
     await delete_version(repo, "p", "m", 1)
     assert (await collect(repo, grace=GRACE)).phase == "marked"
     assert (await _sweep(repo)).phase == "swept"
     left = await _keys(store)
-    # Config, the head, tombstones and the done records of the two sweeps: no data at all.
+    # Config, the head, tombstones, the intents and done records of the two sweeps: no data.
     assert not [k for k in left if k.startswith(("data/", "index/", "manifests/"))], left
     assert len([k for k in left if k.startswith(g.DONE)]) == 2
     assert (await collect(repo, grace=GRACE)).phase == "nothing"
