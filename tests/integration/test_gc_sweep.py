@@ -284,3 +284,24 @@ def test_gc_objects_golden() -> None:
     assert g.encode(keep) == b'{"format":1,"mark":"m1","objects":["data/ab/ab12"]}'
     done = g.Done(format=1, mark="m1", deleted=["manifests/cd/cd34"])
     assert g.encode(done) == b'{"format":1,"mark":"m1","deleted":["manifests/cd/cd34"]}'
+
+
+def test_sync_facade_gc(tmp_path: Path) -> None:
+    import time
+
+    import syncengine as se
+
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(30_000))
+    repo = se.Repository.open(str(tmp_path / "repo"))
+    art = se.Artifact("m", type="model")
+    art.add_dir(str(src))
+    v = repo.log_artifact(art, project="p")
+    v.delete()
+    assert repo.gc(dry_run=True).dead_packs == 1
+    assert repo.gc(grace=GRACE).phase == "marked"
+    while (run := repo.gc(grace=GRACE)).phase == "waiting":
+        time.sleep(0.5)
+    assert run.phase == "swept" and run.deleted_bytes > 30_000
+    assert repo.gc(grace=GRACE, dry_run=True).packs == 0
