@@ -233,6 +233,10 @@ class Repository:
         """See `syncengine.aio.Repository.cleanup`."""
         return _Loop.run(self._inner.cleanup(name, keep_last, dry_run=dry_run))
 
+    def gc(self, *, grace: float = 24 * 3600.0, dry_run: bool = False) -> Any:
+        """See `syncengine.aio.Repository.gc`."""
+        return _Loop.run(self._inner.gc(grace=grace, dry_run=dry_run))
+
     @property
     def cache(self) -> LocalCache:
         """This machine's file cache: `info()`, `cleanup("1GB")`."""

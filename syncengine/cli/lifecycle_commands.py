@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -140,11 +140,27 @@ def register_lifecycle(cli: click.Group) -> None:
     @_dry_run
     @repo_option
     @json_option
-    def gc(dry_run: bool, repo_url: str | None, as_json: bool) -> None:
-        """Report what garbage collection would reclaim: packs, blobs and manifest objects no
-        live version uses (docs/GC.md). Only --dry-run exists so far: nothing is deleted."""
+    @click.option("--grace", default="24h", show_default=True, help="Grace period between mark and sweep.")
+    def gc(dry_run: bool, repo_url: str | None, as_json: bool, grace: str) -> None:
+        """Reclaim packs and manifest objects no live version uses, in two runs: the first
+        marks candidates, a run after the grace period deletes those still dead (docs/GC.md).
+        --dry-run only reports."""
         if not dry_run:
-            raise click.UsageError("gc only reports so far: run `syncengine gc --dry-run` (docs/GC.md)")
+            from syncengine.repo.gc_sweep import parse_duration
+
+            seconds = parse_duration(grace)
+
+            async def run(repo: Repository) -> Any:
+                from syncengine.repo.gc_sweep import collect
+
+                return await collect(repo, grace=seconds)
+
+            g = _run(repo_url, run)
+            if as_json:
+                click.echo(json.dumps(g.to_json()))
+                return
+            click.echo(g.summary())
+            return
 
         async def job(repo: Repository) -> GcReport:
             from syncengine.repo.gc import survey

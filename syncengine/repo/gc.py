@@ -14,7 +14,7 @@ import datetime as _dt
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from syncengine.errors import SyncEngineError
+from syncengine.errors import ObjectNotFound, SyncEngineError
 from syncengine.repo.lifecycle import expires_at
 from syncengine.repo.manifest import decode_manifest, decode_page
 from syncengine.repo.pack import IndexEntry
@@ -88,16 +88,31 @@ async def _aliased(repo: Repository, records: list[VersionRecord]) -> set[tuple[
     return out
 
 
-async def survey(repo: Repository, *, now: _dt.datetime | None = None) -> GcReport:
-    """Marks what live versions use and measures the rest (reads only; see the module doc)."""
+async def survey(
+    repo: Repository,
+    *,
+    now: _dt.datetime | None = None,
+    candidates: set[str] | None = None,
+    unindexed_before: float | None = None,
+) -> GcReport:
+    """Marks what live versions use and measures the rest (reads only; see the module doc).
+
+    ``candidates`` (if given) receives the keys a collection may delete: dead packs, dead
+    manifest objects, and unindexed packs whose store mtime is before ``unindexed_before``
+    (none without it: a put may still be writing them)."""
     when = now or _dt.datetime.now(_dt.UTC)
     report = GcReport()
     # What exists is listed before the versions are read: an object a writer adds later is
     # never counted as garbage here (and never a candidate of the real collector, GC.md).
-    packs = {i.key.rsplit("/", 1)[1]: i.size async for i in repo.store.list("data/")}
+    listed = [i async for i in repo.store.list("data/")]
+    packs = {i.key.rsplit("/", 1)[1]: i.size for i in listed}
+    pack_keys = {i.key.rsplit("/", 1)[1]: i for i in listed}
     segments = [i.key async for i in repo.store.list("index/")]
     manifest_objects = {i.key: i.size async for i in repo.store.list("manifests/")}
     records = await _records(repo)
+    # Contributions of distributed writers not finished yet (docs/DISTRIBUTED.md) are roots
+    # too: their manifests and blobs become a version only at finish.
+    pending_roots = await _unfinished_contributions(repo)
     live = [r for r in records if not r.deleted]
     report.versions, report.deleted_versions = len(live), len(records) - len(live)
     aliased = await _aliased(repo, live)
@@ -112,9 +127,9 @@ async def survey(repo: Repository, *, now: _dt.datetime | None = None) -> GcRepo
     live_objects: set[str] = set()
     blobs: set[bytes] = set()
     seen_pages: set[bytes] = set()
-    for r in live:
-        live_objects.add(r.manifest)
-        m = decode_manifest(await repo.store.get(r.manifest))
+    for manifest_key in [r.manifest for r in live] + pending_roots:
+        live_objects.add(manifest_key)
+        m = decode_manifest(await repo.store.get(manifest_key))
         stack = [m.root]
         while stack:
             pid = stack.pop()
@@ -145,6 +160,9 @@ async def survey(repo: Repository, *, now: _dt.datetime | None = None) -> GcRepo
         if held is None:
             report.unindexed_packs += 1
             report.unindexed_bytes += size
+            old = unindexed_before is not None and pack_keys[pack].mtime < unindexed_before
+            if candidates is not None and old:
+                candidates.add(pack_keys[pack].key)
             continue
         live_bytes = 0
         for ie in held:
@@ -159,6 +177,8 @@ async def survey(repo: Repository, *, now: _dt.datetime | None = None) -> GcRepo
         if live_bytes == 0:
             report.dead_packs += 1
             report.dead_pack_bytes += size
+            if candidates is not None:
+                candidates.add(pack_keys[pack].key)
         elif live_bytes < REPACK_BELOW * size:
             report.repack.append(pack)
             report.repack_bytes += size - live_bytes
@@ -169,6 +189,8 @@ async def survey(repo: Repository, *, now: _dt.datetime | None = None) -> GcRepo
         if key not in live_objects:
             report.dead_manifest_objects += 1
             report.dead_manifest_bytes += size
+            if candidates is not None:
+                candidates.add(key)
     return report
 
 
@@ -187,3 +209,23 @@ async def _all_index_entries(repo: Repository, segments: list[str]) -> list[Inde
         return await asyncio.to_thread(_remember_segment, cache, sid, data)
 
     return [e for seg in await asyncio.gather(*(load(k) for k in segments)) for e in seg]
+
+
+async def _unfinished_contributions(repo: Repository) -> list[str]:
+    """Manifest keys of the part records under ``distributed/`` whose distributed id has no
+    ``finished`` marker: an upsert's data is live until its finish has made it a version."""
+    from syncengine.repo.distributed import PartRecord, _decode
+
+    keys = [i.key async for i in repo.store.list("distributed/")]
+    finished = {k[: -len("finished")] for k in keys if k.endswith("/finished")}
+    out: list[str] = []
+    for k in keys:
+        base, sep, _ = k.rpartition("/parts/")
+        if not sep or f"{base}/" in finished:
+            continue
+        try:
+            part = _decode(await repo.store.get(k), PartRecord, k)
+        except ObjectNotFound:
+            continue
+        out.append(part.manifest)
+    return out

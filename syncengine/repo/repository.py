@@ -670,6 +670,7 @@ class Repository:
         # Versions met while looking for a free number; a crashed writer may have created them
         # without reaching the head, so the head learns their digests now.
         found: dict[str, int] = {}
+        gc_deadline: float | None = None
         while True:
             head, etag = await self._read_head(project, name)
             if head is not None and head.type != type:
@@ -705,6 +706,10 @@ class Repository:
                     )
                     if fields:  # creation-time fields (logged_by, linked_from)
                         candidate = msgspec.structs.replace(candidate, **fields)
+                    if gc_deadline is None or time.monotonic() > gc_deadline:
+                        from syncengine.repo.gc_sweep import guard_commit  # the writer rule, GC.md §4
+
+                        gc_deadline = await guard_commit(self, mkey)
                     try:
                         await self.store.put(
                             version_key(project, name, number), encode_record(candidate), if_none_match=True
