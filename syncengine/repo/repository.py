@@ -158,6 +158,51 @@ async def _put_immutable(store: ObjectStore, key: str, data: bytes) -> None:
         await store.put(key, data, if_none_match=True)
 
 
+class _ImmutableWrites:
+    """Content-addressed writes (manifest pages) sent in the background, at most ``width``
+    at once (``put`` waits for a free slot: bounded memory), so a put does not wait one
+    round trip per page; ``wait`` before anything that refers to them is written."""
+
+    def __init__(self, store: ObjectStore, width: int = 16) -> None:
+        self._store = store
+        self._slots = asyncio.Semaphore(width)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None
+
+    async def put(self, key: str, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        await self._slots.acquire()
+        task = asyncio.ensure_future(self._one(key, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def _one(self, key: str, data: bytes) -> None:
+        try:
+            await _put_immutable(self._store, key, data)
+        finally:
+            self._slots.release()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
+
+    async def wait(self) -> None:
+        """Until every write sent is stored; raises the first failure."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        if self._error is not None:
+            raise self._error
+
+    async def abandon(self) -> None:
+        """Cancels the writes still running and waits for them (an error path)."""
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+
 class Repository:
     """A syncengine repository in an object store (async core; see `syncengine.api`)."""
 
@@ -505,6 +550,7 @@ class Repository:
         # The hash stream runs in a thread of its own and comes to the loop in batches, the
         # next batch hashing while this one is handled: the loop stays free for uploads.
         feed = _HashFeed(hasher, sources, self.config.pack_target)
+        page_writes = _ImmutableWrites(self.store)
         try:
             try:
                 async for hashed in feed:
@@ -516,9 +562,9 @@ class Repository:
                     entry = ManifestEntry(scanned.path, d.size, scanned.mode & 0o777, d.digest, chunks)
                     for ref in refs.before(entry.path):  # references sorting before this file
                         for pid, data in builder.add(ref):
-                            await _put_immutable(self.store, _obj_key("manifests", pid), data)
+                            await page_writes.put(_obj_key("manifests", pid), data)
                     for pid, data in builder.add(entry):
-                        await _put_immutable(self.store, _obj_key("manifests", pid), data)
+                        await page_writes.put(_obj_key("manifests", pid), data)
                     result.files += 1
                     result.bytes += d.size
                     if hashed.packed:
@@ -566,6 +612,7 @@ class Repository:
                 raise failed[0]
         except BaseException as e:
             ingest.abort()
+            await page_writes.abandon()
             # Pack writes in flight finish (and are journaled) before the error; on an
             # interrupt (Ctrl-C) they get INTERRUPT_GRACE seconds, then are abandoned.
             await wait_uploads(INTERRUPT_GRACE if isinstance(e, asyncio.CancelledError) else None)
@@ -582,12 +629,17 @@ class Repository:
             self._segments.add(f"index/{sid.hex()}")
             result.segment = f"index/{sid.hex()}"
         await loop.run_in_executor(None, journal.forget, journaled)
-        for ref in refs.rest():
-            for pid, data in builder.add(ref):
-                await _put_immutable(self.store, _obj_key("manifests", pid), data)
-        pages, manifest = await builder.finish()
-        for pid, data in pages:
-            await _put_immutable(self.store, _obj_key("manifests", pid), data)
+        try:
+            for ref in refs.rest():
+                for pid, data in builder.add(ref):
+                    await page_writes.put(_obj_key("manifests", pid), data)
+            pages, manifest = await builder.finish()
+            for pid, data in pages:
+                await page_writes.put(_obj_key("manifests", pid), data)
+            await page_writes.wait()  # every page is stored before the record that names them
+        except BaseException:
+            await page_writes.abandon()
+            raise
         mdata = encode_manifest(manifest)
         mkey = _obj_key("manifests", _blake3.blake3(mdata).digest())
         await _put_immutable(self.store, mkey, mdata)
