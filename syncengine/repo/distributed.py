@@ -20,7 +20,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import blake3 as _blake3
 import msgspec
 
 from syncengine.errors import ConfigError, ObjectNotFound, PreconditionFailed, SyncEngineError
@@ -31,7 +30,6 @@ from syncengine.repo.manifest import (
     ManifestEntry,
     ManifestReader,
     decode_manifest,
-    encode_manifest,
 )
 from syncengine.repo.pack import CorruptData
 from syncengine.repo.put_journal import PutJournal
@@ -43,8 +41,9 @@ from syncengine.repo.repository import (
     Repository,
     TypeMismatch,
     _created_by,
+    _ImmutableWrites,
     _obj_key,
-    _put_immutable,
+    _put_manifest_record,
 )
 
 #: Part records read at once while finishing.
@@ -323,15 +322,19 @@ async def finish(
                 f"writer {p.writer}{_by(p)} upserted {project}/{name} as type {p.type!r}, not {type!r}"
             )
     builder = ManifestBuilder()
-    async for entry in _merged(repo, found):
-        for pid, data in builder.add(entry):
-            await _put_immutable(repo.store, _obj_key("manifests", pid), data)
-    pages, manifest = builder.finish()
-    for pid, data in pages:
-        await _put_immutable(repo.store, _obj_key("manifests", pid), data)
-    mdata = encode_manifest(manifest)
-    mkey = _obj_key("manifests", _blake3.blake3(mdata).digest())
-    await _put_immutable(repo.store, mkey, mdata)
+    page_writes = _ImmutableWrites(repo.store)  # as a put writes its pages
+    try:
+        async for entry in _merged(repo, found):
+            for pid, data in builder.add(entry):
+                await page_writes.put(_obj_key("manifests", pid), data)
+        pages, manifest = builder.finish()
+        for pid, data in pages:
+            await page_writes.put(_obj_key("manifests", pid), data)
+        await page_writes.wait()
+    except BaseException:
+        await page_writes.abandon()
+        raise
+    mkey = await _put_manifest_record(repo.store, manifest)
     committed = await repo._commit(
         project,
         name,

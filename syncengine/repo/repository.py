@@ -158,6 +158,14 @@ async def _put_immutable(store: ObjectStore, key: str, data: bytes) -> None:
         await store.put(key, data, if_none_match=True)
 
 
+async def _put_manifest_record(store: ObjectStore, manifest: Manifest) -> str:
+    """Stores the manifest record (its pages must be stored already); returns its key."""
+    mdata = encode_manifest(manifest)
+    mkey = _obj_key("manifests", _blake3.blake3(mdata).digest())
+    await _put_immutable(store, mkey, mdata)
+    return mkey
+
+
 class _ImmutableWrites:
     """Content-addressed writes (manifest pages) sent in the background, at most ``width``
     at once (``put`` waits for a free slot: bounded memory), so a put does not wait one
@@ -640,9 +648,7 @@ class Repository:
         except BaseException:
             await page_writes.abandon()
             raise
-        mdata = encode_manifest(manifest)
-        mkey = _obj_key("manifests", _blake3.blake3(mdata).digest())
-        await _put_immutable(self.store, mkey, mdata)
+        mkey = await _put_manifest_record(self.store, manifest)
         if not commit:  # a distributed writer's part (syncengine.repo.distributed): no version
             result.record = msgspec.structs.replace(
                 result.record,
