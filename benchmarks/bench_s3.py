@@ -102,6 +102,8 @@ NEEDS = {
     "corpus_modify": "corpus_initial",
 }
 TOOLS = ("syncengine", "s5cmd", "rclone", "boto3")
+#: syncengine's ``get --no-fsync``, measured in big_download only (from syncengine's bucket).
+NO_FSYNC = "syncengine_no_fsync"
 PEERS = TOOLS[1:]
 UPLOAD_STEPS = ("big_upload", "small_upload", "small_upload_latency")
 CORPUS_STEPS = ("corpus_initial", "corpus_no_change", "corpus_modify")
@@ -416,10 +418,13 @@ class SyncengineTool(Tool):
 
     name = "syncengine"
 
-    def __init__(self, env: dict[str, str], command: list[str], cwd: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], command: list[str], cwd: Path, get_args: Sequence[str] = ()
+    ) -> None:
         super().__init__(env)
         self.command = command
         self.cwd = cwd
+        self.get_args = list(get_args)
 
     def _env(self, loc: Loc, state: Path, sub: str = "") -> dict[str, str]:
         cache, st = state / f"{sub}cache", state / f"{sub}state"
@@ -444,7 +449,8 @@ class SyncengineTool(Tool):
         return self._put(loc, src, state)
 
     def download_file(self, loc: Loc, name: str, out: Path, state: Path) -> Job:
-        cmd = [*self.command, "get", f"bench/{loc.prefix}:v0", "--root", str(out), *self._repo(loc)]
+        cmd = [*self.command, "get", f"bench/{loc.prefix}:v0", "--root", str(out), *self.get_args]
+        cmd += self._repo(loc)
         shutil.rmtree(state / "get-cache", ignore_errors=True)
         shutil.rmtree(state / "get-state", ignore_errors=True)
         return Job(cmd, self._env(loc, state, "get-"), self.cwd)
@@ -842,6 +848,11 @@ def run_once(ctx: Context, n: int) -> None:
         if "big_download" in steps:
             for tool in order:
                 attempt("big_download", tool, "big", lambda t=tool: download(t))
+                if isinstance(tool, SyncengineTool) and ("syncengine", "big") not in failed:
+                    fast = SyncengineTool(tool.base_env, tool.command, tool.cwd, ["--no-fsync"])
+                    fast.name = NO_FSYNC
+                    buckets[NO_FSYNC] = buckets[tool.name]
+                    attempt("big_download", fast, "big", lambda t=fast: download(t))
         for step, prefix in (("small_upload", "small"), ("small_upload_latency", "small-latency")):
             if step in steps:
                 for tool in order:
@@ -883,7 +894,7 @@ def summarize(ctx: Context) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for step in ctx.steps:
         per_tool: dict[str, Any] = {}
-        for name in TOOLS:
+        for name in (*TOOLS, NO_FSYNC):
             got = ctx.outcomes.get(step, {}).get(name)
             if not got:
                 continue
@@ -985,8 +996,14 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             speedup("big_download"),
             "syncengine get's throughput / s5cmd cp's on the big file (s5cmd seconds / syncengine "
             "seconds; syncengine verifies and fsyncs, s5cmd does not: value_durable adds each "
-            "one's `sync` after it)",
+            "one's `sync` after it; value_no_fsync is `get --no-fsync`, which leaves the writing "
+            "to the kernel like s5cmd)",
             value_durable=durable("big_download"),
+            value_no_fsync=(
+                get("big_download", "s5cmd") / nf
+                if (nf := get("big_download", NO_FSYNC)) and get("big_download", "s5cmd")
+                else None
+            ),
         ),
         "small_upload_vs_s5cmd": judge(
             "small_upload_vs_s5cmd",

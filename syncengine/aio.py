@@ -287,6 +287,7 @@ class ArtifactVersion:
         *,
         link: str | None = None,
         cache_size: int | None = None,
+        fsync: bool = True,
     ) -> str:
         """Writes the version's files under `root` (default `./artifacts/<name>-vN` in the
         current directory), verified; returns the root's absolute path. Files already right
@@ -297,7 +298,9 @@ class ArtifactVersion:
         unless `skip_cache`; `link` is how cached files are placed: `"reflink"` (default: a
         copy-on-write clone, else a copy), `"copy"`, or `"hardlink"` (read-only files that
         share the cache's inode); `cache_size` bounds the cache in bytes (default
-        `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). See docs/DOWNLOAD.md."""
+        `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). `fsync=False` returns without waiting
+        for the disk: safe against a killed process, not against a power loss, and the files
+        do not go into the file cache. See docs/DOWNLOAD.md."""
         from syncengine.repo.download import default_root
 
         self._not_deleted()
@@ -309,6 +312,7 @@ class ArtifactVersion:
             skip_cache=skip_cache,
             link=link,
             cache_size=cache_size,
+            fsync=fsync,
         )
         return os.path.abspath(target)
 

@@ -108,10 +108,11 @@ class ArtifactVersion:
         *,
         link: str | None = None,
         cache_size: int | None = None,
+        fsync: bool = True,
     ) -> str:
         """See `syncengine.aio.ArtifactVersion.download` (default root `./artifacts/<name>-vN`)."""
         return _Loop.run(
-            self._inner.download(root, path_prefix, skip_cache, link=link, cache_size=cache_size)
+            self._inner.download(root, path_prefix, skip_cache, link=link, cache_size=cache_size, fsync=fsync)
         )
 
     def checkout(

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Final
 
-__all__ = ["SyncBatch", "fsync_dirs", "fsync_path", "start_writeback"]
+__all__ = ["NoSyncBatch", "SyncBatch", "fsync_dirs", "fsync_path", "start_writeback"]
 
 #: Threads used for per-file fsync when syncfs cannot be used (concurrent fsyncs share
 #: journal commits on ext4/xfs).
@@ -220,3 +220,18 @@ class SyncBatch:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class NoSyncBatch(SyncBatch):
+    """A `SyncBatch` that makes nothing durable: ``flush`` and ``flush_dirs`` return at once.
+
+    For writers told not to wait for the disk (``get --no-fsync``): the files still appear
+    only complete and verified (temp + rename), so a killed process leaves nothing torn, but
+    after a power loss or kernel crash a file may have its final name and wrong contents.
+    """
+
+    def flush(self, files: Iterable[str]) -> None:
+        return None
+
+    def flush_dirs(self, dirs: Iterable[str]) -> None:
+        return None

@@ -285,6 +285,11 @@ def register(cli: click.Group) -> None:
         default=None,
         help="How files from the file cache are placed [reflink]; hardlink: read-only, shared inode.",
     )
+    @click.option(
+        "--no-fsync",
+        is_flag=True,
+        help="Don't wait for the disk: faster; safe if killed, not on power loss; no file cache.",
+    )
     @repo_option
     @json_option
     def get(
@@ -294,6 +299,7 @@ def register(cli: click.Group) -> None:
         checkout: bool,
         skip_cache: bool,
         link: str | None,
+        no_fsync: bool,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
@@ -323,6 +329,7 @@ def register(cli: click.Group) -> None:
                     on_progress=progress,
                     skip_cache=skip_cache,
                     link=link,
+                    fsync=not no_fsync,
                 )
             return record, target, n
 

@@ -51,7 +51,7 @@ from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
 import blake3 as _blake3
 
 from syncengine._loop import gather_all
-from syncengine.durable import SyncBatch, start_writeback
+from syncengine.durable import NoSyncBatch, SyncBatch, start_writeback
 from syncengine.errors import FileChangedError, ObjectNotFound, SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunks
@@ -692,8 +692,12 @@ class _Downloader(_Session):
         max_gap: int,
         max_range: int,
         use_stat_cache: bool,
+        fsync: bool = True,
     ) -> None:
         super().__init__(repo, root, concurrency, use_stat_cache)
+        #: False (``get --no-fsync``): files are not flushed, their writeback is left to the
+        #: kernel, and they do not go into the file cache (whose entries must be durable).
+        self.fsync = fsync
         self.index = index
         self.mode = mode
         self.concurrency = concurrency
@@ -1118,7 +1122,7 @@ class _Downloader(_Session):
             start = last or job.unstarted >= WRITEBACK_STEP
             if start:
                 job.unstarted = 0
-        if start:  # the disk writes while the CPU verifies the rest (see WRITEBACK_STEP)
+        if start and self.fsync:  # the disk writes while the CPU verifies the rest (WRITEBACK_STEP)
             start_writeback(fd)  # the whole file: its pages written through any fd so far
         if last:
             del fds[job]
@@ -1157,7 +1161,7 @@ class _Downloader(_Session):
         os.chmod(job.tmp, (e.mode & 0o777) or 0o644)
         os.replace(job.tmp, job.target)
         job.done = True
-        if not cached and self.cache is not None and self.cache.wants(e.size):
+        if not cached and self.fsync and self.cache is not None and self.cache.wants(e.size):
             with contextlib.suppress(OSError):  # a cache that cannot take the file is no error
                 self.cache.add(job.target, e.digest, e.size)
 
@@ -1185,7 +1189,8 @@ class _Downloader(_Session):
             _check_entry(e)
             jobs.append(_FileJob(e, parts, self.root, self._seq, self.writer))
             self._seq += 1
-        batch = await self.run(SyncBatch, self.root)  # before any write: see syncengine.durable
+        # Opened before any write: see syncengine.durable.
+        batch = await self.run(SyncBatch if self.fsync else NoSyncBatch, self.root)
         try:
             await self.run(self._prepare_dirs, jobs)  # one thread, in path order
             await gather_all([self.run(self._prepare, j) for j in jobs])  # hashing etc. in parallel
@@ -1315,6 +1320,7 @@ async def download(
     max_range: int = MAX_RANGE,
     stat_cache: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    fsync: bool = True,
 ) -> DownloadResult:
     """Writes the files of ``record`` under ``root`` (default: :func:`default_root`).
 
@@ -1328,6 +1334,10 @@ async def download(
     Raises ``UnsafePath`` for a path that is absolute, has ``..``, or leads out of the root
     through a symlink; ``CorruptData`` naming the file and blob when stored bytes do not
     match their digest (nothing is written for that file); ``PathConflict``.
+
+    ``fsync=False`` does not wait for the disk (no flush, no early writeback) and leaves
+    the files out of the file cache: as safe against a killed process, not against a power
+    loss (docs/DOWNLOAD.md).
     """
     if mode not in ("download", "checkout"):
         raise ValueError(f"mode must be 'download' or 'checkout', not {mode!r}")
@@ -1349,6 +1359,7 @@ async def download(
         max_gap=max_gap,
         max_range=max_range,
         use_stat_cache=stat_cache,
+        fsync=fsync,
     )
     d.on_progress = on_progress  # (files done, bytes done), from worker threads
     try:

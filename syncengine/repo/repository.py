@@ -1032,6 +1032,7 @@ class Repository:
         skip_cache: bool = False,
         link: str | None = None,
         cache_size: int | None = None,
+        fsync: bool = True,
     ) -> int:
         """Writes the version's files under `root` (verified; temp + fsync + rename); files
         already there with the right content are left alone; `checkout` also removes files
@@ -1040,7 +1041,9 @@ class Repository:
         Files come from and go into the machine's file cache (docs/DOWNLOAD.md) unless
         `skip_cache`; `link` is how cached files become targets (`"reflink"` by default,
         `"copy"`, or `"hardlink"`: read-only files sharing the cache's inode); `cache_size`
-        bounds the cache in bytes (default `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB)."""
+        bounds the cache in bytes (default `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB).
+        `fsync=False` does not wait for the disk (safe against a killed process, not against
+        a power loss; nothing goes into the file cache)."""
         from syncengine.repo.download import download  # imports this module
         from syncengine.repo.file_cache import link_mode, open_default
 
@@ -1055,6 +1058,7 @@ class Repository:
                 mode="checkout" if checkout else "download",
                 cache=cache,
                 on_progress=on_progress,
+                fsync=fsync,
             )
         finally:
             if cache is not None:

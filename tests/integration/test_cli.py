@@ -513,6 +513,11 @@ def test_get_uses_the_file_cache_unless_skipped_and_links_as_asked(tmp_path: Pat
     assert skipped.returncode == 0, skipped.stderr
     with FileCache() as c:  # the fixture's SYNCENGINE_CACHE_DIR, inherited by the command
         assert len(c) == 0
+    fast = cli("get", "p/c", "--root", str(tmp_path / "n"), "--no-fsync", env=env)
+    assert fast.returncode == 0, fast.stderr
+    assert (tmp_path / "n" / "big.bin").read_bytes() == (data / "big.bin").read_bytes()
+    with FileCache() as c:  # a file not flushed is not a cache entry
+        assert len(c) == 0
     assert cli("get", "p/c", "--root", str(tmp_path / "a"), env=env).returncode == 0
     with FileCache() as c:
         assert len(c) == 1
@@ -526,6 +531,9 @@ def test_get_uses_the_file_cache_unless_skipped_and_links_as_asked(tmp_path: Pat
     assert st.st_nlink == 2 and stat.S_IMODE(st.st_mode) == 0o444  # b/ and the cache's own copy
     assert (tmp_path / "a" / "big.bin").stat().st_nlink == 1  # never linked to a/'s writable file
     assert (tmp_path / "b" / "big.bin").read_bytes() == (data / "big.bin").read_bytes()
+    fast = cli("get", "p/c", "--root", str(tmp_path / "f"), "--no-fsync", env=env)
+    assert fast.returncode == 0, fast.stderr  # served by the cache as well
+    assert (tmp_path / "f" / "big.bin").read_bytes() == (data / "big.bin").read_bytes()
     copied = cli("get", "p/c", "--root", str(tmp_path / "c"), "--link", "copy", env=env)
     assert copied.returncode == 0 and (tmp_path / "c" / "big.bin").stat().st_nlink == 1
     bad = cli("get", "p/c", "--root", str(tmp_path / "d"), "--skip-cache", env=env)

@@ -681,3 +681,54 @@ def test_a_writeback_error_fails_the_download_and_leaves_no_temp_file(
         assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".se-tmp-")]
 
     asyncio.run(go())
+
+
+def test_no_fsync_writes_verified_files_without_flushing_and_keeps_them_out_of_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fsync=False`` (``get --no-fsync``): the same verified files under their final names,
+    but no flush (no syncfs, no fsync), no early writeback, and nothing added to the file
+    cache, whose entries later downloads trust; files already cached are still used."""
+    files = mixed_files()
+    write_tree(tmp_path / "data", files)
+    calls: list[str] = []
+    monkeypatch.setattr(dl, "start_writeback", lambda fd, offset=0, nbytes=0: calls.append("writeback"))
+    real_flush, real_dirs = durable.SyncBatch.flush, durable.SyncBatch.flush_dirs
+
+    def flush(self: durable.SyncBatch, paths: Any) -> None:
+        calls.append("flush")
+        real_flush(self, paths)
+
+    def flush_dirs(self: durable.SyncBatch, dirs: Any) -> None:
+        calls.append("flush_dirs")
+        real_dirs(self, dirs)
+
+    monkeypatch.setattr(durable.SyncBatch, "flush", flush)
+    monkeypatch.setattr(durable.SyncBatch, "flush_dirs", flush_dirs)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    async def go() -> None:
+        repo, _ = await open_repo(tmp_path / "repo")
+        record = await log(repo, tmp_path / "data")
+        cache = FileCache(tmp_path / "fc", max_bytes=1 << 30, min_file_size=0)
+        calls.clear()
+        res = await download(repo, record, tmp_path / "fast", cache=cache, fsync=False)
+        assert read_tree(tmp_path / "fast") == files and res.written == len(files)
+        assert calls == [] and len(cache) == 0
+        assert not [p for p in (tmp_path / "fast").rglob(".se-tmp-*")]
+        assert await verify(repo, record, tmp_path / "fast") == []
+
+        await download(repo, record, tmp_path / "durable", cache=cache)  # the default
+        assert "flush" in calls and "flush_dirs" in calls and "writeback" in calls
+        assert len(cache) > 0
+        res = await download(repo, record, tmp_path / "again", cache=cache, fsync=False)
+        assert read_tree(tmp_path / "again") == files and res.from_cache > 0
+        cache.close()
+
+    asyncio.run(go())
