@@ -1,10 +1,11 @@
 """S3Store: the `ObjectStore` protocol over S3 and S3-compatible services (AWS, MinIO, SeaweedFS, R2 …).
 
-One aiohttp ``ClientSession`` per store carries every request; each request is signed with
-botocore's SigV4 signer using credentials from the standard AWS chain (resolved, and
-refreshed, in a worker thread), and runs under the one retry policy of
-:mod:`syncengine.store.retry`. Keys live under ``prefix`` in ``bucket``. docs/S3.md
-describes configuration, the retry parameters, the payload-signing choice and the errors.
+One aiohttp ``ClientSession`` per store carries every request; each request is signed by
+:mod:`syncengine.store.sigv4` using credentials from the standard AWS chain (botocore's,
+resolved and refreshed in a worker thread, unless they are static: ``aws_env``), and runs
+under the one retry policy of :mod:`syncengine.store.retry`. Keys live under ``prefix`` in
+``bucket``. docs/S3.md describes configuration, the retry parameters, the payload-signing
+choice and the errors.
 
 >>> store = S3Store("my-bucket", "team/repo", endpoint_url="http://127.0.0.1:9000")
 >>> store
@@ -56,6 +57,7 @@ from syncengine.errors import (
     StoreRequestFailed,
     UploadNotFound,
 )
+from syncengine.store.aws_env import StaticCredentials, config_has_s3_settings, env_credentials
 from syncengine.store.base import (
     RESERVED_PREFIX,
     S3_SIZE_LIMITS,
@@ -92,6 +94,7 @@ from syncengine.store.s3_urls import (
     default_endpoint,
     object_url,
 )
+from syncengine.store.sigv4 import sign_v4
 
 __all__ = ["S3Store", "choose_addressing", "default_endpoint", "object_url"]
 
@@ -102,7 +105,6 @@ _T = TypeVar("_T")
 
 ListStrategy = Literal["auto", "flat", "walk"]
 
-UNSIGNED_PAYLOAD: Final = "UNSIGNED-PAYLOAD"
 #: User metadata naming one logical conditional write; a retry that finds the key taken
 #: compares it to learn whether its own earlier attempt won (docs/S3.md).
 WRITE_ID_HEADER: Final = "x-amz-meta-syncengine-write-id"
@@ -155,34 +157,20 @@ class _Secret:
 
 
 class _Signer:
-    """botocore's S3 SigV4 signer with the payload left unsigned (docs/S3.md says why)."""
-
-    def __init__(self) -> None:
-        from botocore.auth import S3SigV4Auth  # type: ignore[import-untyped]
-        from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
-
-        class UnsignedPayloadAuth(S3SigV4Auth):  # type: ignore[misc]
-            def payload(self, request: Any) -> str:
-                return UNSIGNED_PAYLOAD
-
-        self._auth_cls = UnsignedPayloadAuth
-        self._request_cls = AWSRequest
+    """SigV4 with the payload left unsigned (docs/S3.md says why), by ``sigv4.sign_v4``: what
+    botocore's signer computes, without importing it; ``creds`` are frozen credentials
+    (botocore's or `StaticCredentials`)."""
 
     def sign(self, method: str, url: str, headers: dict[str, str], creds: Any, region: str) -> dict[str, str]:
-        req = self._request_cls(method=method, url=url, headers=headers)
-        self._auth_cls(creds, "s3", region).add_auth(req)
-        return dict(req.headers.items())
-
-
-class _DropSigningDetails(logging.Filter):
-    """botocore logs canonical requests at DEBUG, which contain the session token."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.msg if isinstance(record.msg, str) else ""
-        return not msg.startswith(("CanonicalRequest", "StringToSign", "Signature"))
-
-
-logging.getLogger("botocore.auth").addFilter(_DropSigningDetails())
+        return sign_v4(
+            method,
+            url,
+            access_key=creds.access_key,
+            secret_key=creds.secret_key,
+            session_token=creds.token,
+            region=region,
+            headers=headers,
+        )
 
 
 class _Resolved(NamedTuple):
@@ -731,8 +719,30 @@ class S3Store(StoreContext):
             hint=f"endpoint {self.endpoint or '(unresolved)'}",
         )
 
+    def _resolve_static(self) -> _Resolved | None:
+        """The resolution without botocore, where it is the chain's own answer: credentials
+        given explicitly or in the environment (`aws_env.env_credentials`), no profile, the
+        region known already and no `s3` settings in the config file to read; else None."""
+        if self.profile is not None or self._region_arg is None:
+            return None
+        if self._explicit is not None:
+            akid, secret, token = self._explicit
+            creds = StaticCredentials(akid, secret.value, token.value if token else None, "explicit")
+        else:
+            found = env_credentials()
+            if found is None:
+                return None
+            creds = found
+        if self._addressing_arg == "auto" and config_has_s3_settings():
+            return None
+        endpoint = self._endpoint_arg or default_endpoint(self._region_arg)
+        return _Resolved(self._region_arg, endpoint, creds, creds.method, "auto")
+
     def _resolve_sync(self) -> _Resolved:
         """Region, endpoint and the credential provider: may read files or the network."""
+        static = self._resolve_static()
+        if static is not None:
+            return static
         import botocore.session  # type: ignore[import-untyped]
 
         try:
@@ -789,7 +799,7 @@ class S3Store(StoreContext):
             self.region, self.endpoint = r.region, r.endpoint
             self._cred_source = r.source
             self._creds = _CredentialCache(r.provider, self._run)
-            self._signer = await self._run(_Signer)
+            self._signer = _Signer()
             wanted = self._addressing_arg if self._addressing_arg != "auto" else r.addressing
             self._addressing = choose_addressing(r.endpoint, self.bucket, wanted)
             host = urlsplit(r.endpoint).hostname or ""

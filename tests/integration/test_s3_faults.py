@@ -233,6 +233,7 @@ def test_a_wrong_secret_fails_at_once_with_one_line_and_one_request(
 # syncengine goes to stderr.
 DEBUG_CLI = (
     "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stderr); "
+    "logging.getLogger('test').debug('logging on'); "
     "from syncengine.cli.main import main; main(sys.argv[1:])"
 )
 
@@ -279,11 +280,23 @@ def test_credentials_never_appear_in_any_output(
         # SeaweedFS with static identities refuses any session token (InvalidAccessKeyId), so
         # the right secret with a token runs the error path too.
         ("good secret + session token", {"AWS_SESSION_TOKEN": SESSION_TOKEN}, failing),
+        # Credentials of a profile in a shared credentials file: botocore's chain resolves
+        # them (and logs at DEBUG); environment credentials are used without botocore.
+        ("wrong secret, profile", {"profile_secret": WRONG_SECRET}, failing),
     ]
     secrets = [s3_server.secret_key, WRONG_SECRET, SESSION_TOKEN]
 
     def run_case(name: str, extra: dict[str, str], runs: list[tuple[list[str], bool]]) -> int:
+        profile_secret = extra.pop("profile_secret", None)
         env = s3_env(s3_server, **extra)
+        if profile_secret is not None:
+            creds = tmp_path / "credentials"
+            creds.write_text(
+                f"[leak]\naws_access_key_id = {env.pop('AWS_ACCESS_KEY_ID')}\n"
+                f"aws_secret_access_key = {profile_secret}\n"
+            )
+            env.pop("AWS_SECRET_ACCESS_KEY")
+            env.update(AWS_PROFILE="leak", AWS_SHARED_CREDENTIALS_FILE=str(creds))
         for args, debug in runs:
             r = run_cli([*args, *repo], env, debug=debug)
             assert (r.returncode == 0) == (runs is working), (name, args, r.stderr[-2000:])
@@ -291,7 +304,9 @@ def test_credentials_never_appear_in_any_output(
                 assert r.stderr.splitlines()[-1].startswith("error: "), r.stderr[-2000:]
                 assert "Traceback" not in r.stderr
             if debug:
-                assert "DEBUG:botocore" in r.stderr  # the logging really was on
+                assert "DEBUG:test:logging on" in r.stderr  # the logging really was on
+                if profile_secret is not None:
+                    assert "DEBUG:botocore" in r.stderr  # and botocore resolved the profile
             for s in secrets:
                 for stream, text in (("stdout", r.stdout), ("stderr", r.stderr)):
                     assert s not in text, (name, args, stream)
@@ -301,4 +316,4 @@ def test_credentials_never_appear_in_any_output(
     # The good-secret runs in order (put before get); the failing cases beside them.
     with ThreadPoolExecutor(2) as pool:
         counts = list(pool.map(lambda c: run_case(*c), cases))
-    assert counts == [len(working), len(failing), len(failing), len(failing)]
+    assert counts == [len(working), *[len(failing)] * (len(cases) - 1)]
