@@ -26,6 +26,7 @@ from typing import Any, Final, TypeVar
 
 import blake3 as _blake3
 
+from syncengine import aio
 from syncengine.errors import ConfigError, FileChangedError, HashingFailed, SyncEngineError
 from syncengine.hashing.tree import Source
 from syncengine.repo.records import parse_ref
@@ -91,7 +92,8 @@ class _Candidate:
 class Watcher:
     """Watches ``directory`` and logs each finished checkpoint (a file or sub-folder matching
     ``pattern``) into the artifact ``"project/name"`` of the repository ``repo`` (a path or
-    ``s3://…``; default as for `Repository.open`). See docs/WATCH.md.
+    ``s3://…``; default as for `Repository.open`; or an open `syncengine.aio.Repository`,
+    used with `arun` on its event loop and left open). See docs/WATCH.md.
 
     ``run()`` blocks until `stop()` (from any thread) or, with ``handle_signals``, SIGTERM /
     SIGINT; ``await arun()`` is the same on a running event loop.
@@ -116,7 +118,7 @@ class Watcher:
         artifact: str,
         type: str = "model",
         *,
-        repo: str | os.PathLike[str] | None = None,
+        repo: str | os.PathLike[str] | aio.Repository | None = None,
         endpoint_url: str | None = None,
         settle: float = 30.0,
         pattern: str = "*",
@@ -145,7 +147,8 @@ class Watcher:
             raise ConfigError("settle and stop_timeout must be ≥ 0 seconds, rescan > 0")
         self.directory = os.path.abspath(os.fspath(directory))
         self.project, self.name, self.type = ref.project, ref.name, type
-        self.repo = os.fspath(repo) if repo is not None else None
+        self._repository = repo if isinstance(repo, aio.Repository) else None
+        self.repo = repo.url if isinstance(repo, aio.Repository) else (os.fspath(repo) if repo else None)
         self.endpoint_url = endpoint_url
         self.settle, self.pattern, self.mode = float(settle), pattern, mode
         self.keep_last, self.alias_best, self.best_mode = keep_last, alias_best, best_mode
@@ -219,7 +222,6 @@ class Watcher:
 
     async def arun(self, *, handle_signals: bool = False) -> None:
         """`run` on the running event loop."""
-        from syncengine.aio import default_repo
         from syncengine.store import open_store
 
         if not os.path.isdir(self.directory):
@@ -232,11 +234,15 @@ class Watcher:
             self._loop = loop
             if self._stop_requests:
                 self._stop.set()
-        url = self.repo if self.repo is not None else default_repo()
-        store = open_store(url, endpoint_url=self.endpoint_url)
+        url = self.repo if self.repo is not None else aio.default_repo()
+        store = None if self._repository is not None else open_store(url, endpoint_url=self.endpoint_url)
         signals: list[signal.Signals] = []
         try:
-            self._core = await Repository.open(store)
+            if self._repository is not None:
+                self._core = self._repository.core
+            else:
+                assert store is not None
+                self._core = await Repository.open(store)
             watch_id = _blake3.blake3(
                 "\0".join(
                     [
@@ -261,7 +267,8 @@ class Watcher:
             if self._journal is not None:
                 await self._io(self._journal.close)
                 self._journal = None
-            await store.close()
+            if store is not None:
+                await store.close()
             with self._lock:
                 self._loop = None
 
@@ -421,9 +428,9 @@ class Watcher:
     async def _uploader(self) -> None:
         assert self._journal is not None and self._stop is not None
         while not self._stop.is_set():
+            self._work.clear()  # before the look: a checkpoint made ready meanwhile sets it again
             rows = await self._io(self._journal.waiting)
             if not rows:
-                self._work.clear()
                 await self._work.wait()
                 continue
             row = rows[0]
