@@ -95,7 +95,9 @@ async def repo(tmp_path: Path) -> Any:
     await r.close()
 
 
-async def test_a_settled_checkpoint_is_logged_once_with_its_name_and_step(repo: aio.Repository, tmp_path: Path) -> None:
+async def test_a_settled_checkpoint_is_logged_once_with_its_name_and_step(
+    repo: aio.Repository, tmp_path: Path
+) -> None:
     folder = tmp_path / "ckpt"
     folder.mkdir()
     run = await start(repo, folder, tmp_path)
@@ -166,13 +168,17 @@ async def test_a_file_changed_while_being_logged_is_not_logged_until_it_is_stabl
 
     rec.hooks.append(trainer)
     # (the first upload may have started before the hook: the watcher restarts it below)
-    await rec.wait(lambda r: any(e.fields.get("bytes") == 102_000 for e in r.of("logged")), "the final content")
+    await rec.wait(
+        lambda r: any(e.fields.get("bytes") == 102_000 for e in r.of("logged")), "the final content"
+    )
     await run_started.stop()
     vs = await versions(repo)
     assert len(vs) == 1, [v.version for v in vs]  # no version of the half-written file
     assert await content_of(vs[0]) == model.read_bytes() == b"A" * 100_000 + b"B" * 1000 + b"C" * 1000
     assert rec.of("changed", "step1")
-    assert rec.of("ready", "step1")[-1].fields["by"].startswith("unchanged")  # the marker is not trusted again
+    assert (
+        rec.of("ready", "step1")[-1].fields["by"].startswith("unchanged")
+    )  # the marker is not trusted again
 
 
 async def test_keep_last_deletes_older_versions_and_alias_best_follows_the_metric(
@@ -209,7 +215,9 @@ async def test_best_mode_max_moves_best_to_the_highest_value(repo: aio.Repositor
     assert best.version == "v1"
 
 
-async def test_files_mode_grows_one_file_set_and_keep_last_trims_it(repo: aio.Repository, tmp_path: Path) -> None:
+async def test_files_mode_grows_one_file_set_and_keep_last_trims_it(
+    repo: aio.Repository, tmp_path: Path
+) -> None:
     folder = tmp_path / "ckpt"
     folder.mkdir()
     run = await start(repo, folder, tmp_path, mode="files", keep_last=2)
