@@ -113,9 +113,8 @@ def main() -> int:
         restic_env = {**os.environ, "RESTIC_PASSWORD": "bench"}
         have_restic = shutil.which("restic") is not None
         if have_restic:
-            subprocess.run(
-                ["restic", "-r", str(work / "restic"), "init"], check=True, capture_output=True, env=restic_env
-            )
+            init = ["restic", "-r", str(work / "restic"), "init"]
+            subprocess.run(init, check=True, capture_output=True, env=restic_env)
         rows = []
         for src in steps:
             name = src.name
