@@ -305,3 +305,32 @@ async def test_a_single_file_checkpoint_with_a_json_sidecar(repo: aio.Repository
     assert v.metadata["step"] == 1200 and v.metadata["metrics"] == {"val_loss": 1.5}
     assert list((await v.manifest()).entries) == ["epoch=3-step=1200.ckpt"]
     assert "best" in v.aliases
+
+
+async def test_a_failing_before_commit_records_no_version_and_the_retry_sends_nothing_again(
+    repo: aio.Repository, tmp_path: Path
+) -> None:
+    from syncengine.hashing.tree import Source
+    from syncengine.repo.repository import ArtifactNotFound
+    from syncengine.watch import CheckpointChanged
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "w.bin").write_bytes(os.urandom(300_000))
+    core = repo.core
+
+    async def changed() -> None:
+        raise CheckpointChanged("moved")
+
+    with pytest.raises(CheckpointChanged):
+        await core.log([Source(str(src))], project="p", name="ckpt", type="model", before_commit=changed)
+    with pytest.raises(ArtifactNotFound):
+        await repo.artifact("p/ckpt")
+    calls: list[int] = []
+
+    async def fine() -> None:
+        calls.append(1)
+
+    result = await core.log([Source(str(src))], project="p", name="ckpt", type="model", before_commit=fine)
+    assert result.created and result.record.version == 0 and calls == [1]
+    assert result.new_bytes == 0  # the first attempt's packs were indexed: nothing sent again
