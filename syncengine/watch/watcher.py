@@ -30,7 +30,7 @@ from syncengine import aio
 from syncengine.errors import ConfigError, FileChangedError, HashingFailed, SyncEngineError
 from syncengine.hashing.tree import Source
 from syncengine.repo.records import parse_ref
-from syncengine.repo.repository import ArtifactNotFound, PutResult, Repository
+from syncengine.repo.repository import ArtifactNotFound, PutResult, Repository, TypeMismatch
 from syncengine.watch.journal import JournalRow, WatchJournal
 from syncengine.watch.markers import (
     Signature,
@@ -257,7 +257,9 @@ class Watcher:
             self._journal = await self._io(WatchJournal, watch_id, self.journal_path)
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
-                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                    with contextlib.suppress(
+                        NotImplementedError, RuntimeError, ValueError
+                    ):  # not main thread
                         loop.add_signal_handler(sig, self.stop)
                         signals.append(sig)
             await self._main(url)
@@ -273,7 +275,15 @@ class Watcher:
                 self._loop = None
 
     async def _main(self, url: str) -> None:
-        assert self._journal is not None and self._stop is not None
+        assert self._journal is not None and self._stop is not None and self._core is not None
+        try:  # a wrong type would fail every upload: say so now, once
+            head = await self._core.head(self.project, self.name)
+        except ArtifactNotFound:
+            head = None
+        if head is not None and head.type != self.type:
+            raise TypeMismatch(
+                f"artifact {self.project}/{self.name} has type {head.type!r}, not {self.type!r}"
+            )
         self._rows = await self._io(self._journal.rows)
         resumed = sorted((n for n, r in self._rows.items() if r.state == "uploading"), key=natural_key)
         self._emit(

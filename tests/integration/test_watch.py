@@ -334,3 +334,19 @@ async def test_a_failing_before_commit_records_no_version_and_the_retry_sends_no
     result = await core.log([Source(str(src))], project="p", name="ckpt", type="model", before_commit=fine)
     assert result.created and result.record.version == 0 and calls == [1]
     assert result.new_bytes == 0  # the first attempt's packs were indexed: nothing sent again
+
+
+async def test_a_type_other_than_the_artifacts_fails_at_start_in_one_line(
+    repo: aio.Repository, tmp_path: Path
+) -> None:
+    from syncengine.repo.repository import TypeMismatch
+
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, "step1", b"w")
+    (folder / "step1.done").write_text("")
+    run = await start(repo, folder, tmp_path)
+    await run.rec.logged(1)
+    await run.stop()
+    w = Watcher(folder, "p/ckpt", "dataset", repo=repo, journal_path=tmp_path / "watch.sqlite")
+    with pytest.raises(TypeMismatch, match="has type 'model', not 'dataset'"):
+        await w.arun()
