@@ -22,11 +22,13 @@ __all__ = [
     "HashingFailed",
     "Repository",
     "SyncEngineError",
+    "Watcher",
     "__version__",
 ]
 
 if TYPE_CHECKING:
     from syncengine.api import Artifact, ArtifactVersion, Draft, Repository
+    from syncengine.watch import Watcher
 
 
 def __getattr__(name: str) -> Any:
@@ -35,4 +37,8 @@ def __getattr__(name: str) -> Any:
         from syncengine import api
 
         return getattr(api, name)
+    if name == "Watcher":
+        from syncengine.watch import Watcher
+
+        return Watcher
     raise AttributeError(f"module 'syncengine' has no attribute {name!r}")

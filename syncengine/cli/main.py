@@ -19,6 +19,7 @@ from syncengine.cli.lineage_commands import register as register_lineage_command
 from syncengine.cli.progress import human_bytes, progress_bar
 from syncengine.cli.repo_commands import register as register_repo_commands
 from syncengine.cli.repo_commands import register_more as register_more_repo_commands
+from syncengine.cli.watch_command import register as register_watch_command
 from syncengine.errors import SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import TreeDigest
@@ -301,6 +302,7 @@ register_more_repo_commands(cli)
 register_lineage_commands(cli)
 register_draft_command(cli)
 register_lifecycle(cli)
+register_watch_command(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import heapq
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from syncengine.errors import ConfigError, SyncEngineError
@@ -206,6 +206,7 @@ async def log_draft(
     stat_cache: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     on_upload: Callable[[int, int], None] | None = None,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
 ) -> PutResult:
     """Logs base + changes as the next version of the base's artifact (or finds the version
     with identical content). Newer versions logged since the base do not matter: the new
@@ -227,6 +228,7 @@ async def log_draft(
         return await core._log(
             result, aliases, description, metadata, tags, changes.sources(), index, cache, hasher,
             journal, None, b"", on_upload, Merge([]), sink=_PatchedManifest(reader, set(changes.removals)),
+            before_commit=before_commit,
         )  # fmt: skip
     finally:
         await loop.run_in_executor(None, journal.close)

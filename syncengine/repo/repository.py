@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
@@ -307,12 +307,16 @@ class Repository:
         on_upload: Callable[[int, int], None] | None = None,
         logged_by: str = "",
         references: Sequence[Reference] = (),
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> PutResult:
         """Hashes `sources`, stores what the repository lacks, and records a version
         (or returns the existing version with identical content). ``on_progress(files,
         bytes)`` follows the hashing, ``on_upload(bytes_sent, packs_in_flight)`` the uploads;
         ``logged_by`` ("project/run-id") goes into a version this call creates.
-        `references` (syncengine.repo.references) become entries holding only metadata."""
+        `references` (syncengine.repo.references) become entries holding only metadata.
+        ``before_commit()`` runs once everything is stored, right before the version record
+        is written: if it raises, no version is recorded (the uploaded packs are indexed, so
+        a retry sends nothing again). The watch daemon re-checks its files' stat there."""
         check_name("project", project)
         check_name("artifact name", name)
         check_name("type", type)
@@ -346,6 +350,8 @@ class Repository:
                 scanner = TreeHasher(self.params, include=include, exclude=exclude)
                 recalled = await loop.run_in_executor(None, _recall, memo, key, scanner, sources)
                 if recalled is not None and head.digests.get(recalled.content_digest) == recalled.version:
+                    if before_commit is not None:
+                        await before_commit()
                     committed = await self._commit(
                         project, name, type, recalled.content_digest, None, "", aliases, "", {}, ()
                     )
@@ -369,6 +375,7 @@ class Repository:
                 return await self._log(
                     result, aliases, description, metadata, tags, sources, index, cache, hasher,
                     journal, memo, key, on_upload, Merge(refs), logged_by=logged_by,
+                    before_commit=before_commit,
                 )  # fmt: skip
             finally:
                 await loop.run_in_executor(None, journal.close)
@@ -424,6 +431,7 @@ class Repository:
         logged_by: str = "",
         sink: ManifestSink | None = None,
         commit: bool = True,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> PutResult:
         """The full put: hash, pack and upload what the repository lacks, commit.
 
@@ -658,6 +666,8 @@ class Repository:
                 size=manifest.size,
             )
             return result
+        if before_commit is not None:
+            await before_commit()
         committed = await self._commit(
             project,
             name,
