@@ -188,8 +188,10 @@ class Draft:
     def remove(self, path: str) -> None:
         _Loop.run(self._inner.remove(path))
 
-    def save(self, aliases: Sequence[str] = (), tags: Sequence[str] = ()) -> ArtifactVersion:
-        return ArtifactVersion(_Loop.run(self._inner.save(aliases, tags)))
+    def save(
+        self, aliases: Sequence[str] = (), tags: Sequence[str] = (), ttl: _dt.timedelta | None = None
+    ) -> ArtifactVersion:
+        return ArtifactVersion(_Loop.run(self._inner.save(aliases, tags, ttl=ttl)))
 
 
 class Repository:

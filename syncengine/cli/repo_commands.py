@@ -241,10 +241,11 @@ def register(cli: click.Group) -> None:
                         on_progress=progress,
                         on_upload=progress.upload if progress is not None else None,
                         references=refs,
+                        ttl_seconds=ttl_s,  # in the record of a version this put creates
                     ),
                 )
         r = result.record
-        if ttl_s is not None and r.ttl_seconds != ttl_s:  # set right after the commit (DELETION.md)
+        if ttl_s is not None and r.ttl_seconds != ttl_s:  # an existing version: compare-and-swap
             v = r.version
             set_ttl = lambda rec: msgspec.structs.replace(rec, ttl_seconds=ttl_s)  # noqa: E731
             r = _run(repo_url, lambda repo: repo.update_version(ref.project, ref.name, v, set_ttl))

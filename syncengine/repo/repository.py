@@ -307,11 +307,13 @@ class Repository:
         on_upload: Callable[[int, int], None] | None = None,
         logged_by: str = "",
         references: Sequence[Reference] = (),
+        ttl_seconds: int | None = None,
     ) -> PutResult:
         """Hashes `sources`, stores what the repository lacks, and records a version
         (or returns the existing version with identical content). ``on_progress(files,
         bytes)`` follows the hashing, ``on_upload(bytes_sent, packs_in_flight)`` the uploads;
-        ``logged_by`` ("project/run-id") goes into a version this call creates.
+        ``logged_by`` ("project/run-id") and ``ttl_seconds`` go into a version this call
+        creates, in the record's one create-if-absent write.
         `references` (syncengine.repo.references) become entries holding only metadata."""
         check_name("project", project)
         check_name("artifact name", name)
@@ -369,6 +371,7 @@ class Repository:
                 return await self._log(
                     result, aliases, description, metadata, tags, sources, index, cache, hasher,
                     journal, memo, key, on_upload, Merge(refs), logged_by=logged_by,
+                    ttl_seconds=ttl_seconds,
                 )  # fmt: skip
             finally:
                 await loop.run_in_executor(None, journal.close)
@@ -424,6 +427,7 @@ class Repository:
         logged_by: str = "",
         sink: ManifestSink | None = None,
         commit: bool = True,
+        ttl_seconds: int | None = None,
     ) -> PutResult:
         """The full put: hash, pack and upload what the repository lacks, commit.
 
@@ -669,7 +673,7 @@ class Repository:
             description or "",
             metadata or {},
             tuple(tags),
-            fields={"logged_by": logged_by} if logged_by else None,
+            fields=_creation_fields(logged_by, ttl_seconds),
         )
         assert committed is not None
         result.record, result.created = committed
@@ -1112,6 +1116,17 @@ class _HashFeed:
         loop = asyncio.get_running_loop()
         await asyncio.shield(loop.run_in_executor(self._pool, self._gen.close))
         self._pool.shutdown(wait=False)
+
+
+def _creation_fields(logged_by: str, ttl_seconds: int | None) -> dict[str, Any] | None:
+    """Fields a new version record gets at creation: its producer run and its TTL (so a
+    crash after the commit cannot leave the version without its TTL)."""
+    fields: dict[str, Any] = {}
+    if logged_by:
+        fields["logged_by"] = logged_by
+    if ttl_seconds is not None:
+        fields["ttl_seconds"] = ttl_seconds
+    return fields or None
 
 
 def _created_by() -> dict[str, str]:
