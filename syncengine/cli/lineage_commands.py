@@ -165,20 +165,26 @@ def register(cli: click.Group) -> None:
 
     @cli.command("unlink")
     @click.argument("ref")
+    @click.option("--dry-run", is_flag=True, help="Say what would be unlinked; change nothing.")
     @repo_option
     @json_option
-    def unlink_cmd(ref: str, repo_url: str | None, as_json: bool) -> None:
-        """Remove the link PROJECT/COLLECTION:vN (or :ALIAS) from its collection; the source
-        version stays."""
+    def unlink_cmd(ref: str, dry_run: bool, repo_url: str | None, as_json: bool) -> None:
+        """Remove the link PROJECT/COLLECTION:vN (or :ALIAS) from its collection, with the
+        aliases naming it; the source version stays."""
         from syncengine.repo.links import unlink
 
         parsed = parse_ref(ref)
 
-        async def job(repo: Repository) -> VersionRecord:
-            return await unlink(repo, await repo.resolve(parsed))
+        async def job(repo: Repository) -> tuple[VersionRecord, list[str]]:
+            record = await repo.resolve(parsed)
+            head = await repo.head(record.project, record.name)
+            aliases = sorted(a for a, v in head.aliases.items() if v == record.version)
+            return await unlink(repo, record, dry_run=dry_run), aliases
 
-        record = _run(repo_url, job)
+        record, aliases = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(_record_json(record)))
-        else:
-            click.echo(f"unlinked {_ref(record)} (its source {record.linked_from} is kept)")
+            click.echo(json.dumps({**_record_json(record), "dry_run": dry_run, "aliases_removed": aliases}))
+            return
+        verb = "would unlink" if dry_run else "unlinked"
+        dropped = f", alias(es) {', '.join(aliases)} removed with it" if aliases else ""
+        click.echo(f"{verb} {_ref(record)}{dropped} (its source {record.linked_from} is kept)")

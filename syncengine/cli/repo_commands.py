@@ -495,29 +495,64 @@ def register_more(cli: click.Group) -> None:
         """Move or remove aliases of versions."""
 
     def change_aliases(
-        ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool, *, add: bool
+        ref: str,
+        names: tuple[str, ...],
+        repo_url: str | None,
+        as_json: bool,
+        *,
+        add: bool,
+        dry_run: bool = False,
     ) -> None:
+        from syncengine.errors import did_you_mean
+        from syncengine.repo.records import check_alias
+
         r = parse_ref(ref)
         if r.version is None:
             raise click.BadParameter("name the version as PROJECT/NAME:vN", param_hint="REF")
         version = r.version
-        change = {"add": names} if add else {"remove": names}
-        head = _run(repo_url, lambda repo: repo.set_aliases(r.project, r.name, version, **change))
+        checked = [check_alias(a) for a in dict.fromkeys(names)]  # bad names before any work
+
+        async def job(repo: Repository) -> tuple[dict[str, int], int | None]:
+            if add:
+                head = await repo.set_aliases(r.project, r.name, version, add=checked)
+                return head.aliases, head.latest
+            head = await repo.head(r.project, r.name)
+            await repo.version(r.project, r.name, version)  # must exist
+            held = [a for a, v in head.aliases.items() if v == version]
+            for a in checked:
+                if head.aliases.get(a) != version:
+                    where = f" (it names v{head.aliases[a]})" if a in head.aliases else ""
+                    raise AliasNotHeld(
+                        f"{r} holds no alias {a!r}{where}{did_you_mean(a, held)} "
+                        f"(its aliases: {', '.join(sorted(held)) or 'none'}); nothing was removed"
+                    )
+            if dry_run:
+                return {a: v for a, v in head.aliases.items() if a not in checked}, head.latest
+            head = await repo.set_aliases(r.project, r.name, version, remove=checked)
+            return head.aliases, head.latest
+
+        aliases, latest = _run(repo_url, job)
+        now = sorted(
+            [a for a, v in aliases.items() if v == version] + (["latest"] if latest == version else [])
+        )
         if as_json:
-            now = [a for a, v in head.aliases.items() if v == version]
-            now += ["latest"] if head.latest == version else []
             click.echo(
                 json.dumps(
                     {
                         "ref": f"{r.project}/{r.name}:v{version}",
                         "action": "add" if add else "remove",
                         "names": list(names),
-                        "aliases": sorted(now),  # the version's aliases after the change
+                        "aliases": now,  # the version's aliases after the change
+                        "dry_run": dry_run,
                     }
                 )
             )
             return
-        click.echo(f"{', '.join(names)} -> {r}" if add else f"removed {', '.join(names)} from {r}")
+        if add:
+            click.echo(f"{', '.join(checked)} -> {r}")
+            return
+        verb = "would remove" if dry_run else "removed"
+        click.echo(f"{verb} {', '.join(checked)} from {r}; its aliases now: {', '.join(now) or 'none'}")
 
     @alias.command("add")
     @click.argument("ref")
@@ -531,39 +566,63 @@ def register_more(cli: click.Group) -> None:
     @alias.command("rm")
     @click.argument("ref")
     @click.argument("names", nargs=-1, required=True)
+    @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
     @repo_option
     @json_option
-    def alias_rm(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
-        """Remove alias NAMES from PROJECT/NAME:vN."""
-        change_aliases(ref, names, repo_url, as_json, add=False)
+    def alias_rm(
+        ref: str, names: tuple[str, ...], dry_run: bool, repo_url: str | None, as_json: bool
+    ) -> None:
+        """Remove alias NAMES from PROJECT/NAME:vN (each must name that version)."""
+        change_aliases(ref, names, repo_url, as_json, add=False, dry_run=dry_run)
 
     @cli.group("tag")
     def tag() -> None:
         """Add or remove tags of a version."""
 
     def change_tags(
-        ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool, *, add: bool
+        ref: str,
+        names: tuple[str, ...],
+        repo_url: str | None,
+        as_json: bool,
+        *,
+        add: bool,
+        dry_run: bool = False,
     ) -> None:
+        from syncengine.errors import did_you_mean
         from syncengine.repo.records import check_tag
 
         r = parse_ref(ref)
-        checked = [check_tag(t) for t in names]
+        checked = [check_tag(t) for t in dict.fromkeys(names)]
 
         async def job(repo: Repository) -> VersionRecord:
             record = await repo.resolve(r)
+            if not add:
+                for t in checked:
+                    if t not in record.tags:
+                        raise TagNotHeld(
+                            f"{_ref(record)} has no tag {t!r}{did_you_mean(t, record.tags)} "
+                            f"(its tags: {', '.join(record.tags) or 'none'}); nothing was removed"
+                        )
 
             def change(v: VersionRecord) -> VersionRecord:
                 tags = [t for t in v.tags if add or t not in checked]
                 tags += [t for t in checked if add and t not in tags]
                 return msgspec.structs.replace(v, tags=tuple(tags))
 
+            if dry_run:
+                return change(record)
             return await repo.update_version(r.project, r.name, record.version, change)
 
         record = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(_record_json(record)))  # the record after the change
+            click.echo(json.dumps({**_record_json(record), "dry_run": dry_run}))  # the record after
             return
-        click.echo(f"{_ref(record)} tags: {', '.join(record.tags) or '(none)'}")
+        if add:
+            click.echo(f"{_ref(record)} tags: {', '.join(record.tags) or '(none)'}")
+            return
+        verb = "would remove" if dry_run else "removed"
+        left = ", ".join(record.tags) or "(none)"
+        click.echo(f"{verb} tag(s) {', '.join(checked)} from {_ref(record)}; tags: {left}")
 
     @tag.command("add")
     @click.argument("ref")
@@ -577,11 +636,12 @@ def register_more(cli: click.Group) -> None:
     @tag.command("rm")
     @click.argument("ref")
     @click.argument("names", nargs=-1, required=True)
+    @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
     @repo_option
     @json_option
-    def tag_rm(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
-        """Remove tags NAMES from PROJECT/NAME[:ALIAS|:vN]."""
-        change_tags(ref, names, repo_url, as_json, add=False)
+    def tag_rm(ref: str, names: tuple[str, ...], dry_run: bool, repo_url: str | None, as_json: bool) -> None:
+        """Remove tags NAMES from PROJECT/NAME[:ALIAS|:vN] (each must be one of its tags)."""
+        change_tags(ref, names, repo_url, as_json, add=False, dry_run=dry_run)
 
     @cli.command("edit")
     @click.argument("ref")
@@ -590,6 +650,7 @@ def register_more(cli: click.Group) -> None:
     @click.option("--set", "set_items", multiple=True, metavar="KEY=JSON", help="Set one metadata key.")
     @click.option("--unset", "unset_keys", multiple=True, metavar="KEY", help="Remove one metadata key.")
     @click.option("--ttl", default=None, metavar="30d|none", help="Time to live from creation (none: keep).")
+    @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
     @repo_option
     @json_option
     def edit(
@@ -599,6 +660,7 @@ def register_more(cli: click.Group) -> None:
         set_items: tuple[str, ...],
         unset_keys: tuple[str, ...],
         ttl: str | None,
+        dry_run: bool,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
@@ -618,7 +680,7 @@ def register_more(cli: click.Group) -> None:
         if description is None and replace is None and not updates and not unset_keys and ttl is None:
             raise click.UsageError("nothing to change: give -d, -m, --set, --unset or --ttl")
 
-        async def job(repo: Repository) -> VersionRecord:
+        async def job(repo: Repository) -> tuple[VersionRecord, VersionRecord]:
             record = await repo.resolve(r)
 
             def change(v: VersionRecord) -> VersionRecord:
@@ -630,13 +692,24 @@ def register_more(cli: click.Group) -> None:
                 ttl_now = v.ttl_seconds if ttl is None else ttl_s
                 return msgspec.structs.replace(v, description=desc, metadata=meta, ttl_seconds=ttl_now)
 
-            return await repo.update_version(r.project, r.name, record.version, change)
+            if dry_run:
+                return record, change(record)
+            before: list[VersionRecord] = []
 
-        record = _run(repo_url, job)
+            def noted(v: VersionRecord) -> VersionRecord:
+                before[:] = [v]  # the record this (last) attempt changed
+                return change(v)
+
+            after = await repo.update_version(r.project, r.name, record.version, noted)
+            return (before[0] if before else after), after
+
+        was, now = _run(repo_url, job)
+        changes = _record_changes(was, now)
         if as_json:
-            click.echo(json.dumps(_record_json(record)))
-        else:
-            click.echo(f"updated {record.project}/{record.name}:v{record.version}")
+            click.echo(json.dumps({**_record_json(now), "dry_run": dry_run, "changes": changes}))
+            return
+        verb = "would update" if dry_run else "updated"
+        click.echo(f"{verb} {_ref(now)}: {'; '.join(changes) if changes else 'nothing changed'}")
 
     @cli.command("abort-uploads")
     @click.option(
@@ -692,6 +765,32 @@ def register_more(cli: click.Group) -> None:
             sys.exit(1)
 
 
+def _record_changes(old: VersionRecord, new: VersionRecord) -> list[str]:
+    """What `edit` changed, one phrase each: description, metadata keys, TTL."""
+    out: list[str] = []
+    if old.description != new.description:
+        out.append(f"description {old.description!r} -> {new.description!r}")
+    for k in sorted(set(old.metadata) | set(new.metadata)):
+        if k not in new.metadata:
+            out.append(f"metadata {k} removed")
+        elif k not in old.metadata:
+            out.append(f"metadata {k} = {json.dumps(new.metadata[k])}")
+        elif json.dumps(old.metadata[k]) != json.dumps(new.metadata[k]):
+            out.append(f"metadata {k} {json.dumps(old.metadata[k])} -> {json.dumps(new.metadata[k])}")
+    if old.ttl_seconds != new.ttl_seconds:
+        out.append(f"ttl {_ttl_text(old.ttl_seconds)} -> {_ttl_text(new.ttl_seconds)}")
+    return out
+
+
+def _ttl_text(seconds: int | None) -> str:
+    if seconds is None:
+        return "none"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -713,6 +812,14 @@ def _ago(ts: float) -> str:
         if s >= size:
             return f"{s / size:.1f}{unit}"
     return f"{s:.0f}s"
+
+
+class AliasNotHeld(SyncEngineError, LookupError):
+    """`alias rm` named an alias the version does not hold."""
+
+
+class TagNotHeld(SyncEngineError, LookupError):
+    """`tag rm` named a tag the version does not have."""
 
 
 class MetadataError(click.UsageError):

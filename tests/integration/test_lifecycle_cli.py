@@ -110,3 +110,68 @@ def test_cache_info_and_cleanup(tmp_path: Path) -> None:
     assert json.loads(cli("cache", "info", "--json", env=env).stdout)["bytes"] == 100_000
     r = cli("cache", "cleanup", "lots", env=env)
     assert r.returncode == 1 and "'lots' is not a size" in r.stderr
+
+
+def test_alias_tag_edit_and_unlink_dry_run_and_say_what_they_did(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    _put(tmp_path, env, "0", "-a", "best", "-a", "prod", "--tag", "gold", "-m", '{"lr": 0.1}')
+
+    def versions() -> list[tuple[int, list[str], list[str]]]:
+        rows = json.loads(cli("versions", "p/m", "--json", env=env).stdout)
+        return [(v["version"], v["aliases"], v.get("tags", [])) for v in rows]
+
+    before = versions()
+    assert before == [(0, ["best", "latest", "prod"], ["gold"])]
+    r = cli("alias", "rm", "p/m:v0", "best", "--dry-run", env=env)
+    assert (
+        r.returncode == 0
+        and r.stdout.strip() == "would remove best from p/m:v0; its aliases now: latest, prod"
+    )
+    r = cli("tag", "rm", "p/m:v0", "gold", "--dry-run", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "would remove tag(s) gold from p/m:v0; tags: (none)"
+    r = cli("edit", "p/m:v0", "--ttl", "30d", "--set", "lr=0.2", "-d", "tuned", "--dry-run", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == (
+        "would update p/m:v0: description '' -> 'tuned'; metadata lr 0.1 -> 0.2; ttl none -> 30d"
+    )
+    shown = json.loads(cli("show", "p/m:v0", "--json", env=env).stdout)
+    assert (shown["metadata"], shown.get("ttl_seconds"), shown.get("description")) == (
+        {"lr": 0.1},
+        None,
+        None,
+    )
+    assert versions() == before  # no dry run wrote anything
+
+    r = cli("alias", "rm", "p/m:v0", "bets", env=env)  # a typo: an error, nothing removed
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "error: p/m:v0 holds no alias 'bets' (did you mean 'best'?) (its aliases: best, prod); "
+        "nothing was removed"
+    )
+    r = cli("tag", "rm", "p/m:v0", "gld", env=env)
+    assert r.returncode == 1 and "has no tag 'gld' (did you mean 'gold'?)" in r.stderr
+    r = cli("alias", "rm", "p/m:v0", "best", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "removed best from p/m:v0; its aliases now: latest, prod"
+    r = cli("tag", "rm", "p/m:v0", "gold", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "removed tag(s) gold from p/m:v0; tags: (none)"
+    r = cli("edit", "p/m:v0", "--ttl", "30d", "--unset", "lr", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "updated p/m:v0: metadata lr removed; ttl none -> 30d"
+    r = cli("edit", "p/m:v0", "--ttl", "30d", "--json", env=env)  # the same again: nothing changes
+    assert r.returncode == 0 and json.loads(r.stdout)["changes"] == []
+    assert versions() == [(0, ["latest", "prod"], [])]
+
+    assert cli("link", "p/m:v0", "reg/models", "-a", "staging", env=env).returncode == 0
+    r = cli("unlink", "reg/models:staging", "--dry-run", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == (
+        "would unlink reg/models:v0, alias(es) staging removed with it (its source p/m:v0 is kept)"
+    )
+    assert cli("show", "reg/models:staging", env=env).returncode == 0  # still there
+    r = cli("unlink", "reg/models:v0", "--dry-run", "--json", env=env)
+    out = json.loads(r.stdout)
+    assert (out["dry_run"], out.get("deleted", False), out["aliases_removed"]) == (True, False, ["staging"])
+    r = cli("unlink", "p/m:v0", "--dry-run", env=env)
+    assert r.returncode == 1 and "p/m:v0 is not a link into a collection" in r.stderr
+    r = cli("unlink", "reg/models:v0", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == (
+        "unlinked reg/models:v0, alias(es) staging removed with it (its source p/m:v0 is kept)"
+    )
+    assert cli("show", "reg/models:staging", env=env).returncode == 1
+    assert versions() == [(0, ["latest", "prod"], [])]  # the source is untouched

@@ -377,7 +377,8 @@ def test_cli_lineage_runs_link_unlink(repo: Any, tmp_path: Path) -> None:
     assert un.returncode == 0 and json.loads(un.stdout)["deleted"] is True
     bad = cli("unlink", "vision/model:v0", "--repo", r)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        "error: vision/model:v0 is not a link into a collection; only links can be unlinked"
+        "error: vision/model:v0 is not a link into a collection; only links can be unlinked "
+        "(`syncengine delete` deletes a version)"
     ]
     missing = cli("lineage", "vision/nope:v0", "--repo", r)
     assert missing.returncode == 1 and "has no artifact 'nope'" in missing.stderr
