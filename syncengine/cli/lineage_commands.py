@@ -188,3 +188,7 @@ def register(cli: click.Group) -> None:
         verb = "would unlink" if dry_run else "unlinked"
         dropped = f", alias(es) {', '.join(aliases)} removed with it" if aliases else ""
         click.echo(f"{verb} {_ref(record)}{dropped} (its source {record.linked_from} is kept)")
+
+    from syncengine.cli.distributed_commands import register as register_distributed
+
+    register_distributed(cli)  # distributed writers: runs that upsert parts of one version

@@ -369,3 +369,23 @@ async def _finished_version(repo: Repository, done: FinishedRecord, type: str) -
     if record.type != type:
         raise TypeMismatch(f"artifact {done.project}/{done.name} has type {record.type!r}, not {type!r}")
     return record
+
+
+class DistributedStatus(msgspec.Struct, frozen=True):
+    """Where a distributed artifact stands: ``open`` (taking upserts), ``sealed`` (a finish
+    began and did not complete: run finish again) or ``finished`` (``finished`` names the
+    version)."""
+
+    state: str
+    parts: list[PartRecord]
+    finished: FinishedRecord | None = None
+
+
+async def status(repo: Repository, project: str, name: str, distributed_id: str) -> DistributedStatus:
+    """The parts upserted so far and whether a finish sealed or finished the artifact."""
+    found = await parts(repo, project, name, distributed_id)
+    done = await read_finished(repo, project, name, distributed_id)
+    if done is not None:
+        return DistributedStatus("finished", found, done)
+    sealed = await _sealed(repo, project, name, distributed_id)
+    return DistributedStatus("sealed" if sealed else "open", found)
