@@ -333,12 +333,13 @@ class ArtifactVersion:
         )
         return os.path.abspath(root)
 
-    async def verify(self, root: str | os.PathLike[str]) -> None:
+    async def verify(self, root: str | os.PathLike[str], references: bool = False) -> None:
         """Raises `VerifyFailed` listing missing, extra and changed files if `root` is not
-        exactly this version."""
+        exactly this version. References are checked only with ``references``: their copies
+        under `root` and their sources (docs/REFERENCES.md)."""
         from syncengine.repo.download import check
 
-        await check(self._repo.core, self._record, root)
+        await check(self._repo.core, self._record, root, references=references)
 
     def new_draft(self) -> Draft:
         """A draft of the artifact's next version, starting from this one (see `Draft`)."""

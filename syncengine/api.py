@@ -124,8 +124,8 @@ class ArtifactVersion:
     ) -> str:
         return _Loop.run(self._inner.checkout(root, skip_cache=skip_cache, link=link, cache_size=cache_size))
 
-    def verify(self, root: str | os.PathLike[str]) -> None:
-        _Loop.run(self._inner.verify(root))
+    def verify(self, root: str | os.PathLike[str], references: bool = False) -> None:
+        _Loop.run(self._inner.verify(root, references))
 
     @property
     def manifest(self) -> Manifest:

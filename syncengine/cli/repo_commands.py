@@ -374,17 +374,24 @@ def register(cli: click.Group) -> None:
     @cli.command("verify")
     @click.argument("ref")
     @click.option("--root", required=True, help="The folder to compare with the version.")
+    @click.option(
+        "--references",
+        "check_references",
+        is_flag=True,
+        help="Also check reference entries: on disk with their logged size (and digest), and "
+        "each source still as logged (a HEAD or stat each).",
+    )
     @repo_option
     @json_option
-    def verify(ref: str, root: str, repo_url: str | None, as_json: bool) -> None:
+    def verify(ref: str, root: str, check_references: bool, repo_url: str | None, as_json: bool) -> None:
         """Exit 0 if --root holds exactly the version, else list missing/extra/changed files
-        (and exit 1)."""
+        (and exit 1). Reference entries are skipped unless --references."""
         from syncengine.repo.download import Difference
         from syncengine.repo.download import verify as verify_root
 
         async def job(repo: Repository) -> tuple[VersionRecord, list[Difference]]:
             record = await repo.resolve(parse_ref(ref))
-            return record, await verify_root(repo, record, root)
+            return record, await verify_root(repo, record, root, references=check_references)
 
         record, differences = _run(repo_url, job)
         if as_json:
