@@ -123,15 +123,24 @@ def register(cli: click.Group) -> None:
 
         check_name("project", project)
 
-        async def job(repo: Repository) -> list[Any]:
-            return [r for r in await list_runs(repo.store, project) if group is None or r.group == group]
+        async def job(repo: Repository) -> tuple[list[Any], str]:
+            from syncengine.errors import did_you_mean
 
-        found = _run(repo_url, job)
+            runs = await list_runs(repo.store, project)
+            found = [r for r in runs if group is None or r.group == group]
+            hint = ""
+            if not runs:
+                hint = did_you_mean(project, await repo.projects())
+            elif not found and group is not None:
+                hint = did_you_mean(group, sorted({r.group for r in runs if r.group}))
+            return found, hint
+
+        found, hint = _run(repo_url, job)
         if as_json:
             click.echo(json.dumps([msgspec.to_builtins(r) for r in found]))
             return
         if not found:
-            click.echo(f"project {project!r} has no runs" + (f" in group {group!r}" if group else ""))
+            click.echo(f"project {project!r} has no runs" + (f" in group {group!r}" if group else "") + hint)
         for r in found:
             extra = f" group={r.group}" if r.group else ""
             summary = f" summary={json.dumps(r.summary)}" if r.summary else ""

@@ -440,8 +440,15 @@ def register_more(cli: click.Group) -> None:
         """Projects, or the artifacts of PROJECT with type and newest version."""
 
         async def job(repo: Repository) -> Any:
+            projects = await repo.projects()
             if project is None:
-                return await repo.projects()
+                return projects
+            if project not in projects:
+                from syncengine.errors import did_you_mean
+                from syncengine.repo.repository import ArtifactNotFound
+
+                known = f"; projects: {', '.join(projects[:10])}" if projects else "; the repository is empty"
+                raise ArtifactNotFound(f"no project {project!r}{did_you_mean(project, projects)}{known}")
             out = []
             async for name in repo.artifacts(check_name("project", project)):
                 head = await repo.head(project, name)
@@ -520,11 +527,11 @@ def register_more(cli: click.Group) -> None:
         checked = [check_alias(a) for a in dict.fromkeys(names)]  # bad names before any work
 
         async def job(repo: Repository) -> tuple[dict[str, int], int | None]:
+            await repo.resolve(r)  # an unknown artifact or version: the error suggests the closest
             if add:
                 head = await repo.set_aliases(r.project, r.name, version, add=checked)
                 return head.aliases, head.latest
             head = await repo.head(r.project, r.name)
-            await repo.version(r.project, r.name, version)  # must exist
             held = [a for a, v in head.aliases.items() if v == version]
             for a in checked:
                 if head.aliases.get(a) != version:

@@ -175,3 +175,66 @@ def test_alias_tag_edit_and_unlink_dry_run_and_say_what_they_did(tmp_path: Path)
     )
     assert cli("show", "reg/models:staging", env=env).returncode == 1
     assert versions() == [(0, ["latest", "prod"], [])]  # the source is untouched
+
+
+def test_unknown_names_suggest_the_closest_in_every_command(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x.txt").write_text("x")
+    assert cli("put", str(src), "-n", "vision/mnist", "-t", "dataset", "-a", "best", env=env).returncode == 0
+    artifact = "error: project 'vision' has no artifact 'mnst' (did you mean 'mnist'?) (it has: mnist)"
+    project = "error: no project 'visoin' (did you mean 'vision'?); projects: vision"
+    alias = "error: vision/mnist has no alias 'bset' (did you mean 'best'?) (aliases: best)"
+    cases = {
+        ("get", "vision/mnst"): artifact,
+        ("get", "visoin/mnist"): project,
+        ("get", "vision/mnist:bset"): alias,
+        ("show", "vision/mnist:bset"): alias,
+        ("show", "vision/mnst", "--files"): artifact,
+        ("versions", "vision/mnst"): artifact,
+        ("versions", "visoin/mnist"): project,
+        ("delete", "vision/mnst:v0"): artifact,
+        ("lineage", "vision/mnist:bset"): alias,
+        ("lineage", "visoin/mnist"): project,
+        ("link", "vision/mnist:bset", "reg/models"): alias,
+        ("link", "vision/mnst:v0", "reg/models"): artifact,
+        ("alias", "add", "vision/mnst:v0", "prod"): artifact,
+        ("alias", "rm", "vision/mnst:v0", "best"): artifact,
+        ("tag", "add", "vision/mnist:bset", "gold"): alias,
+        ("edit", "vision/mnst", "-d", "x"): artifact,
+        ("cleanup", "vision/mnst"): artifact,
+        ("draft", "vision/mnist:bset", "--add", str(src / "x.txt")): alias,
+        ("unlink", "vision/mnst:v0"): artifact,
+        ("verify", "vision/mnst", "--root", str(src)): artifact,
+        ("diff", "vision/mnist:v0", "vision/mnst:v0"): artifact,
+        ("ls", "visoin"): project,
+    }
+    for args, message in cases.items():
+        r = cli(*args, env=env)
+        assert (r.returncode, r.stderr.strip()) == (1, message), args
+    r = cli("alias", "add", "vision/mnist:v3", "prod", env=env)
+    assert r.stderr.strip() == "error: vision/mnist has no version v3 (the newest is v0)"
+    r = cli("runs", "visoin", env=env)
+    assert r.stdout.strip() == "project 'visoin' has no runs (did you mean 'vision'?)"
+    # Bad names, aliases and types: one clear line before any work, in every command taking them.
+    bad = {
+        ("put", str(src), "-n", "vision/mnist", "-t", "data set"): "error: invalid type 'data set'",
+        ("put", str(src), "-n", "vision/mn ist", "-t", "dataset"): "error: invalid artifact name 'mn ist'",
+        ("put", str(src), "-n", "vision/mnist", "-t", "dataset", "-a", "v2"): "error: invalid alias 'v2'",
+        ("alias", "add", "vision/mnist:v0", "latest"): "error: alias 'latest' is managed by syncengine",
+        ("alias", "add", "vision/mnist:v0", "a/b"): "error: invalid alias 'a/b'",
+        ("link", "vision/mnist:v0", "reg/models", "-a", "v0"): "error: invalid alias 'v0'",
+        ("link", "vision/mnist:v0", "reg/mo dels"): "error: invalid artifact name 'mo dels'",
+        ("draft", "vision/mnist", "--add", str(src / "x.txt"), "-a", "a:b"): "error: invalid alias 'a:b'",
+        ("draft", "vision/mnist", "--add", str(src / "x.txt"), "--tag", "x y"): "error: invalid tag 'x y'",
+        ("distributed", "upsert", "vision/mnist", str(src), "-t", "data set", "-D", "j"): (
+            "error: invalid type 'data set'"
+        ),
+    }
+    for args, start in bad.items():
+        r = cli(*args, env=env)
+        assert r.returncode in (1, 2) and r.stderr.strip().startswith(start), (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    listing = json.loads(cli("versions", "vision/mnist", "--json", env=env).stdout)
+    assert [(v["version"], v["aliases"]) for v in listing] == [(0, ["best", "latest"])]  # nothing was written
