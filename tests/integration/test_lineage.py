@@ -446,3 +446,16 @@ def test_both_ends_of_every_edge_agree(tmp_path_factory: pytest.TempPathFactory,
                 assert inputs == {ref for ref, who in uses.items() if run.id in who}
 
     asyncio.run(go())
+
+
+def test_the_sweeps_example_in_lineage_md_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example in docs/LINEAGE.md, executed as written (its asserts included)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its mkdtemp() lands in tmp_path
+    doc = (Path(__file__).parents[2] / "docs" / "LINEAGE.md").read_text()
+    block = doc.split("<!-- sweeps-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "docs/LINEAGE.md (sweeps example)", "exec"), {})
+    assert capsys.readouterr().out.strip() == "0.01 trained with lr=0.01"
