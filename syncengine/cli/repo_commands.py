@@ -286,6 +286,11 @@ def register(cli: click.Group) -> None:
         default=None,
         help="How files from the file cache are placed [reflink]; hardlink: read-only, shared inode.",
     )
+    @click.option(
+        "--dry-run",
+        is_flag=True,
+        help="List the files that would be written (and, with --checkout, deleted); touch nothing.",
+    )
     @repo_option
     @json_option
     def get(
@@ -295,6 +300,7 @@ def register(cli: click.Group) -> None:
         checkout: bool,
         skip_cache: bool,
         link: str | None,
+        dry_run: bool,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
@@ -303,6 +309,9 @@ def register(cli: click.Group) -> None:
         Without --root the files go to ./artifacts/<name>-v<N> (as in the Python API); the
         folder written is printed. SYNCENGINE_FILE_CACHE_SIZE bounds the file cache."""
         parsed = parse_ref(ref)
+        if dry_run:
+            _get_dry_run(repo_url, parsed, root, path_prefix, checkout, as_json)
+            return
 
         async def job(repo: Repository) -> tuple[VersionRecord, str, int]:
             from syncengine.repo.download import default_root
@@ -777,6 +786,46 @@ def register_more(cli: click.Group) -> None:
             click.echo("repository ok" if not problems else f"{len(problems)} problem(s) found")
         if problems:
             sys.exit(1)
+
+
+def _get_dry_run(
+    repo_url: str | None, ref: Any, root: str | None, path_prefix: str | None, checkout: bool, as_json: bool
+) -> None:
+    """`get --dry-run`: what a download would write into the root (files missing or not
+    the version's, and references, which are fetched every time) and what `--checkout`
+    would delete (files the version lacks)."""
+    from syncengine.repo.download import default_root
+    from syncengine.repo.download import verify as verify_root
+
+    prefix = (path_prefix or "").strip("/")
+
+    def under(path: str) -> bool:
+        return not prefix or path == prefix or path.startswith(prefix + "/")
+
+    async def job(repo: Repository) -> tuple[VersionRecord, str, list[Any], list[str]]:
+        record = await repo.resolve(ref)
+        target = root if root is not None else default_root(record)
+        reader = await repo.manifest(record)
+        fresh = not os.path.isdir(target)  # nothing there yet: every file would be written
+        listed = [
+            e.path async for e in reader.entries(prefix) if under(e.path) and (fresh or e.ref is not None)
+        ]
+        differences = [] if fresh else await verify_root(repo, record, target, path_prefix=path_prefix)
+        return record, target, differences, listed
+
+    record, target, differences, listed = _run(repo_url, job)
+    write = sorted({*(d.path for d in differences if d.kind != "extra"), *listed}, key=str.encode)
+    delete = [d.path for d in differences if d.kind == "extra"] if checkout else []
+    if as_json:
+        out = {**_record_json(record), "root": os.path.abspath(target), "dry_run": True}
+        click.echo(json.dumps({**out, "would_write": write, "would_delete": delete}))
+        return
+    for p in write:
+        click.echo(f"would write {p}")
+    for p in delete:
+        click.echo(f"would delete {p}")
+    tail = f", delete {len(delete)}" if checkout else ""
+    click.echo(f"{_ref(record)} -> {os.path.abspath(target)}: would write {len(write)} file(s){tail}")
 
 
 def _record_changes(old: VersionRecord, new: VersionRecord) -> list[str]:

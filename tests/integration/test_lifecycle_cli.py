@@ -238,3 +238,36 @@ def test_unknown_names_suggest_the_closest_in_every_command(tmp_path: Path) -> N
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     listing = json.loads(cli("versions", "vision/mnist", "--json", env=env).stdout)
     assert [(v["version"], v["aliases"]) for v in listing] == [(0, ["best", "latest"])]  # nothing was written
+
+
+def test_get_dry_run_lists_what_it_would_write_and_checkout_would_delete(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for rel, text in {"a.txt": "a", "b.txt": "b", "sub/c.txt": "c"}.items():
+        (src / rel).write_text(text)
+    assert cli("put", str(src), "-n", "p/m", "-t", "data", env=env).returncode == 0
+    out = tmp_path / "out"
+    r = cli("get", "p/m", "--root", str(out), "--dry-run", env=env)
+    assert r.returncode == 0 and r.stdout.splitlines() == [
+        "would write a.txt",
+        "would write b.txt",
+        "would write sub/c.txt",
+        f"p/m:v0 -> {out}: would write 3 file(s)",
+    ]
+    assert not out.exists()
+    assert cli("get", "p/m", "--root", str(out), env=env).returncode == 0
+    (out / "b.txt").write_text("changed")
+    (out / "sub" / "c.txt").unlink()
+    (out / "mine.txt").write_text("not in the version")
+    r = cli("get", "p/m", "--root", str(out), "--checkout", "--dry-run", env=env)
+    assert r.returncode == 0 and r.stdout.splitlines() == [
+        "would write b.txt",
+        "would write sub/c.txt",
+        "would delete mine.txt",
+        f"p/m:v0 -> {out}: would write 2 file(s), delete 1",
+    ]
+    r = cli("get", "p/m", "--root", str(out), "--checkout", "--dry-run", "--prefix", "sub", "--json", env=env)
+    got = json.loads(r.stdout)
+    assert (got["would_write"], got["would_delete"], got["dry_run"]) == (["sub/c.txt"], [], True)
+    assert (out / "mine.txt").exists() and (out / "b.txt").read_text() == "changed"  # untouched
