@@ -172,6 +172,8 @@ def test_conflicting_writers_and_usage_errors(tmp_path: Path) -> None:
         "error: distributed artifact p/ds has no upserted files under distributed id 'nobody': "
         "call upsert_artifact from the writers first"
     )
+    r = run(env, "distributed", "finish", "p/ds", "-t", "dataset", "-D", "clsah", "--repo", repo)
+    assert r.returncode == 1 and "under distributed id 'clsah' (did you mean 'clash'?): " in r.stderr
     r = run(env, "distributed", "finish", "p/ds", "-t", "model", "-D", "clash", "--repo", repo)
     assert r.returncode == 1 and "as type 'dataset', not 'model'" in r.stderr
     r = run(
