@@ -202,7 +202,7 @@ class _PatchedManifest:
         except FileFolderConflict as e:
             b = self._base
             raise DraftPathConflict(
-                f"the draft of {b.project}/{b.name} (from v{b.version}) was not logged: {e} "
+                f"the draft of {b.project}/{b.name} (from v{b.version}) was not logged: {e}"
                 f"; remove {e.file!r} in the draft first, or add under another name"
             ) from None
 
