@@ -337,12 +337,13 @@ class ArtifactVersion:
         )
         return os.path.abspath(root)
 
-    async def verify(self, root: str | os.PathLike[str]) -> None:
+    async def verify(self, root: str | os.PathLike[str], references: bool = False) -> None:
         """Raises `VerifyFailed` listing missing, extra and changed files if `root` is not
-        exactly this version."""
+        exactly this version. References are checked only with ``references``: their copies
+        under `root` and their sources (docs/REFERENCES.md)."""
         from syncengine.repo.download import check
 
-        await check(self._repo.core, self._record, root)
+        await check(self._repo.core, self._record, root, references=references)
 
     def new_draft(self) -> Draft:
         """A draft of the artifact's next version, starting from this one (see `Draft`)."""
@@ -459,18 +460,15 @@ class Repository:
     ) -> ArtifactVersion:
         """Logs the artifact's files as its next version — or, when the content equals an
         existing version, returns that one (still applying `aliases`). A `Draft` logs its
-        base plus its changes (its project is the base's). `ttl` (or the artifact's) is set
-        on the version (docs/DELETION.md)."""
+        base plus its changes (its project is the base's). `ttl` (or the artifact's) is in
+        the record of a version this call creates, and set on an existing one it finds
+        (docs/DELETION.md)."""
         from syncengine.repo.lifecycle import ttl_seconds
 
         if isinstance(artifact, Draft):
             if project is not None and project != artifact.project:
                 raise ConfigError(f"the draft belongs to project {artifact.project!r}, not {project!r}")
-            if _logged_by:
-                raise ConfigError("a run cannot log a draft yet: call draft.save() outside the run")
-            if ttl is not None:
-                raise ConfigError("set the TTL on the version a draft logs: v.ttl = …; v.save()")
-            return await artifact.save(aliases, tags)
+            return await artifact.save(aliases, tags, ttl=ttl, _logged_by=_logged_by)
         if project is None:
             raise ConfigError("log_artifact needs the project to log the artifact into")
         ttl_s = ttl_seconds(ttl if ttl is not None else artifact.ttl)
@@ -489,9 +487,10 @@ class Repository:
             tags=tags,
             logged_by=_logged_by,
             references=artifact.references,
+            ttl_seconds=ttl_s,  # in the new version's record as it is created
         )
         record = result.record
-        if ttl_s is not None and record.ttl_seconds != ttl_s:
+        if ttl_s is not None and record.ttl_seconds != ttl_s:  # an existing version: a CAS
             set_ttl = lambda v: msgspec.structs.replace(v, ttl_seconds=ttl_s)  # noqa: E731
             record = await self.core.update_version(record.project, record.name, record.version, set_ttl)
         return await self._version(record)

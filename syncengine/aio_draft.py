@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -109,10 +110,17 @@ class Draft:
         *,
         on_progress: Callable[[int, int], None] | None = None,
         on_upload: Callable[[int, int], None] | None = None,
+        ttl: _dt.timedelta | None = None,
+        _logged_by: str = "",  # a Run's log_artifact: "project/run-id"
     ) -> ArtifactVersion:
-        """Logs the draft as the artifact's next version and returns it."""
-        from syncengine.aio import _json_copy
+        """Logs the draft as the artifact's next version and returns it; ``ttl`` goes into
+        the new version's record (an existing identical version gets it by compare-and-swap)."""
+        import msgspec
 
+        from syncengine.aio import _json_copy
+        from syncengine.repo.lifecycle import ttl_seconds
+
+        ttl_s = ttl_seconds(ttl)
         result = await log_draft(
             self._repo.core,
             self._changes,
@@ -122,5 +130,12 @@ class Draft:
             tags=tags,
             on_progress=on_progress,
             on_upload=on_upload,
+            logged_by=_logged_by,
+            ttl_seconds=ttl_s,
         )
-        return await self._repo._version(result.record)
+        record = result.record
+        if ttl_s is not None and record.ttl_seconds != ttl_s:
+            set_ttl = lambda v: msgspec.structs.replace(v, ttl_seconds=ttl_s)  # noqa: E731
+            core = self._repo.core
+            record = await core.update_version(record.project, record.name, record.version, set_ttl)
+        return await self._repo._version(record)

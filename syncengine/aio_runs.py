@@ -41,6 +41,7 @@ from syncengine.repo.runs import (
 
 if TYPE_CHECKING:
     from syncengine.aio import Artifact, ArtifactVersion, Repository
+    from syncengine.aio_draft import Draft
 
 
 class Run:
@@ -217,18 +218,21 @@ class Run:
 
     async def log_artifact(
         self,
-        artifact: Artifact,
+        artifact: Artifact | Draft,
         aliases: Sequence[str] = (),
         tags: Sequence[str] = (),
         project: str | None = None,
     ) -> ArtifactVersion:
-        """Logs ``artifact`` (into the run's project unless ``project``) with this run as its
-        producer; identical content returns the existing version (its producer unchanged,
-        this run still lists it in ``logged_artifacts()``)."""
+        """Logs ``artifact`` (into the run's project unless ``project``; a ``Draft`` into its
+        base's project) with this run as its producer; identical content returns the existing
+        version (its producer unchanged, this run still lists it in ``logged_artifacts()``)."""
+        from syncengine.aio_draft import Draft
+
         self._check_active()
         assert self.id is not None
+        default = artifact.project if isinstance(artifact, Draft) else self.project
         version = await self._repo.log_artifact(
-            artifact, project or self.project, aliases, tags, _logged_by=self.path
+            artifact, project or default, aliases, tags, _logged_by=self.path
         )
         await record_log(self._repo.core.store, self.project, self.id, version.record)
         return version

@@ -125,8 +125,8 @@ class ArtifactVersion:
     ) -> str:
         return _Loop.run(self._inner.checkout(root, skip_cache=skip_cache, link=link, cache_size=cache_size))
 
-    def verify(self, root: str | os.PathLike[str]) -> None:
-        _Loop.run(self._inner.verify(root))
+    def verify(self, root: str | os.PathLike[str], references: bool = False) -> None:
+        _Loop.run(self._inner.verify(root, references))
 
     @property
     def manifest(self) -> Manifest:
@@ -189,8 +189,10 @@ class Draft:
     def remove(self, path: str) -> None:
         _Loop.run(self._inner.remove(path))
 
-    def save(self, aliases: Sequence[str] = (), tags: Sequence[str] = ()) -> ArtifactVersion:
-        return ArtifactVersion(_Loop.run(self._inner.save(aliases, tags)))
+    def save(
+        self, aliases: Sequence[str] = (), tags: Sequence[str] = (), ttl: _dt.timedelta | None = None
+    ) -> ArtifactVersion:
+        return ArtifactVersion(_Loop.run(self._inner.save(aliases, tags, ttl=ttl)))
 
 
 class Repository:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from syncengine import aio_runs
 
 if TYPE_CHECKING:
-    from syncengine.api import Artifact, ArtifactVersion
+    from syncengine.api import Artifact, ArtifactVersion, Draft
 
 
 def _run(coro: Any) -> Any:
@@ -72,12 +72,15 @@ class Run:
 
     def log_artifact(
         self,
-        artifact: Artifact,
+        artifact: Artifact | Draft,
         aliases: Sequence[str] = (),
         tags: Sequence[str] = (),
         project: str | None = None,
     ) -> ArtifactVersion:
-        return _wrap(_run(self._inner.log_artifact(artifact, aliases, tags, project)))
+        from syncengine.api import Draft
+
+        inner = artifact._inner if isinstance(artifact, Draft) else artifact
+        return _wrap(_run(self._inner.log_artifact(inner, aliases, tags, project)))
 
     def upsert_artifact(
         self, artifact: Artifact, distributed_id: str | None = None, project: str | None = None

@@ -123,15 +123,24 @@ def register(cli: click.Group) -> None:
 
         check_name("project", project)
 
-        async def job(repo: Repository) -> list[Any]:
-            return [r for r in await list_runs(repo.store, project) if group is None or r.group == group]
+        async def job(repo: Repository) -> tuple[list[Any], str]:
+            from syncengine.errors import did_you_mean
 
-        found = _run(repo_url, job)
+            runs = await list_runs(repo.store, project)
+            found = [r for r in runs if group is None or r.group == group]
+            hint = ""
+            if not runs:
+                hint = did_you_mean(project, await repo.projects())
+            elif not found and group is not None:
+                hint = did_you_mean(group, sorted({r.group for r in runs if r.group}))
+            return found, hint
+
+        found, hint = _run(repo_url, job)
         if as_json:
             click.echo(json.dumps([msgspec.to_builtins(r) for r in found]))
             return
         if not found:
-            click.echo(f"project {project!r} has no runs" + (f" in group {group!r}" if group else ""))
+            click.echo(f"project {project!r} has no runs" + (f" in group {group!r}" if group else "") + hint)
         for r in found:
             extra = f" group={r.group}" if r.group else ""
             summary = f" summary={json.dumps(r.summary)}" if r.summary else ""
@@ -165,20 +174,30 @@ def register(cli: click.Group) -> None:
 
     @cli.command("unlink")
     @click.argument("ref")
+    @click.option("--dry-run", is_flag=True, help="Say what would be unlinked; change nothing.")
     @repo_option
     @json_option
-    def unlink_cmd(ref: str, repo_url: str | None, as_json: bool) -> None:
-        """Remove the link PROJECT/COLLECTION:vN (or :ALIAS) from its collection; the source
-        version stays."""
+    def unlink_cmd(ref: str, dry_run: bool, repo_url: str | None, as_json: bool) -> None:
+        """Remove the link PROJECT/COLLECTION:vN (or :ALIAS) from its collection, with the
+        aliases naming it; the source version stays."""
         from syncengine.repo.links import unlink
 
         parsed = parse_ref(ref)
 
-        async def job(repo: Repository) -> VersionRecord:
-            return await unlink(repo, await repo.resolve(parsed))
+        async def job(repo: Repository) -> tuple[VersionRecord, list[str]]:
+            record = await repo.resolve(parsed)
+            head = await repo.head(record.project, record.name)
+            aliases = sorted(a for a, v in head.aliases.items() if v == record.version)
+            return await unlink(repo, record, dry_run=dry_run), aliases
 
-        record = _run(repo_url, job)
+        record, aliases = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(_record_json(record)))
-        else:
-            click.echo(f"unlinked {_ref(record)} (its source {record.linked_from} is kept)")
+            click.echo(json.dumps({**_record_json(record), "dry_run": dry_run, "aliases_removed": aliases}))
+            return
+        verb = "would unlink" if dry_run else "unlinked"
+        dropped = f", alias(es) {', '.join(aliases)} removed with it" if aliases else ""
+        click.echo(f"{verb} {_ref(record)}{dropped} (its source {record.linked_from} is kept)")
+
+    from syncengine.cli.distributed_commands import register as register_distributed
+
+    register_distributed(cli)  # distributed writers: runs that upsert parts of one version

@@ -241,10 +241,11 @@ def register(cli: click.Group) -> None:
                         on_progress=progress,
                         on_upload=progress.upload if progress is not None else None,
                         references=refs,
+                        ttl_seconds=ttl_s,  # in the record of a version this put creates
                     ),
                 )
         r = result.record
-        if ttl_s is not None and r.ttl_seconds != ttl_s:  # set right after the commit (DELETION.md)
+        if ttl_s is not None and r.ttl_seconds != ttl_s:  # an existing version: compare-and-swap
             v = r.version
             set_ttl = lambda rec: msgspec.structs.replace(rec, ttl_seconds=ttl_s)  # noqa: E731
             r = _run(repo_url, lambda repo: repo.update_version(ref.project, ref.name, v, set_ttl))
@@ -290,6 +291,11 @@ def register(cli: click.Group) -> None:
         is_flag=True,
         help="Don't wait for the disk: faster; safe if killed, not on power loss; no file cache.",
     )
+    @click.option(
+        "--dry-run",
+        is_flag=True,
+        help="List the files that would be written (and, with --checkout, deleted); touch nothing.",
+    )
     @repo_option
     @json_option
     def get(
@@ -300,6 +306,7 @@ def register(cli: click.Group) -> None:
         skip_cache: bool,
         link: str | None,
         no_fsync: bool,
+        dry_run: bool,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
@@ -308,6 +315,9 @@ def register(cli: click.Group) -> None:
         Without --root the files go to ./artifacts/<name>-v<N> (as in the Python API); the
         folder written is printed. SYNCENGINE_FILE_CACHE_SIZE bounds the file cache."""
         parsed = parse_ref(ref)
+        if dry_run:
+            _get_dry_run(repo_url, parsed, root, path_prefix, checkout, as_json)
+            return
 
         async def job(repo: Repository) -> tuple[VersionRecord, str, int]:
             from syncengine.repo.download import default_root
@@ -380,17 +390,24 @@ def register(cli: click.Group) -> None:
     @cli.command("verify")
     @click.argument("ref")
     @click.option("--root", required=True, help="The folder to compare with the version.")
+    @click.option(
+        "--references",
+        "check_references",
+        is_flag=True,
+        help="Also check reference entries: on disk with their logged size (and digest), and "
+        "each source still as logged (a HEAD or stat each).",
+    )
     @repo_option
     @json_option
-    def verify(ref: str, root: str, repo_url: str | None, as_json: bool) -> None:
+    def verify(ref: str, root: str, check_references: bool, repo_url: str | None, as_json: bool) -> None:
         """Exit 0 if --root holds exactly the version, else list missing/extra/changed files
-        (and exit 1)."""
+        (and exit 1). Reference entries are skipped unless --references."""
         from syncengine.repo.download import Difference
         from syncengine.repo.download import verify as verify_root
 
         async def job(repo: Repository) -> tuple[VersionRecord, list[Difference]]:
             record = await repo.resolve(parse_ref(ref))
-            return record, await verify_root(repo, record, root)
+            return record, await verify_root(repo, record, root, references=check_references)
 
         record, differences = _run(repo_url, job)
         if as_json:
@@ -439,8 +456,15 @@ def register_more(cli: click.Group) -> None:
         """Projects, or the artifacts of PROJECT with type and newest version."""
 
         async def job(repo: Repository) -> Any:
+            projects = await repo.projects()
             if project is None:
-                return await repo.projects()
+                return projects
+            if project not in projects:
+                from syncengine.errors import did_you_mean
+                from syncengine.repo.repository import ArtifactNotFound
+
+                known = f"; projects: {', '.join(projects[:10])}" if projects else "; the repository is empty"
+                raise ArtifactNotFound(f"no project {project!r}{did_you_mean(project, projects)}{known}")
             out = []
             async for name in repo.artifacts(check_name("project", project)):
                 head = await repo.head(project, name)
@@ -496,153 +520,9 @@ def register_more(cli: click.Group) -> None:
         for c in changes:
             click.echo(f"{_SIGN[_kind(c)]} {c.path}")
 
-    @cli.group("alias")
-    def alias() -> None:
-        """Move or remove aliases of versions."""
+    from syncengine.cli.edit_commands import register as register_edit_commands
 
-    def change_aliases(
-        ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool, *, add: bool
-    ) -> None:
-        r = parse_ref(ref)
-        if r.version is None:
-            raise click.BadParameter("name the version as PROJECT/NAME:vN", param_hint="REF")
-        version = r.version
-        change = {"add": names} if add else {"remove": names}
-        head = _run(repo_url, lambda repo: repo.set_aliases(r.project, r.name, version, **change))
-        if as_json:
-            now = [a for a, v in head.aliases.items() if v == version]
-            now += ["latest"] if head.latest == version else []
-            click.echo(
-                json.dumps(
-                    {
-                        "ref": f"{r.project}/{r.name}:v{version}",
-                        "action": "add" if add else "remove",
-                        "names": list(names),
-                        "aliases": sorted(now),  # the version's aliases after the change
-                    }
-                )
-            )
-            return
-        click.echo(f"{', '.join(names)} -> {r}" if add else f"removed {', '.join(names)} from {r}")
-
-    @alias.command("add")
-    @click.argument("ref")
-    @click.argument("names", nargs=-1, required=True)
-    @repo_option
-    @json_option
-    def alias_add(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
-        """Point alias NAMES at PROJECT/NAME:vN (moving them from other versions)."""
-        change_aliases(ref, names, repo_url, as_json, add=True)
-
-    @alias.command("rm")
-    @click.argument("ref")
-    @click.argument("names", nargs=-1, required=True)
-    @repo_option
-    @json_option
-    def alias_rm(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
-        """Remove alias NAMES from PROJECT/NAME:vN."""
-        change_aliases(ref, names, repo_url, as_json, add=False)
-
-    @cli.group("tag")
-    def tag() -> None:
-        """Add or remove tags of a version."""
-
-    def change_tags(
-        ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool, *, add: bool
-    ) -> None:
-        from syncengine.repo.records import check_tag
-
-        r = parse_ref(ref)
-        checked = [check_tag(t) for t in names]
-
-        async def job(repo: Repository) -> VersionRecord:
-            record = await repo.resolve(r)
-
-            def change(v: VersionRecord) -> VersionRecord:
-                tags = [t for t in v.tags if add or t not in checked]
-                tags += [t for t in checked if add and t not in tags]
-                return msgspec.structs.replace(v, tags=tuple(tags))
-
-            return await repo.update_version(r.project, r.name, record.version, change)
-
-        record = _run(repo_url, job)
-        if as_json:
-            click.echo(json.dumps(_record_json(record)))  # the record after the change
-            return
-        click.echo(f"{_ref(record)} tags: {', '.join(record.tags) or '(none)'}")
-
-    @tag.command("add")
-    @click.argument("ref")
-    @click.argument("names", nargs=-1, required=True)
-    @repo_option
-    @json_option
-    def tag_add(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
-        """Add tags NAMES to PROJECT/NAME[:ALIAS|:vN]."""
-        change_tags(ref, names, repo_url, as_json, add=True)
-
-    @tag.command("rm")
-    @click.argument("ref")
-    @click.argument("names", nargs=-1, required=True)
-    @repo_option
-    @json_option
-    def tag_rm(ref: str, names: tuple[str, ...], repo_url: str | None, as_json: bool) -> None:
-        """Remove tags NAMES from PROJECT/NAME[:ALIAS|:vN]."""
-        change_tags(ref, names, repo_url, as_json, add=False)
-
-    @cli.command("edit")
-    @click.argument("ref")
-    @click.option("-d", "--description", default=None, help="New description.")
-    @click.option("-m", "--metadata", default=None, help="JSON object replacing the metadata.")
-    @click.option("--set", "set_items", multiple=True, metavar="KEY=JSON", help="Set one metadata key.")
-    @click.option("--unset", "unset_keys", multiple=True, metavar="KEY", help="Remove one metadata key.")
-    @click.option("--ttl", default=None, metavar="30d|none", help="Time to live from creation (none: keep).")
-    @repo_option
-    @json_option
-    def edit(
-        ref: str,
-        description: str | None,
-        metadata: str | None,
-        set_items: tuple[str, ...],
-        unset_keys: tuple[str, ...],
-        ttl: str | None,
-        repo_url: str | None,
-        as_json: bool,
-    ) -> None:
-        """Change the description or metadata of PROJECT/NAME[:ALIAS|:vN] (compare-and-swap:
-        concurrent edits of other keys are kept)."""
-        r = parse_ref(ref)
-        replace = json_object(metadata, "-m") if metadata is not None else None
-        updates: dict[str, Any] = {}
-        for item in set_items:
-            k, sep, v = item.partition("=")
-            if not sep or not k:
-                raise MetadataError(f"--set {item!r}: expected KEY=JSON")
-            updates[k] = json_value(v, f"--set {k}", bare_word_ok=True)
-        ttl_s: int | None = None
-        if ttl is not None and ttl.strip().lower() != "none":
-            ttl_s = max(1, int(parse_duration(ttl)))
-        if description is None and replace is None and not updates and not unset_keys and ttl is None:
-            raise click.UsageError("nothing to change: give -d, -m, --set, --unset or --ttl")
-
-        async def job(repo: Repository) -> VersionRecord:
-            record = await repo.resolve(r)
-
-            def change(v: VersionRecord) -> VersionRecord:
-                meta = dict(replace if replace is not None else v.metadata)
-                meta.update(updates)
-                for k in unset_keys:
-                    meta.pop(k, None)
-                desc = description if description is not None else v.description
-                ttl_now = v.ttl_seconds if ttl is None else ttl_s
-                return msgspec.structs.replace(v, description=desc, metadata=meta, ttl_seconds=ttl_now)
-
-            return await repo.update_version(r.project, r.name, record.version, change)
-
-        record = _run(repo_url, job)
-        if as_json:
-            click.echo(json.dumps(_record_json(record)))
-        else:
-            click.echo(f"updated {record.project}/{record.name}:v{record.version}")
+    register_edit_commands(cli)  # alias, tag, edit
 
     @cli.command("abort-uploads")
     @click.option(
@@ -696,6 +576,46 @@ def register_more(cli: click.Group) -> None:
             click.echo("repository ok" if not problems else f"{len(problems)} problem(s) found")
         if problems:
             sys.exit(1)
+
+
+def _get_dry_run(
+    repo_url: str | None, ref: Any, root: str | None, path_prefix: str | None, checkout: bool, as_json: bool
+) -> None:
+    """`get --dry-run`: what a download would write into the root (files missing or not
+    the version's, and references, which are fetched every time) and what `--checkout`
+    would delete (files the version lacks)."""
+    from syncengine.repo.download import default_root
+    from syncengine.repo.download import verify as verify_root
+
+    prefix = (path_prefix or "").strip("/")
+
+    def under(path: str) -> bool:
+        return not prefix or path == prefix or path.startswith(prefix + "/")
+
+    async def job(repo: Repository) -> tuple[VersionRecord, str, list[Any], list[str]]:
+        record = await repo.resolve(ref)
+        target = root if root is not None else default_root(record)
+        reader = await repo.manifest(record)
+        fresh = not os.path.isdir(target)  # nothing there yet: every file would be written
+        listed = [
+            e.path async for e in reader.entries(prefix) if under(e.path) and (fresh or e.ref is not None)
+        ]
+        differences = [] if fresh else await verify_root(repo, record, target, path_prefix=path_prefix)
+        return record, target, differences, listed
+
+    record, target, differences, listed = _run(repo_url, job)
+    write = sorted({*(d.path for d in differences if d.kind != "extra"), *listed}, key=str.encode)
+    delete = [d.path for d in differences if d.kind == "extra"] if checkout else []
+    if as_json:
+        out = {**_record_json(record), "root": os.path.abspath(target), "dry_run": True}
+        click.echo(json.dumps({**out, "would_write": write, "would_delete": delete}))
+        return
+    for p in write:
+        click.echo(f"would write {p}")
+    for p in delete:
+        click.echo(f"would delete {p}")
+    tail = f", delete {len(delete)}" if checkout else ""
+    click.echo(f"{_ref(record)} -> {os.path.abspath(target)}: would write {len(write)} file(s){tail}")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

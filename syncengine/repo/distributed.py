@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from syncengine.errors import ConfigError, ObjectNotFound, PreconditionFailed, SyncEngineError
+from syncengine.errors import ConfigError, ObjectNotFound, PreconditionFailed, SyncEngineError, did_you_mean
 from syncengine.hashing.stat_cache import StatCache
 from syncengine.hashing.tree import Source, TreeHasher
 from syncengine.repo.manifest import (
@@ -236,6 +236,13 @@ async def parts(repo: Repository, project: str, name: str, distributed_id: str) 
     return list(await asyncio.gather(*(read(k) for k in keys)))
 
 
+async def distributed_ids(repo: Repository, project: str, name: str) -> list[str]:
+    """The distributed ids that parts of ``project/name`` were upserted under (one listing)."""
+    prefix = f"distributed/{project}/{name}/"
+    ids = {info.key[len(prefix) :].split("/", 1)[0] async for info in repo.store.list(prefix)}
+    return sorted(ids)
+
+
 async def _merged(repo: Repository, found: list[PartRecord]) -> AsyncIterator[ManifestEntry]:
     """The parts' entries in path order, each path once; `DistributedConflict` for a path two
     parts hold with different content."""
@@ -312,9 +319,11 @@ async def finish(
         await repo.store.put(base + "sealed", encode(SealRecord(FORMAT, _now(), run)), if_none_match=True)
     found = await parts(repo, project, name, distributed_id)
     if not found:
+        known = [i for i in await distributed_ids(repo, project, name) if i != distributed_id]
+        hint = did_you_mean(distributed_id, known) if known else ""
         raise NothingToFinish(
             f"distributed artifact {project}/{name} has no upserted files under distributed id "
-            f"{distributed_id!r}: call upsert_artifact from the writers first"
+            f"{distributed_id!r}{hint}: call upsert_artifact from the writers first"
         )
     for p in found:
         if p.type != type:
@@ -369,3 +378,23 @@ async def _finished_version(repo: Repository, done: FinishedRecord, type: str) -
     if record.type != type:
         raise TypeMismatch(f"artifact {done.project}/{done.name} has type {record.type!r}, not {type!r}")
     return record
+
+
+class DistributedStatus(msgspec.Struct, frozen=True):
+    """Where a distributed artifact stands: ``open`` (taking upserts), ``sealed`` (a finish
+    began and did not complete: run finish again) or ``finished`` (``finished`` names the
+    version)."""
+
+    state: str
+    parts: list[PartRecord]
+    finished: FinishedRecord | None = None
+
+
+async def status(repo: Repository, project: str, name: str, distributed_id: str) -> DistributedStatus:
+    """The parts upserted so far and whether a finish sealed or finished the artifact."""
+    found = await parts(repo, project, name, distributed_id)
+    done = await read_finished(repo, project, name, distributed_id)
+    if done is not None:
+        return DistributedStatus("finished", found, done)
+    sealed = await _sealed(repo, project, name, distributed_id)
+    return DistributedStatus("sealed" if sealed else "open", found)

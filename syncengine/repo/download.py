@@ -1403,18 +1403,24 @@ async def verify(
     path_prefix: str | None = None,
     stat_cache: bool = True,
     concurrency: int = 16,
+    references: bool = False,
 ) -> list[Difference]:
     """How the folder ``root`` (or ``path_prefix`` in it) differs from the version, in path
     order; empty when it holds exactly the version's files with their content. Symlinks are
     never followed (one where the version has a file is ``changed``); directories are not
-    compared (versions hold files only); entries that reference external objects are not
-    checked."""
+    compared (versions hold files only). Entries that reference external objects are not
+    checked (nor reported missing) unless ``references``: then each must be on disk with its
+    logged size (and digest, for checksummed file references), and its source must still be
+    what was logged (`references.recheck`: a HEAD or stat, no body fetched)."""
+    from syncengine.repo.references import check_copy, recheck
+
     prefix = _norm_prefix(path_prefix)
     real_root = os.path.realpath(os.fspath(root))
     reader = await repo.manifest(record)
     session = _Session(repo, real_root, concurrency, stat_cache)
     out: list[Difference] = []
     pending: list[tuple[ManifestEntry, asyncio.Future[_Inspection]]] = []
+    refs: list[ManifestEntry] = []
 
     async def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -1425,7 +1431,19 @@ async def verify(
 
     try:
         async for entry, item in _merge(session, reader, real_root, prefix):
-            if item is None:
+            if entry is not None and entry.ref is not None and references:
+                refs.append(entry)
+                if item is None:
+                    out.append(Difference(entry.path, "missing", "reference not on disk"))
+                elif item.kind != "file":
+                    out.append(
+                        Difference(entry.path, "changed", f"a {item.kind} where the reference is a file")
+                    )
+                else:
+                    why = await asyncio.to_thread(check_copy, entry, item.abspath, repo.params)
+                    if why is not None:
+                        out.append(Difference(entry.path, "changed", f"reference copy: {why}"))
+            elif item is None:
                 assert entry is not None
                 if entry.ref is None:
                     out.append(Difference(entry.path, "missing", "not on disk"))
@@ -1441,14 +1459,21 @@ async def verify(
         for _, waiting in pending:
             waiting.cancel()
         await asyncio.to_thread(session.close)
+    for e, why in await recheck(refs, repo.store, repo.params):
+        out.append(Difference(e.path, "changed", f"source: {why}"))
     out.sort(key=lambda d: d.path.encode("utf-8", "surrogateescape"))
     return out
 
 
 async def check(
-    repo: Repository, record: VersionRecord, root: str | os.PathLike[str], *, path_prefix: str | None = None
+    repo: Repository,
+    record: VersionRecord,
+    root: str | os.PathLike[str],
+    *,
+    path_prefix: str | None = None,
+    references: bool = False,
 ) -> None:
     """:func:`verify`, raising ``VerifyFailed`` with the list of differences if there are any."""
-    diffs = await verify(repo, record, root, path_prefix=path_prefix)
+    diffs = await verify(repo, record, root, path_prefix=path_prefix, references=references)
     if diffs:
         raise VerifyFailed(os.fspath(root), diffs)

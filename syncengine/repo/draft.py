@@ -20,7 +20,7 @@ from syncengine.errors import ConfigError, SyncEngineError
 from syncengine.hashing.stat_cache import StatCache
 from syncengine.hashing.tree import Source, TreeHasher
 from syncengine.repo.manifest import Manifest, ManifestEntry, ManifestReader
-from syncengine.repo.manifest_patch import covered, patch_manifest
+from syncengine.repo.manifest_patch import FileFolderConflict, covered, patch_manifest
 from syncengine.repo.put_journal import PutJournal
 from syncengine.repo.records import FORMAT, VersionRecord, check_alias, check_tag
 from syncengine.repo.references import Merge
@@ -30,6 +30,11 @@ from syncengine.scan import ScanEntry, _normalize_prefix, scan
 
 class NotInDraft(SyncEngineError, LookupError):
     """`remove` named a path that neither the base version nor the draft's additions hold."""
+
+
+class DraftPathConflict(SyncEngineError, ValueError):
+    """A draft would make one path both a file and a folder (e.g. it adds a file `a` while
+    the base has `a/b.txt`); raised at save, before anything is committed."""
 
 
 class _Addition(NamedTuple):
@@ -181,9 +186,10 @@ class _DraftHasher(TreeHasher):
 class _PatchedManifest:
     """A ManifestSink: the hashed additions collected, then merged into the base's tree."""
 
-    def __init__(self, reader: ManifestReader, removals: set[str]) -> None:
+    def __init__(self, reader: ManifestReader, removals: set[str], base: VersionRecord) -> None:
         self._reader = reader
         self._removals = removals
+        self._base = base
         self._entries: list[ManifestEntry] = []
 
     def add(self, entry: ManifestEntry) -> list[tuple[bytes, bytes]]:
@@ -191,7 +197,14 @@ class _PatchedManifest:
         return []
 
     async def finish(self) -> tuple[list[tuple[bytes, bytes]], Manifest]:
-        return await patch_manifest(self._reader, self._entries, self._removals)
+        try:
+            return await patch_manifest(self._reader, self._entries, self._removals)
+        except FileFolderConflict as e:
+            b = self._base
+            raise DraftPathConflict(
+                f"the draft of {b.project}/{b.name} (from v{b.version}) was not logged: {e}"
+                f"; remove {e.file!r} in the draft first, or add under another name"
+            ) from None
 
 
 async def log_draft(
@@ -207,10 +220,13 @@ async def log_draft(
     on_progress: Callable[[int, int], None] | None = None,
     on_upload: Callable[[int, int], None] | None = None,
     before_commit: Callable[[], Awaitable[None]] | None = None,
+    logged_by: str = "",
+    ttl_seconds: int | None = None,
 ) -> PutResult:
     """Logs base + changes as the next version of the base's artifact (or finds the version
     with identical content). Newer versions logged since the base do not matter: the new
-    version is the base plus these changes."""
+    version is the base plus these changes. ``logged_by`` ("project/run-id") and
+    ``ttl_seconds`` go into a version this call creates."""
     base = changes.base
     aliases = [check_alias(a) for a in dict.fromkeys(aliases)]
     tags = [check_tag(t) for t in dict.fromkeys(tags)]
@@ -227,7 +243,8 @@ async def log_draft(
     try:
         return await core._log(
             result, aliases, description, metadata, tags, changes.sources(), index, cache, hasher,
-            journal, None, b"", on_upload, Merge([]), sink=_PatchedManifest(reader, set(changes.removals)),
+            journal, None, b"", on_upload, Merge([]), logged_by=logged_by,
+            sink=_PatchedManifest(reader, set(changes.removals), base), ttl_seconds=ttl_seconds,
             before_commit=before_commit,
         )  # fmt: skip
     finally:

@@ -88,12 +88,18 @@ async def link(
     return record, created
 
 
-async def unlink(repo: Repository, version: VersionRecord) -> VersionRecord:
+async def unlink(repo: Repository, version: VersionRecord, *, dry_run: bool = False) -> VersionRecord:
     """Removes a link from its collection: the link's record is marked deleted (it keeps its
     number, which is never reused), its aliases are dropped, ``latest`` moves to the newest
-    live version below it. The source version and its data are untouched."""
+    live version below it. The source version and its data are untouched. ``dry_run``
+    checks that ``version`` is a link and writes nothing."""
     if not version.linked_from:
-        raise NotALink(f"{ref_of(version)} is not a link into a collection; only links can be unlinked")
+        raise NotALink(
+            f"{ref_of(version)} is not a link into a collection; only links can be unlinked "
+            "(`syncengine delete` deletes a version)"
+        )
+    if dry_run:
+        return version
     project, name, number = version.project, version.name, version.version
     new = await repo.update_version(project, name, number, lambda r: msgspec.structs.replace(r, deleted=True))
     below = [v for v in await repo.versions(project, name) if v.version < number and not v.deleted]

@@ -22,6 +22,7 @@ import collections
 import itertools
 from collections.abc import AsyncIterator, Collection, Sequence
 
+from syncengine.errors import ConfigError
 from syncengine.hashing.digests import TreeDigest
 from syncengine.repo.manifest import (
     FORMAT,
@@ -86,6 +87,22 @@ async def patch_manifest(
     for e in upserts:
         changes[page_of(e.path.encode())].append(e)
     dirty = set(changes)
+    # A path must not be a file and a folder at once. Such a pair involving an upserted path
+    # has its other end where the upsert's folder would start or at one of its parent
+    # folders: those pages are merged too, so the check in the merge below sees both ends.
+    parents: set[str] = set()
+    for e in upserts:
+        folder = (e.path + "/").encode()
+        k = page_of(folder)
+        dirty.add(k)
+        if k + 1 < len(firsts) and firsts[k + 1].startswith(folder):
+            dirty.add(k + 1)  # the folder's first entry opens the next page
+        i = e.path.find("/")
+        while i != -1:
+            parents.add(e.path[:i])
+            i = e.path.find("/", i + 1)
+    dirty.update(page_of(p.encode()) for p in parents)
+    chain: list[bytes] = []  # merged paths so far, each a string prefix of the next
     removals = set(removals)
     for t in removals:
         dirty.add(page_of(t.encode()))  # the file itself
@@ -114,6 +131,7 @@ async def patch_manifest(
         else:
             kept = (e for e in page.entries if not covered(e.path, removals))
             merged = _merge(kept, changes.get(i, ()))
+            _check_file_folder(merged, chain)
             tree.add_many((e.path, e.digest) for e in merged)
             for e in merged:
                 carry.append(e)
@@ -136,6 +154,29 @@ async def patch_manifest(
     entries = sum(r.entries for r in new_leaves)
     size = sum(r.size for r in new_leaves)
     return list(written.items()), Manifest(FORMAT, items[0].page, level, entries, size, tree.digest())
+
+
+class FileFolderConflict(ConfigError):
+    """The patched manifest would hold a file and, under the same path, a folder."""
+
+    def __init__(self, file: str, inner: str) -> None:
+        super().__init__(f"{file!r} would be both a file and a folder (with {inner!r} under it)")
+        self.file = file
+        self.inner = inner
+
+
+def _check_file_folder(entries: Sequence[ManifestEntry], chain: list[bytes]) -> None:
+    """`FileFolderConflict` when a path of `entries` lies under an earlier one. `chain` holds
+    the paths seen so far that are string prefixes of one another; in path order every path
+    between `p` and `p/x` starts with `p`, so `p` is still in `chain` when `p/x` comes, even
+    across entries the caller skipped."""
+    for e in entries:
+        key = e.path.encode()
+        while chain and not key.startswith(chain[-1]):
+            chain.pop()
+        if chain and key[len(chain[-1]) : len(chain[-1]) + 1] == b"/":
+            raise FileFolderConflict(chain[-1].decode(), e.path)
+        chain.append(key)
 
 
 async def _interior(reader: ManifestReader) -> tuple[list[list[PageRef]], dict[bytes, tuple[PageRef, ...]]]:

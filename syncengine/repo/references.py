@@ -556,6 +556,113 @@ async def _fetch_one(
     return await _fetch_http(sources, e, root)
 
 
+# -- re-checking (verify --references) ---------------------------------------------------------
+
+
+def check_copy(e: ManifestEntry, path: str, params: ChunkerParams) -> str | None:
+    """How the file at ``path`` differs from what reference ``e`` logged, or None: its size,
+    and for a checksummed file reference its content digest (S3 and HTTP references log no
+    content digest: their ETag is the source's, not always an MD5, so size is all a local
+    copy can be held to). Blocking: run it in a worker thread."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "not on disk"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size != e.size:
+        return f"size {st.st_size}, logged {e.size}"
+    digest = (e.extra or {}).get("blake3")
+    if digest is not None and not _has_digest(path, e.size, str(digest), params):
+        return "content differs from the logged digest"
+    return None
+
+
+async def recheck(
+    entries: Sequence[ManifestEntry], repo_store: ObjectStore | None, params: ChunkerParams
+) -> list[tuple[ManifestEntry, str]]:
+    """The references whose source is no longer what was logged, with what differs (the
+    `ReferenceChanged` message a download would raise); no body is fetched. S3: a HEAD of
+    the logged version (or the current object) — ETag, size, version; file: size and mtime,
+    or with a logged digest, the source re-hashed; HTTP: a HEAD — ETag, Last-Modified, size.
+    `CONCURRENCY` at a time."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+    out: list[tuple[ManifestEntry, str]] = []
+    async with SourceStores(repo_store) as sources:
+
+        async def one(e: ManifestEntry) -> None:
+            async with gate:
+                try:
+                    await _recheck_one(sources, e, params)
+                except ReferenceChanged as changed:
+                    out.append((e, str(changed)))
+
+        await asyncio.gather(*(one(e) for e in entries))
+    out.sort(key=lambda t: t[0].path.encode())
+    return out
+
+
+async def _recheck_one(sources: SourceStores, e: ManifestEntry, params: ChunkerParams) -> None:
+    check_entry(e)
+    assert e.ref is not None
+    extra = e.extra or {}
+    scheme = e.ref.split("://", 1)[0].lower()
+    if scheme == "s3":
+        bucket, key = _s3_parts(e.ref)
+        vid = extra.get("version_id")
+        try:
+            info, got_vid = await sources.s3(bucket).head_object(key, str(vid) if vid else None)
+        except ObjectNotFound:
+            raise _changed(
+                e, f"version {vid} no longer exists" if vid else "the object no longer exists"
+            ) from None
+        if info.etag != extra.get("etag"):
+            raise _changed(e, f"ETag {info.etag!r}, logged {extra.get('etag')!r}")
+        if info.size != e.size:
+            raise _changed(e, f"size {info.size}, logged {e.size}")
+        if vid and got_vid != vid:
+            raise _changed(e, f"version {got_vid!r}, logged {vid!r}")
+    elif scheme == "file":
+        src = _file_path(e.ref)
+        what = await asyncio.to_thread(_file_source_changed, e, src, params)
+        if what is not None:
+            raise _changed(e, what)
+    else:
+        resp = await _http_request(sources, "HEAD", e.ref, f"HEAD {e.ref}")
+        try:
+            if resp.status in (404, 410):
+                raise _changed(e, f"the server answers {resp.status}")
+            if resp.status >= 300:
+                raise SyncEngineError(
+                    f"reference {e.path!r} ({e.ref}): HEAD answered {resp.status} {resp.reason}"
+                )
+            now = _http_extra(resp.headers)
+            length = resp.headers.get("Content-Length")
+        finally:
+            resp.release()
+        for k in ("etag", "last_modified"):
+            if k in extra and now.get(k) != extra[k]:
+                raise _changed(e, f"{k} {now.get(k)!r}, logged {extra[k]!r}")
+        if length is not None and length.isdigit() and int(length) != e.size:
+            raise _changed(e, f"size {length}, logged {e.size}")
+
+
+def _file_source_changed(e: ManifestEntry, src: str, params: ChunkerParams) -> str | None:
+    extra = e.extra or {}
+    try:
+        st = os.stat(src)
+    except FileNotFoundError:
+        return f"{src} no longer exists"
+    if st.st_size != e.size:
+        return f"size {st.st_size}, logged {e.size}"
+    if "blake3" in extra:
+        if not _has_digest(src, e.size, str(extra["blake3"]), params):
+            return "content digest differs from the logged one"
+    elif st.st_mtime_ns != extra.get("mtime_ns"):
+        return f"mtime_ns {st.st_mtime_ns}, logged {extra.get('mtime_ns')}"
+    return None
+
+
 def _has_digest(target: str, size: int, digest_hex: str, params: ChunkerParams) -> bool:
     try:
         st = os.lstat(target)

@@ -308,11 +308,13 @@ class Repository:
         logged_by: str = "",
         references: Sequence[Reference] = (),
         before_commit: Callable[[], Awaitable[None]] | None = None,
+        ttl_seconds: int | None = None,
     ) -> PutResult:
         """Hashes `sources`, stores what the repository lacks, and records a version
         (or returns the existing version with identical content). ``on_progress(files,
         bytes)`` follows the hashing, ``on_upload(bytes_sent, packs_in_flight)`` the uploads;
-        ``logged_by`` ("project/run-id") goes into a version this call creates.
+        ``logged_by`` ("project/run-id") and ``ttl_seconds`` go into a version this call
+        creates, in the record's one create-if-absent write.
         `references` (syncengine.repo.references) become entries holding only metadata.
         ``before_commit()`` runs once everything is stored, right before the version record
         is written: if it raises, no version is recorded (the uploaded packs are indexed, so
@@ -376,6 +378,7 @@ class Repository:
                     result, aliases, description, metadata, tags, sources, index, cache, hasher,
                     journal, memo, key, on_upload, Merge(refs), logged_by=logged_by,
                     before_commit=before_commit,
+                    ttl_seconds=ttl_seconds,
                 )  # fmt: skip
             finally:
                 await loop.run_in_executor(None, journal.close)
@@ -432,6 +435,7 @@ class Repository:
         sink: ManifestSink | None = None,
         commit: bool = True,
         before_commit: Callable[[], Awaitable[None]] | None = None,
+        ttl_seconds: int | None = None,
     ) -> PutResult:
         """The full put: hash, pack and upload what the repository lacks, commit.
 
@@ -679,7 +683,7 @@ class Repository:
             description or "",
             metadata or {},
             tuple(tags),
-            fields={"logged_by": logged_by} if logged_by else None,
+            fields=_creation_fields(logged_by, ttl_seconds),
         )
         assert committed is not None
         result.record, result.created = committed
@@ -1126,6 +1130,17 @@ class _HashFeed:
         loop = asyncio.get_running_loop()
         await asyncio.shield(loop.run_in_executor(self._pool, self._gen.close))
         self._pool.shutdown(wait=False)
+
+
+def _creation_fields(logged_by: str, ttl_seconds: int | None) -> dict[str, Any] | None:
+    """Fields a new version record gets at creation: its producer run and its TTL (so a
+    crash after the commit cannot leave the version without its TTL)."""
+    fields: dict[str, Any] = {}
+    if logged_by:
+        fields["logged_by"] = logged_by
+    if ttl_seconds is not None:
+        fields["ttl_seconds"] = ttl_seconds
+    return fields or None
 
 
 def _created_by() -> dict[str, str]:

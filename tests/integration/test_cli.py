@@ -577,6 +577,7 @@ def test_show_verify_alias_and_tag_print_one_json_object(tmp_path: Path) -> None
         "action": "add",
         "names": ["prod", "stable"],
         "aliases": ["latest", "prod", "stable"],
+        "dry_run": False,
     }
     r = cli("alias", "rm", "p/j:v0", "stable", "--json", env=env)
     assert r.returncode == 0
@@ -585,6 +586,7 @@ def test_show_verify_alias_and_tag_print_one_json_object(tmp_path: Path) -> None
         "action": "remove",
         "names": ["stable"],
         "aliases": ["latest", "prod"],
+        "dry_run": False,
     }
 
     r = cli("tag", "add", "p/j:prod", "gold", "nightly", "--json", env=env)

@@ -66,3 +66,19 @@ def test_draft_command(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no such file or folder" in r.stderr
     r = cli("draft", "p/ds:v0", "--remove", "sub", *repo)
     assert r.returncode == 0 and "logged p/ds:v2 from v0" in r.stdout
+
+
+def test_draft_command_refuses_a_file_where_the_base_has_a_folder(tmp_path: Path) -> None:
+    repo = ["--repo", str(tmp_path / "repo")]
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "c.txt").write_bytes(b"c")
+    (tmp_path / "f").write_bytes(b"f")
+    ok(cli("put", str(data), "-n", "p/ds", "-t", "dataset", "--json", *repo))
+    r = cli("draft", "p/ds", "--add", f"{tmp_path / 'f'}=sub", *repo)
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "error: the draft of p/ds (from v0) was not logged: 'sub' would be both a file and a folder "
+        "(with 'sub/c.txt' under it); remove 'sub' in the draft first, or add under another name"
+    )
+    out = ok(cli("draft", "p/ds", "--remove", "sub", "--add", f"{tmp_path / 'f'}=sub", "--json", *repo))
+    assert (out["version"], out["files"]) == (1, 1)

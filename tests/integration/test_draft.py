@@ -13,7 +13,7 @@ import syncengine as se
 from syncengine import aio
 from syncengine.errors import ConfigError
 from syncengine.hashing.tree import Source
-from syncengine.repo.draft import DraftChanges, NotInDraft, log_draft
+from syncengine.repo.draft import DraftChanges, DraftPathConflict, NotInDraft, log_draft
 from syncengine.repo.manifest import ManifestBuilder, ManifestEntry, encode_manifest
 from syncengine.repo.records import VersionRecord
 from syncengine.repo.repository import Repository, _obj_key, _put_immutable
@@ -348,3 +348,57 @@ def _s3_credentials(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     if "s3_server" in request.fixturenames:
         for k, v in request.getfixturevalue("s3_server").env().items():
             monkeypatch.setenv(k, v)
+
+
+def test_a_file_where_the_base_has_a_folder_is_refused_at_save(tmp_path: Path) -> None:
+    data = write(tmp_path / "data", BASE)
+    other = write(tmp_path / "other", {"f": b"f", "dir/x.txt": b"x"})
+    with se.Repository.open(str(tmp_path / "repo")) as repo:
+        art = se.Artifact("m", type="data")
+        art.add_dir(str(data))
+        v0 = repo.log_artifact(art, project="p")
+        for stage in (
+            lambda d: d.add_file(str(other / "f"), name="sub"),  # the base has sub/c.txt
+            lambda d: d.add_dir(str(other / "dir"), name="a.txt"),  # the base has the file a.txt
+            lambda d: d.add_file(str(other / "f"), name="b.txt/inner"),
+        ):
+            draft = v0.new_draft()
+            stage(draft)
+            with pytest.raises(DraftPathConflict, match=r"the draft of p/m \(from v0\) was not logged: '"):
+                draft.save()
+        assert [v.version for v in repo.artifact_versions("p/m")] == ["v0"]  # nothing committed
+        draft = v0.new_draft()  # removing the folder first makes room for the file
+        draft.remove("sub")
+        draft.add_file(str(other / "f"), name="sub")
+        v1 = draft.save()
+        assert sorted(v1.manifest.entries) == ["a.txt", "b.txt", "sub"]
+        draft = v1.new_draft()  # the other way round: a folder where a file was
+        draft.remove("a.txt")
+        draft.add_dir(str(other / "dir"), name="a.txt")
+        assert sorted(draft.save().manifest.entries) == ["a.txt/x.txt", "b.txt", "sub"]
+
+
+def test_a_run_logging_a_draft_records_lineage_and_ttl(tmp_path: Path) -> None:
+    import datetime as dt
+
+    data = write(tmp_path / "data", BASE)
+    extra = write(tmp_path / "extra", {"new.txt": b"new"})
+    with se.Repository.open(str(tmp_path / "repo")) as repo:
+        art = se.Artifact("m", type="data")
+        art.add_dir(str(data))
+        v0 = repo.log_artifact(art, project="p")
+        with repo.run(project="other", job_type="finetune") as run:  # a run of another project
+            base = run.use_artifact("p/m:v0")
+            draft = base.new_draft()
+            draft.add_file(str(extra / "new.txt"))
+            v1 = run.log_artifact(draft, aliases=["tuned"])
+        assert (v1.name, v1.version, v1.aliases) == ("p/m", "v1", ["latest", "tuned"])
+        producer = v1.logged_by()
+        assert producer is not None and (producer.id, producer.project) == (run.id, "other")
+        assert [v.version for v in run.logged_artifacts()] == ["v1"]
+        assert [r.id for r in v0.used_by()] == [run.id]
+        assert v1.record.logged_by == f"other/{run.id}"
+        draft = v1.new_draft()
+        draft.add_file(str(extra / "new.txt"), name="again.txt")
+        v2 = repo.log_artifact(draft, ttl=dt.timedelta(days=3))
+        assert v2.record.ttl_seconds == 3 * 86400

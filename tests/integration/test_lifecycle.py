@@ -27,6 +27,7 @@ from syncengine.repo.records import (
 )
 from syncengine.repo.repository import ArtifactNotFound, Repository, VersionDeleted
 from syncengine.store.local import LocalStore
+from tests.integration.test_cli import cli
 from tests.s3server import S3TestServer
 
 PARAMS = ChunkerParams(4096, 16384, 65536)
@@ -432,3 +433,36 @@ def test_s3_delete_and_cleanup(s3_server: S3TestServer, s3_bucket: str, tmp_path
             assert h["latest"] == 5 and "highest" not in h and sorted(h["digests"].values()) == [0, 3, 5]
 
     asyncio.run(main())
+
+
+def test_ttl_at_log_time_is_in_the_record_as_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No second write sets the TTL of a new version: a process that dies right after the
+    commit (here: every later record update fails) leaves the version with its TTL."""
+    src = tmp_path / "src"
+    src.mkdir()
+
+    async def crash(*_a: object, **_k: object) -> VersionRecord:
+        raise RuntimeError("killed after the commit")
+
+    with se.Repository.open(str(tmp_path / "repo")) as repo:
+        (src / "x.txt").write_text("0")
+        art = se.Artifact("m", type="model", ttl=dt.timedelta(days=2))
+        art.add_dir(str(src))
+        with monkeypatch.context() as m:
+            m.setattr(Repository, "update_version", crash)
+            v0 = repo.log_artifact(art, "p")
+            (src / "x.txt").write_text("1")
+            art = se.Artifact("m", type="model")
+            art.add_dir(str(src))
+            v1 = repo.log_artifact(art, "p", ttl=dt.timedelta(hours=5))
+            draft = v1.new_draft()
+            draft.add_file(str(src / "x.txt"), name="y.txt")
+            v2 = draft.save(ttl=dt.timedelta(seconds=90))
+        stored = [repo.artifact(f"p/m:v{n}").record.ttl_seconds for n in range(3)]
+        assert stored == [2 * 86400, 5 * 3600, 90] == [v.record.ttl_seconds for v in (v0, v1, v2)]
+        art = se.Artifact("m", type="model")  # identical content: the existing version gets it
+        art.add_dir(str(src))
+        assert repo.log_artifact(art, "p", ttl=dt.timedelta(days=1)).record.ttl_seconds == 86400
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo2")}
+    r = cli("put", str(src), "-n", "p/m", "-t", "model", "--ttl", "7d", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["ttl_seconds"] == 7 * 86400

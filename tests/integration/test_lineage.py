@@ -377,7 +377,8 @@ def test_cli_lineage_runs_link_unlink(repo: Any, tmp_path: Path) -> None:
     assert un.returncode == 0 and json.loads(un.stdout)["deleted"] is True
     bad = cli("unlink", "vision/model:v0", "--repo", r)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        "error: vision/model:v0 is not a link into a collection; only links can be unlinked"
+        "error: vision/model:v0 is not a link into a collection; only links can be unlinked "
+        "(`syncengine delete` deletes a version)"
     ]
     missing = cli("lineage", "vision/nope:v0", "--repo", r)
     assert missing.returncode == 1 and "has no artifact 'nope'" in missing.stderr
@@ -445,3 +446,16 @@ def test_both_ends_of_every_edge_agree(tmp_path_factory: pytest.TempPathFactory,
                 assert inputs == {ref for ref, who in uses.items() if run.id in who}
 
     asyncio.run(go())
+
+
+def test_the_sweeps_example_in_lineage_md_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example in docs/LINEAGE.md, executed as written (its asserts included)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its mkdtemp() lands in tmp_path
+    doc = (Path(__file__).parents[2] / "docs" / "LINEAGE.md").read_text()
+    block = doc.split("<!-- sweeps-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "docs/LINEAGE.md (sweeps example)", "exec"), {})
+    assert capsys.readouterr().out.strip() == "0.01 trained with lr=0.01"

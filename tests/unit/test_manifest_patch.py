@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from syncengine.hashing.digests import TreeDigest
 from syncengine.repo import manifest
 from syncengine.repo.manifest import ManifestBuilder, ManifestEntry, ManifestReader
-from syncengine.repo.manifest_patch import covered, patch_manifest
+from syncengine.repo.manifest_patch import FileFolderConflict, covered, patch_manifest
 
 
 def entry(path: str, content: str = "") -> ManifestEntry:
@@ -126,3 +126,53 @@ def test_tree_digest_add_many_is_add_one_by_one(pairs: list[tuple[str, bytes]]) 
         one.add(p, d)
     many.add_many(pairs)
     assert (one.digest(), one.count) == (many.digest(), many.count)
+
+
+def _file_folder_pair(paths: list[str]) -> bool:
+    files = set(paths)
+    return any(p[:i] in files for p in paths for i in range(len(p)) if p[i] == "/")
+
+
+#: Paths where files and folders collide: `a` and `a/1`, `a-1` sorting between them, `a.b/…`.
+clashing = st.sampled_from(["a", "a/1", "a/1/x", "a-1", "a.b", "a.b/2", "b", "b/3", "c"]).flatmap(
+    lambda p: st.one_of(st.just(p), st.integers(0, 60).map(lambda i: f"{p}/{i:02d}"))
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    base=st.sets(clashing, max_size=120),
+    added=st.sets(clashing, max_size=8),
+    removed=st.sets(clashing, max_size=3),
+)
+def test_file_and_folder_at_one_path_is_refused_exactly_when_the_result_has_one(
+    small_pages: None, base: set[str], added: set[str], removed: set[str]
+) -> None:
+    # A valid base (what a put or an earlier draft gives): drop the files that clash.
+    base = {p for p in base if not any(q.startswith(p + "/") for q in base)}
+    base_entries = [entry(p) for p in sorted(base, key=str.encode)]
+    upserts = [entry(p, "new") for p in sorted(added, key=str.encode)]
+    pages: dict[bytes, bytes] = {}
+    m = build(base_entries, pages)
+    result = expected(base_entries, upserts, removed)
+    if _file_folder_pair([e.path for e in result]):
+        with pytest.raises(FileFolderConflict) as info:
+            patch(pages, m, upserts, removed)
+        assert info.value.inner.startswith(info.value.file + "/")
+    else:
+        assert patch(pages, m, upserts, removed)[1] == build(result, {})
+
+
+def test_a_clash_with_a_folder_pages_away_is_found(small_pages: None) -> None:
+    """The other end of the clash sits on a page the change does not touch: `a` (added) is
+    pages before `a/1/…` (the base), with `a-1/…` between; `a-1/00/q` (added) under the base's
+    file `a-1/00`."""
+    paths = [f"a-1/{i:02d}" for i in range(40)] + [f"a/1/{i:02d}" for i in range(40)] + ["c"]
+    pages: dict[bytes, bytes] = {}
+    m = build([entry(p) for p in sorted(paths, key=str.encode)], pages)
+    assert m.height >= 3
+    with pytest.raises(FileFolderConflict, match="'a' would be both a file and a folder"):
+        patch(pages, m, [entry("a", "new")], set())
+    with pytest.raises(FileFolderConflict, match="'a-1/00' would be both"):
+        patch(pages, m, [entry("a-1/00/q", "new")], set())
+    assert patch(pages, m, [entry("a", "new")], {"a"})[1].entries == 40 + 1 + 1
