@@ -220,6 +220,10 @@ class Repository:
         self.params = config.params
         self._index: dict[bytes, IndexEntry] | None = None
         self._segments: set[str] = set()
+        #: ETag of ``gc/epoch`` when the repository was opened (None: no sweep ever ran; "":
+        #: unknown). A commit whose epoch is unchanged and that sees no mark skips the full
+        #: garbage-collection check: no sweep deleted anything since (docs/GC.md §4a).
+        self.gc_epoch: str | None = ""
 
     @classmethod
     async def open(
@@ -254,17 +258,25 @@ class Repository:
             raise ConfigError(
                 f"repository format {config.format} is not supported (this syncengine reads {FORMAT})"
             )
-        return cls(store, config)
+        repo = cls(store, config)
+        from syncengine.repo.gc_sweep import read_epoch  # the writer rule's baseline, GC.md §4a
+
+        repo.gc_epoch = await read_epoch(store)
+        return repo
 
     # -- the blob index -------------------------------------------------------------------
 
     async def index(self) -> dict[bytes, IndexEntry]:
         """digest → location of every blob, from all index segments (loaded once, then
-        refreshed with segments written since)."""
-        if self._index is None:
-            self._index = {}
+        refreshed with segments written since). When a segment loaded before has disappeared
+        (`gc` rewrote it, repacking or deleting packs), the index is rebuilt from the
+        segments that exist (from the local segment cache): no record of a pack `gc` deleted
+        survives a refresh. A caller holding the old dict keeps it; call again for the new."""
+        listed = [info.key async for info in self.store.list("index/")]
+        if self._index is None or not self._segments.issubset(listed):
+            self._index, self._segments = {}, set()
         index = self._index
-        new = [info.key async for info in self.store.list("index/") if info.key not in self._segments]
+        new = [key for key in listed if key not in self._segments]
         if not new:
             return index
         cache = _segment_cache_dir(self.config.id)
@@ -285,6 +297,10 @@ class Repository:
                 index.setdefault(e.digest, e)
             self._segments.add(key)
         return index
+
+    def forget_index(self) -> None:
+        """Drops the in-memory index: the next `index()` loads every segment that exists."""
+        self._index, self._segments = None, set()
 
     # -- logging a version ----------------------------------------------------------------
 
