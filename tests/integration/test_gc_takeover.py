@@ -1,0 +1,175 @@
+"""A `gc` that stops mid-sweep (an exception injected before each step, standing in for a
+killed process): no live blob is ever missing, and a later `gc` takes the sweep over once its
+intent is older than the sweep timeout and finishes it (docs/GC.md §4a, "Sweep owners")."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from syncengine.hashing.params import ChunkerParams
+from syncengine.hashing.tree import Source
+from syncengine.repo import gc_objects as g
+from syncengine.repo import gc_repack, gc_sweep
+from syncengine.repo.gc import survey
+from syncengine.repo.gc_sweep import SweepTakenOver, collect
+from syncengine.repo.lifecycle import delete_version
+from syncengine.repo.repository import Repository
+from syncengine.store.local import LocalStore
+
+PARAMS = ChunkerParams(4096, 16384, 65536)
+GRACE = 1.0
+#: The sweep's renewals in an uninterrupted run of the scenario below: before deleting the old
+#: segments, the packs, the manifest objects, before the epoch, the done record, the mark,
+#: and the final one that marks the intent finished.
+RENEWALS = 7
+
+
+class Crash(Exception):
+    """Stands in for the process dying at this point."""
+
+
+@pytest.fixture(autouse=True)
+def _short_times(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SYNCENGINE_GC_MIN_GRACE", str(GRACE))
+    monkeypatch.setenv("SYNCENGINE_GC_SWEEP_TIMEOUT", "1")
+    monkeypatch.setenv("SYNCENGINE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+async def _log(repo: Repository, src: Path) -> int:
+    r = await repo.log([Source(str(src))], project="p", name="m", type="model", stat_cache=False)
+    return r.record.version
+
+
+async def _scenario(repo: Repository, src: Path) -> tuple[int, dict[str, bytes]]:
+    """A pack to repack (v0's big file dead, its small one live in v1), a dead pack (v2's
+    own file, v2 deleted) and dead manifest objects; v1 is the live version."""
+    small = os.urandom(10_000)
+    (src / "small.bin").write_bytes(small)
+    (src / "big.bin").write_bytes(os.urandom(60_000))
+    await _log(repo, src)
+    (src / "big.bin").unlink()
+    v1 = await _log(repo, src)
+    (src / "other.bin").write_bytes(os.urandom(30_000))
+    v2 = await _log(repo, src)
+    (src / "other.bin").unlink()
+    await delete_version(repo, "p", "m", 0)
+    await delete_version(repo, "p", "m", v2)
+    return v1, {"small.bin": small}
+
+
+async def _live_version_intact(repo: Repository, tmp: Path, v: int, files: dict[str, bytes]) -> None:
+    fresh = await Repository.open(repo.store, params=PARAMS)
+    out = tmp / f"out-{os.urandom(4).hex()}"
+    await fresh.download(await fresh.version("p", "m", v), str(out), skip_cache=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    assert await fresh.check(read_data=True) == []
+
+
+async def _wait_for_mark(repo: Repository) -> None:
+    while True:  # until the mark's grace period has passed: the next run sweeps
+        (mark,) = [i async for i in repo.store.list(g.MARKS)]
+        if await gc_sweep._store_now(repo.store) - mark.mtime >= GRACE:
+            return
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("crash_at", [*range(1, RENEWALS + 1), "repack-segment"])
+def test_a_sweep_stopped_at_any_step_is_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: int | str
+) -> None:
+    async def main() -> None:
+        store = LocalStore(tmp_path / "repo")
+        repo = await Repository.open(store, params=PARAMS)
+        src = tmp_path / "src"
+        src.mkdir()
+        v, files = await _scenario(repo, src)
+        assert (await collect(repo, grace=GRACE)).phase == "marked"
+        await _wait_for_mark(repo)
+
+        with monkeypatch.context() as m:
+            if crash_at == "repack-segment":  # the new packs are written, their segment not yet
+
+                def no_segment(*args: object) -> object:
+                    raise Crash
+
+                m.setattr(gc_repack, "encode_index", no_segment)
+            else:
+                real = gc_sweep._Claim.renew
+                calls = 0
+
+                async def renew(self: gc_sweep._Claim, *, finished: bool = False) -> None:
+                    nonlocal calls
+                    calls += 1
+                    if calls == crash_at:
+                        raise Crash
+                    await real(self, finished=finished)
+
+                m.setattr(gc_sweep._Claim, "renew", renew)
+            with pytest.raises(Crash):
+                await collect(repo, grace=GRACE)
+        await _live_version_intact(repo, tmp_path, v, files)
+        marks = [i async for i in store.list(g.MARKS)]
+        done = [i async for i in store.list(g.DONE)]
+        if crash_at == RENEWALS:  # the last step: only marking the intent finished is left
+            assert not marks and done
+            (intent,) = [i async for i in store.list(g.SWEEPS)]
+            assert not g.decode(await store.get(intent.key), g.Sweep).finished
+        elif crash_at == RENEWALS - 1:  # before deleting the mark, after the done record
+            assert marks and done
+        else:
+            assert marks and not done
+
+        # Within the sweep timeout the intent belongs to the stopped sweeper: others wait.
+        waited = await collect(repo, grace=GRACE)
+        took_over = waited.took_over
+        if crash_at != RENEWALS:  # its mark still exists
+            assert (waited.phase, waited.waiting_for) == ("waiting", "sweeper") or took_over
+        for _ in range(100):  # bounded: without a takeover the intent blocks the mark forever
+            run = await collect(repo, grace=GRACE)
+            took_over |= run.took_over
+            if run.phase in ("swept", "nothing") and not [i async for i in store.list(g.MARKS)]:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            pytest.fail("the stopped sweep was never taken over")
+        assert took_over or crash_at == RENEWALS  # after the last renewal only the intent is left
+        await _live_version_intact(repo, tmp_path, v, files)
+        report = await survey(repo)
+        assert report.reclaimable_bytes == 0 and report.repack == []
+        assert len([k async for k in store.list("data/")]) == 1
+        # The stopped sweep's records are pruned like any other once no one can need them.
+        for _ in range(100):
+            if not [i async for i in store.list(g.SWEEPS)] and not [i async for i in store.list(g.DONE)]:
+                break
+            await asyncio.sleep(0.3)
+            await collect(repo, grace=GRACE)
+        assert [i.key async for i in store.list("gc/")] == [g.EPOCH]
+
+    asyncio.run(main())
+
+
+def test_a_sweeper_taken_over_cannot_delete(tmp_path: Path) -> None:
+    """A sweeper that stalled past the timeout loses its intent: its next renewal, which
+    comes before every deletion, fails."""
+
+    async def main() -> None:
+        store = LocalStore(tmp_path / "repo")
+        first, _ = await gc_sweep._claim(store, "ab" * 16)
+        assert first is not None
+        none, wait = await gc_sweep._claim(store, "ab" * 16)
+        assert none is None and 0 < wait <= 1
+        while True:
+            second, wait = await gc_sweep._claim(store, "ab" * 16)
+            if second is not None:
+                break
+            await asyncio.sleep(wait + 0.05)
+        assert second.took_over
+        with pytest.raises(SweepTakenOver):
+            await first.delete(["data/ab/whatever"])
+        await second.renew()
+
+    asyncio.run(main())
