@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from syncengine.errors import ObjectNotFound
 from syncengine.repo import gc_objects as g
 from syncengine.repo.gc_sweep import _decode_sweep, _store_now, min_grace, sweep_timeout
 
@@ -45,7 +46,10 @@ async def prune(store: ObjectStore) -> int:
         age = now - info.mtime
         if age < least:
             continue
-        finished = _decode_sweep(await store.get(info.key)).finished
+        try:
+            finished = _decode_sweep(await store.get(info.key)).finished
+        except ObjectNotFound:  # another gc pruned it meanwhile
+            continue
         if finished or (mid in dones and age >= stopped):
             swept.add(mid)
     has_intent = {i.key.rsplit("/", 1)[1] for i in intents}
