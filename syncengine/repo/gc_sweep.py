@@ -5,6 +5,7 @@ runs before it creates its record. Pruning of gc's own records is in `gc_records
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as _dt
 import os
@@ -172,7 +173,13 @@ async def _step(repo: Repository, grace: float) -> GcRun:
         claim, wait = await _claim(store, mid)
         if claim is None:
             return GcRun("waiting", mid, wait_seconds=wait, waiting_for="sweeper")
-        return await _sweep(repo, mid, mark, claim)
+        beat = asyncio.create_task(claim.heartbeat())
+        try:
+            return await _sweep(repo, mid, mark, claim)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SweepTakenOver):
+                await beat
     candidates: set[str] = set()
     now = await _store_now(store)
     report = await survey(repo, candidates=candidates, unindexed_before=now - grace)
@@ -213,17 +220,29 @@ class _Claim:
     def __init__(self, store: ObjectStore, mid: str, body: g.Sweep, etag: str, at: float, took_over: bool):
         self.store, self.key, self.body, self.etag = store, f"{g.SWEEPS}{mid}", body, etag
         self.renewed_at, self.took_over, self.mid = at, took_over, mid
+        self._lock = asyncio.Lock()  # the heartbeat and the deletions renew in turn
 
     async def renew(self, *, finished: bool = False) -> None:
         """Proves no other gc took the sweep over; deletions may then be issued for ``S/2``
         on this process's clock (they are issued right after, batch by batch)."""
-        at = time.monotonic()
-        body = msgspec.structs.replace(self.body, renewal=self.body.renewal + 1, finished=finished)
-        try:
-            info = await self.store.put(self.key, g.encode(body), if_match=self.etag)
-        except (PreconditionFailed, ObjectNotFound):
-            raise SweepTakenOver(self.mid) from None
-        self.body, self.etag, self.renewed_at = body, info.etag, at
+        async with self._lock:
+            at = time.monotonic()
+            body = msgspec.structs.replace(
+                self.body, renewal=self.body.renewal + 1, finished=finished or self.body.finished
+            )
+            try:
+                info = await self.store.put(self.key, g.encode(body), if_match=self.etag)
+            except (PreconditionFailed, ObjectNotFound):
+                raise SweepTakenOver(self.mid) from None
+            self.body, self.etag, self.renewed_at = body, info.etag, at
+
+    async def heartbeat(self) -> None:
+        """Renews every ``S/4`` while the sweep surveys and copies (which may take longer
+        than ``S``), so that no other gc takes a running sweep over; a stalled process stops
+        renewing, and its next renewal before a deletion then fails."""
+        while not self.body.finished:
+            await asyncio.sleep(sweep_timeout() / 4)
+            await self.renew()
 
     async def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), _DELETE_BATCH):

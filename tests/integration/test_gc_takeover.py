@@ -91,6 +91,11 @@ def test_a_sweep_stopped_at_any_step_is_taken_over(
         await _wait_for_mark(repo)
 
         with monkeypatch.context() as m:
+
+            async def no_heartbeat(self: gc_sweep._Claim) -> None:
+                """Renewals are counted below: only those before the sweep's steps."""
+
+            m.setattr(gc_sweep._Claim, "heartbeat", no_heartbeat)
             if crash_at == "repack-segment":  # the new packs are written, their segment not yet
 
                 def no_segment(*args: object) -> object:
@@ -171,5 +176,46 @@ def test_a_sweeper_taken_over_cannot_delete(tmp_path: Path) -> None:
         with pytest.raises(SweepTakenOver):
             await first.delete(["data/ab/whatever"])
         await second.renew()
+
+    asyncio.run(main())
+
+
+def test_a_sweep_slower_than_the_timeout_keeps_its_intent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat renews the intent while the sweep surveys: another gc trying for twice
+    the timeout never takes it over, and the slow sweep then finishes."""
+    from syncengine.repo import gc as gc_module
+
+    async def main() -> None:
+        store = LocalStore(tmp_path / "repo")
+        repo = await Repository.open(store, params=PARAMS)
+        src = tmp_path / "src"
+        src.mkdir()
+        v, files = await _scenario(repo, src)
+        assert (await collect(repo, grace=GRACE)).phase == "marked"
+        await _wait_for_mark(repo)
+        surveying, release = asyncio.Event(), asyncio.Event()
+        real = gc_module.survey
+
+        async def slow_survey(*args: object, **kwargs: object) -> object:
+            surveying.set()
+            await release.wait()
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(gc_module, "survey", slow_survey)
+        sweeper = asyncio.create_task(collect(repo, grace=GRACE))
+        await surveying.wait()
+        other = await Repository.open(LocalStore(tmp_path / "repo"), params=PARAMS)
+        start = await gc_sweep._store_now(store)
+        while await gc_sweep._store_now(store) - start < 2.0:  # twice the sweep timeout
+            (mid,) = [i.key.rsplit("/", 1)[1] async for i in store.list(g.MARKS)]
+            claim, _ = await gc_sweep._claim(other.store, mid)
+            assert claim is None
+            await asyncio.sleep(0.2)
+        release.set()
+        run = await sweeper
+        assert run.phase == "swept" and not run.took_over and run.deleted
+        await _live_version_intact(repo, tmp_path, v, files)
 
     asyncio.run(main())
