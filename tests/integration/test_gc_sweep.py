@@ -7,6 +7,7 @@ import os
 import random
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from syncengine.hashing.params import ChunkerParams
@@ -324,6 +325,16 @@ def test_gc_objects_golden() -> None:
     assert g.encode(keep) == b'{"format":1,"mark":"m1","objects":["data/ab/ab12"]}'
     done = g.Done(format=1, mark="m1", deleted=["manifests/cd/cd34"])
     assert g.encode(done) == b'{"format":1,"mark":"m1","deleted":["manifests/cd/cd34"]}'
+    repacking = msgspec.structs.replace(mark, repack=["data/ab/ab12"])
+    assert g.encode(repacking) == (
+        b'{"format":1,"repository":"r1","created":"2026-12-01T00:00:00+00:00","grace":86400.0,'
+        b'"candidates":["data/ab/ab12","manifests/cd/cd34"],"repack":["data/ab/ab12"]}'
+    )
+    assert g.decode(g.encode(repacking), g.Mark) == repacking
+    intent = g.Sweep(mark="m1", sweeper="s1", renewal=2, finished=True)
+    assert g.encode(intent) == b'{"format":1,"mark":"m1","sweeper":"s1","renewal":2,"finished":true}'
+    assert g.decode(g.encode(intent), g.Sweep) == intent
+    assert g.decode(b"{}", g.Sweep) == g.Sweep()  # the first format's intent: unfinished
 
 
 def test_sync_facade_gc(tmp_path: Path) -> None:
