@@ -166,7 +166,7 @@ async def survey(
                 else:
                     blobs.add(e.digest)
 
-    entries = await _all_index_entries(repo, segments)
+    entries = await all_index_entries(repo, segments)
     indexed_packs: dict[str, list[IndexEntry]] = {}
     found: set[bytes] = set()
     for ie in entries:
@@ -214,7 +214,7 @@ async def survey(
     return report
 
 
-async def _all_index_entries(repo: Repository, segments: list[str]) -> list[IndexEntry]:
+async def all_index_entries(repo: Repository, segments: list[str]) -> list[IndexEntry]:
     """Every record of every segment (a blob indexed in two packs appears twice)."""
     cache = _segment_cache_dir(repo.config.id)
     gate = asyncio.Semaphore(_PARALLEL)

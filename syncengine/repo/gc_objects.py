@@ -66,3 +66,11 @@ def encode(obj: Mark | Sweep | Keep | Done) -> bytes:
 
 def decode(data: bytes, kind: type[T]) -> T:
     return msgspec.json.decode(data, type=kind)
+
+
+def decode_intent(data: bytes) -> Sweep:
+    """A sweep intent; one that does not decode reads as unfinished, of an unknown owner."""
+    try:
+        return decode(data, Sweep)
+    except msgspec.DecodeError:
+        return Sweep()

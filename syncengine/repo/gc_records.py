@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from syncengine.errors import ObjectNotFound
 from syncengine.repo import gc_objects as g
-from syncengine.repo.gc_sweep import _decode_sweep, _store_now, min_grace, sweep_timeout
+from syncengine.repo.gc_sweep import min_grace, store_now, sweep_timeout
 
 if TYPE_CHECKING:
     from syncengine.store.base import ObjectStore
@@ -36,7 +36,7 @@ async def prune(store: ObjectStore) -> int:
     clocks = [i async for i in store.list(g.CLOCK)]
     if not intents and not keeps and not clocks:
         return 0
-    now = await _store_now(store)
+    now = await store_now(store)
     least, stopped = min_grace(), sweep_timeout() + min_grace()
     swept: set[str] = set()
     for info in intents:
@@ -47,7 +47,7 @@ async def prune(store: ObjectStore) -> int:
         if age < least:
             continue
         try:
-            finished = _decode_sweep(await store.get(info.key)).finished
+            finished = g.decode_intent(await store.get(info.key)).finished
         except ObjectNotFound:  # another gc pruned it meanwhile
             continue
         if finished or (mid in dones and age >= stopped):

@@ -26,12 +26,12 @@ async def repack_packs(repo: Repository, packs: list[str], live: set[bytes]) -> 
 
     Deterministic: the same packs and blobs give the same new packs and segment, so a sweep
     taken over after a crash writes the same objects again (or finds them there)."""
-    from syncengine.repo.gc import _all_index_entries
+    from syncengine.repo.gc import all_index_entries
 
     store = repo.store
     going = set(packs)
     existing = {i.key.rsplit("/", 1)[1] async for i in store.list("data/")}
-    entries = await _all_index_entries(repo, [i.key async for i in store.list("index/")])
+    entries = await all_index_entries(repo, [i.key async for i in store.list("index/")])
     elsewhere = {e.digest for e in entries if e.pack.hex() not in going and e.pack.hex() in existing}
     wanted: dict[str, list[IndexEntry]] = {}
     taken: set[bytes] = set()

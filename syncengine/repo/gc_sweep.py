@@ -115,7 +115,7 @@ class GcRun:
         return "nothing to collect"
 
 
-async def _store_now(store: ObjectStore) -> float:
+async def store_now(store: ObjectStore) -> float:
     """The store's clock: the mtime of an object written now."""
     key = f"{g.CLOCK}{secrets.token_hex(8)}"
     await store.put(key, b"", if_none_match=True)
@@ -166,7 +166,7 @@ async def _step(repo: Repository, grace: float) -> GcRun:
             mark = g.decode(await store.get(info.key), g.Mark)
         except ObjectNotFound:  # swept meanwhile by another gc
             return GcRun("waiting", mid, waiting_for="sweeper")
-        elapsed = await _store_now(store) - info.mtime
+        elapsed = await store_now(store) - info.mtime
         need = max(grace, mark.grace)
         if elapsed < need:
             return GcRun("waiting", mid, wait_seconds=need - elapsed)
@@ -181,7 +181,7 @@ async def _step(repo: Repository, grace: float) -> GcRun:
             with contextlib.suppress(asyncio.CancelledError, SweepTakenOver):
                 await beat
     candidates: set[str] = set()
-    now = await _store_now(store)
+    now = await store_now(store)
     report = await survey(repo, candidates=candidates, unindexed_before=now - grace)
     aborted = await _abort_stale(repo, grace)
     if not candidates and not report.repack:
@@ -250,13 +250,6 @@ class _Claim:
             await self.store.delete(keys[i : i + _DELETE_BATCH])
 
 
-def _decode_sweep(data: bytes) -> g.Sweep:
-    try:
-        return g.decode(data, g.Sweep)
-    except msgspec.DecodeError:
-        return g.Sweep()  # unreadable: an unfinished sweep of unknown owner
-
-
 async def _claim(store: ObjectStore, mid: str) -> tuple[_Claim | None, float]:
     """Creates the sweep intent of ``mid``, or takes over one not renewed for ``S`` (store
     clock) by compare-and-swap; else (None, seconds until it may be taken over)."""
@@ -274,7 +267,7 @@ async def _claim(store: ObjectStore, mid: str) -> tuple[_Claim | None, float]:
             await r.read()
     except ObjectNotFound:
         return None, 0.0
-    age = await _store_now(store) - mtime
+    age = await store_now(store) - mtime
     if age < sweep_timeout():
         return None, sweep_timeout() - age
     at = time.monotonic()
@@ -367,7 +360,7 @@ async def _relied_on(repo: Repository, mkey: str) -> set[str]:
     """Every object the version with manifest record ``mkey`` needs: the record, its pages,
     and every pack that holds one of its blobs (per a fresh look at the index). Read now:
     anything a sweep deleted before is missing, and the put fails."""
-    from syncengine.repo.gc import _all_index_entries
+    from syncengine.repo.gc import all_index_entries
 
     store = repo.store
     out = {mkey}
@@ -396,7 +389,7 @@ async def _relied_on(repo: Repository, mkey: str) -> set[str]:
     packs = {i.key.rsplit("/", 1)[1]: i.key async for i in store.list("data/")}
     stored: set[bytes] = set()
     try:
-        entries = await _all_index_entries(repo, segments)
+        entries = await all_index_entries(repo, segments)
     except ObjectNotFound:  # a segment rewritten meanwhile: a sweep is running
         raise GcConflict("a garbage collection is sweeping; run the put again") from None
     for ie in entries:

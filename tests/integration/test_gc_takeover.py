@@ -72,7 +72,7 @@ async def _live_version_intact(repo: Repository, tmp: Path, v: int, files: dict[
 async def _wait_for_mark(repo: Repository) -> None:
     while True:  # until the mark's grace period has passed: the next run sweeps
         (mark,) = [i async for i in repo.store.list(g.MARKS)]
-        if await gc_sweep._store_now(repo.store) - mark.mtime >= GRACE:
+        if await gc_sweep.store_now(repo.store) - mark.mtime >= GRACE:
             return
         await asyncio.sleep(0.2)
 
@@ -207,8 +207,8 @@ def test_a_sweep_slower_than_the_timeout_keeps_its_intent(
         sweeper = asyncio.create_task(collect(repo, grace=GRACE))
         await surveying.wait()
         other = await Repository.open(LocalStore(tmp_path / "repo"), params=PARAMS)
-        start = await gc_sweep._store_now(store)
-        while await gc_sweep._store_now(store) - start < 2.0:  # twice the sweep timeout
+        start = await gc_sweep.store_now(store)
+        while await gc_sweep.store_now(store) - start < 2.0:  # twice the sweep timeout
             (mid,) = [i.key.rsplit("/", 1)[1] async for i in store.list(g.MARKS)]
             claim, _ = await gc_sweep._claim(other.store, mid)
             assert claim is None
@@ -219,3 +219,54 @@ def test_a_sweep_slower_than_the_timeout_keeps_its_intent(
         await _live_version_intact(repo, tmp_path, v, files)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kill_after", [1, 2, 4])
+def test_a_killed_sweeper_process_is_taken_over(tmp_path: Path, kill_after: int) -> None:
+    """A real SIGKILL of a `gc` child process right after its n-th renewal (somewhere in the
+    deletions that follow): every live blob stays readable, a later `gc` finishes the sweep."""
+    import subprocess
+    import sys
+
+    from tests.integration.test_s3_repository import REPO_ROOT
+
+    async def setup() -> tuple[int, dict[str, bytes]]:
+        repo = await Repository.open(LocalStore(tmp_path / "repo"), params=PARAMS)
+        src = tmp_path / "src"
+        src.mkdir()
+        got = await _scenario(repo, src)
+        assert (await collect(repo, grace=GRACE)).phase == "marked"
+        await _wait_for_mark(repo)
+        return got
+
+    v, files = asyncio.run(setup())
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.gc_kill_child", str(tmp_path / "repo"), str(GRACE)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.strip() == f"renewed {kill_after}":
+            child.kill()
+            break
+    child.wait(timeout=60)
+    assert child.returncode == -9  # killed before it printed its phase
+
+    async def after() -> None:
+        store = LocalStore(tmp_path / "repo")
+        repo = await Repository.open(store, params=PARAMS)
+        await _live_version_intact(repo, tmp_path, v, files)
+        for _ in range(100):
+            run = await collect(repo, grace=GRACE)
+            if run.phase == "swept":
+                break
+            await asyncio.sleep(0.2)
+        else:
+            pytest.fail("the killed sweep was never taken over")
+        assert run.took_over
+        await _live_version_intact(repo, tmp_path, v, files)
+        assert (await survey(repo)).reclaimable_bytes == 0
+
+    asyncio.run(after())
