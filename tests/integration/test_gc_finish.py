@@ -25,6 +25,7 @@ from syncengine.repo.repository import Repository
 from syncengine.store.base import ObjectStore
 from syncengine.store.local import LocalStore
 from tests.integration.test_cli import cli
+from tests.s3server import S3TestServer
 
 PARAMS = ChunkerParams(4096, 16384, 65536)
 GRACE = 2.0
@@ -128,31 +129,51 @@ async def _half_dead_pack(repo: Repository, src: Path) -> tuple[bytes, int]:
     return small, v
 
 
+async def _repack(store: ObjectStore, reader_store: ObjectStore, tmp_path: Path) -> None:
+    repo = await Repository.open(store, params=PARAMS)
+    src = tmp_path / "src"
+    src.mkdir()
+    old_reader = await Repository.open(reader_store, params=PARAMS)
+    small, v = await _half_dead_pack(repo, src)
+    await old_reader.index()  # a long-lived reader: its index names the old pack
+    before = await survey(repo)
+    assert len(before.repack) == 1 and before.repack_copy_bytes >= 10_000
+    (old_pack,) = await _keys(store, "data/")
+    run = await collect(repo, grace=GRACE)
+    assert run.phase == "marked"
+    run = await _sweep(repo)
+    assert run.phase == "swept" and run.repacked == [old_pack]
+    assert 10_000 <= run.repacked_bytes < 20_000 and run.deleted_bytes > 60_000
+    packs = await _keys(store, "data/")
+    assert len(packs) == 1 and packs != [old_pack]
+    after = await survey(repo)
+    assert after.repack == [] and after.dead_bytes == 0 and after.problems == []
+    assert await repo.check(read_data=True) == []
+    out = tmp_path / "out"
+    await old_reader.download(await old_reader.version("p", "m", v), str(out), skip_cache=True)
+    assert _files(out) == {"small.bin": small}
+
+
 def test_repack_copies_live_blobs_and_deletes_the_old_pack(tmp_path: Path) -> None:
+    asyncio.run(_repack(LocalStore(tmp_path / "repo"), LocalStore(tmp_path / "repo"), tmp_path))
+
+
+def test_repack_on_s3(s3_server: S3TestServer, s3_bucket: str, tmp_path: Path) -> None:
+    from syncengine.store.s3 import S3Store
+
+    def store() -> S3Store:
+        return S3Store(
+            s3_bucket,
+            "repack",
+            endpoint_url=s3_server.endpoint,
+            region=s3_server.region,
+            access_key_id=s3_server.access_key,
+            secret_access_key=s3_server.secret_key,
+        )
+
     async def main() -> None:
-        store = LocalStore(tmp_path / "repo")
-        repo = await Repository.open(store, params=PARAMS)
-        src = tmp_path / "src"
-        src.mkdir()
-        old_reader = await Repository.open(LocalStore(tmp_path / "repo"), params=PARAMS)
-        small, v = await _half_dead_pack(repo, src)
-        await old_reader.index()  # a long-lived reader: its index names the old pack
-        before = await survey(repo)
-        assert len(before.repack) == 1 and before.repack_copy_bytes >= 10_000
-        (old_pack,) = await _keys(store, "data/")
-        run = await collect(repo, grace=GRACE)
-        assert run.phase == "marked"
-        run = await _sweep(repo)
-        assert run.phase == "swept" and run.repacked == [old_pack]
-        assert 10_000 <= run.repacked_bytes < 20_000 and run.deleted_bytes > 60_000
-        packs = await _keys(store, "data/")
-        assert len(packs) == 1 and packs != [old_pack]
-        after = await survey(repo)
-        assert after.repack == [] and after.dead_bytes == 0 and after.problems == []
-        assert await repo.check(read_data=True) == []
-        out = tmp_path / "out"
-        await old_reader.download(await old_reader.version("p", "m", v), str(out), skip_cache=True)
-        assert _files(out) == {"small.bin": small}
+        async with store() as a, store() as b:
+            await _repack(a, b, tmp_path)
 
     asyncio.run(main())
 

@@ -18,7 +18,9 @@ from syncengine.repo.gc import survey
 from syncengine.repo.gc_sweep import SweepTakenOver, collect
 from syncengine.repo.lifecycle import delete_version
 from syncengine.repo.repository import Repository
+from syncengine.store.base import ObjectStore
 from syncengine.store.local import LocalStore
+from tests.s3server import S3TestServer
 
 PARAMS = ChunkerParams(4096, 16384, 65536)
 GRACE = 1.0
@@ -81,80 +83,102 @@ async def _wait_for_mark(repo: Repository) -> None:
 def test_a_sweep_stopped_at_any_step_is_taken_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: int | str
 ) -> None:
+    asyncio.run(_stop_and_take_over(LocalStore(tmp_path / "repo"), tmp_path, monkeypatch, crash_at))
+
+
+def test_a_sweep_stopped_on_s3_is_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server: S3TestServer, s3_bucket: str
+) -> None:
+    """The intent's create-if-absent, renewals and takeover as compare-and-swap on S3."""
+    from syncengine.store.s3 import S3Store
+
     async def main() -> None:
-        store = LocalStore(tmp_path / "repo")
-        repo = await Repository.open(store, params=PARAMS)
-        src = tmp_path / "src"
-        src.mkdir()
-        v, files = await _scenario(repo, src)
-        assert (await collect(repo, grace=GRACE)).phase == "marked"
-        await _wait_for_mark(repo)
-
-        with monkeypatch.context() as m:
-
-            async def no_heartbeat(self: gc_sweep._Claim) -> None:
-                """Renewals are counted below: only those before the sweep's steps."""
-
-            m.setattr(gc_sweep._Claim, "heartbeat", no_heartbeat)
-            if crash_at == "repack-segment":  # the new packs are written, their segment not yet
-
-                def no_segment(*args: object) -> object:
-                    raise Crash
-
-                m.setattr(gc_repack, "encode_index", no_segment)
-            else:
-                real = gc_sweep._Claim.renew
-                calls = 0
-
-                async def renew(self: gc_sweep._Claim, *, finished: bool = False) -> None:
-                    nonlocal calls
-                    calls += 1
-                    if calls == crash_at:
-                        raise Crash
-                    await real(self, finished=finished)
-
-                m.setattr(gc_sweep._Claim, "renew", renew)
-            with pytest.raises(Crash):
-                await collect(repo, grace=GRACE)
-        await _live_version_intact(repo, tmp_path, v, files)
-        marks = [i async for i in store.list(g.MARKS)]
-        done = [i async for i in store.list(g.DONE)]
-        if crash_at == RENEWALS:  # the last step: only marking the intent finished is left
-            assert not marks and done
-            (intent,) = [i async for i in store.list(g.SWEEPS)]
-            assert not g.decode(await store.get(intent.key), g.Sweep).finished
-        elif crash_at == RENEWALS - 1:  # before deleting the mark, after the done record
-            assert marks and done
-        else:
-            assert marks and not done
-
-        # Within the sweep timeout the intent belongs to the stopped sweeper: others wait.
-        waited = await collect(repo, grace=GRACE)
-        took_over = waited.took_over
-        if crash_at != RENEWALS:  # its mark still exists
-            assert (waited.phase, waited.waiting_for) == ("waiting", "sweeper") or took_over
-        for _ in range(100):  # bounded: without a takeover the intent blocks the mark forever
-            run = await collect(repo, grace=GRACE)
-            took_over |= run.took_over
-            if run.phase in ("swept", "nothing") and not [i async for i in store.list(g.MARKS)]:
-                break
-            await asyncio.sleep(0.2)
-        else:
-            pytest.fail("the stopped sweep was never taken over")
-        assert took_over or crash_at == RENEWALS  # after the last renewal only the intent is left
-        await _live_version_intact(repo, tmp_path, v, files)
-        report = await survey(repo)
-        assert report.reclaimable_bytes == 0 and report.repack == []
-        assert len([k async for k in store.list("data/")]) == 1
-        # The stopped sweep's records are pruned like any other once no one can need them.
-        for _ in range(100):
-            if not [i async for i in store.list(g.SWEEPS)] and not [i async for i in store.list(g.DONE)]:
-                break
-            await asyncio.sleep(0.3)
-            await collect(repo, grace=GRACE)
-        assert [i.key async for i in store.list("gc/")] == [g.EPOCH]
+        async with S3Store(
+            s3_bucket,
+            "takeover",
+            endpoint_url=s3_server.endpoint,
+            region=s3_server.region,
+            access_key_id=s3_server.access_key,
+            secret_access_key=s3_server.secret_key,
+        ) as store:
+            await _stop_and_take_over(store, tmp_path, monkeypatch, 2)
 
     asyncio.run(main())
+
+
+async def _stop_and_take_over(
+    store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: int | str
+) -> None:
+    repo = await Repository.open(store, params=PARAMS)
+    src = tmp_path / "src"
+    src.mkdir()
+    v, files = await _scenario(repo, src)
+    assert (await collect(repo, grace=GRACE)).phase == "marked"
+    await _wait_for_mark(repo)
+
+    with monkeypatch.context() as m:
+
+        async def no_heartbeat(self: gc_sweep._Claim) -> None:
+            """Renewals are counted below: only those before the sweep's steps."""
+
+        m.setattr(gc_sweep._Claim, "heartbeat", no_heartbeat)
+        if crash_at == "repack-segment":  # the new packs are written, their segment not yet
+
+            def no_segment(*args: object) -> object:
+                raise Crash
+
+            m.setattr(gc_repack, "encode_index", no_segment)
+        else:
+            real = gc_sweep._Claim.renew
+            calls = 0
+
+            async def renew(self: gc_sweep._Claim, *, finished: bool = False) -> None:
+                nonlocal calls
+                calls += 1
+                if calls == crash_at:
+                    raise Crash
+                await real(self, finished=finished)
+
+            m.setattr(gc_sweep._Claim, "renew", renew)
+        with pytest.raises(Crash):
+            await collect(repo, grace=GRACE)
+    await _live_version_intact(repo, tmp_path, v, files)
+    marks = [i async for i in store.list(g.MARKS)]
+    done = [i async for i in store.list(g.DONE)]
+    if crash_at == RENEWALS:  # the last step: only marking the intent finished is left
+        assert not marks and done
+        (intent,) = [i async for i in store.list(g.SWEEPS)]
+        assert not g.decode(await store.get(intent.key), g.Sweep).finished
+    elif crash_at == RENEWALS - 1:  # before deleting the mark, after the done record
+        assert marks and done
+    else:
+        assert marks and not done
+
+    # Within the sweep timeout the intent belongs to the stopped sweeper: others wait.
+    waited = await collect(repo, grace=GRACE)
+    took_over = waited.took_over
+    if crash_at != RENEWALS:  # its mark still exists
+        assert (waited.phase, waited.waiting_for) == ("waiting", "sweeper") or took_over
+    for _ in range(100):  # bounded: without a takeover the intent blocks the mark forever
+        run = await collect(repo, grace=GRACE)
+        took_over |= run.took_over
+        if run.phase in ("swept", "nothing") and not [i async for i in store.list(g.MARKS)]:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        pytest.fail("the stopped sweep was never taken over")
+    assert took_over or crash_at == RENEWALS  # after the last renewal only the intent is left
+    await _live_version_intact(repo, tmp_path, v, files)
+    report = await survey(repo)
+    assert report.reclaimable_bytes == 0 and report.repack == []
+    assert len([k async for k in store.list("data/")]) == 1
+    # The stopped sweep's records are pruned like any other once no one can need them.
+    for _ in range(100):
+        if not [i async for i in store.list(g.SWEEPS)] and not [i async for i in store.list(g.DONE)]:
+            break
+        await asyncio.sleep(0.3)
+        await collect(repo, grace=GRACE)
+    assert [i.key async for i in store.list("gc/")] == [g.EPOCH]
 
 
 def test_a_sweeper_taken_over_cannot_delete(tmp_path: Path) -> None:
