@@ -37,9 +37,9 @@ def _short_grace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SYNCENGINE_CACHE_DIR", str(tmp_path / "cache"))
 
 
-async def _sweep(repo: Repository) -> GcRun:
+async def _sweep(repo: Repository, grace: float = GRACE) -> GcRun:
     while True:
-        run = await collect(repo, grace=GRACE)
+        run = await collect(repo, grace=grace)
         if run.phase != "waiting":
             return run
         await asyncio.sleep(min(run.wait_seconds, 0.5) + 0.05)
@@ -209,10 +209,12 @@ def test_download_that_finds_its_pack_repacked_refreshes_the_index(tmp_path: Pat
     asyncio.run(main())
 
 
-def test_gc_prunes_its_finished_records(tmp_path: Path) -> None:
+def test_gc_prunes_its_finished_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A swept mark's intent, done record and keep objects stay while a writer's check may
     still need them (at least the minimum grace period), then a later `gc` deletes them;
-    stray keep objects and clock probes go too, a pending mark's keep objects stay."""
+    stray keep objects and clock probes go too."""
+    grace = 4.0  # a wide window for "not yet": the run right after the sweep is well within it
+    monkeypatch.setenv("SYNCENGINE_GC_MIN_GRACE", str(grace))
 
     async def main() -> None:
         store = LocalStore(tmp_path / "repo")
@@ -222,20 +224,20 @@ def test_gc_prunes_its_finished_records(tmp_path: Path) -> None:
         (src / "a").write_bytes(os.urandom(30_000))
         await _log(repo, src)
         await delete_version(repo, "p", "m", 0)
-        assert (await collect(repo, grace=GRACE)).phase == "marked"
-        run = await _sweep(repo)
+        assert (await collect(repo, grace=grace)).phase == "marked"
+        run = await _sweep(repo, grace)
         assert run.phase == "swept" and run.mark is not None
         assert await _keys(store, g.DONE) == [f"{g.DONE}{run.mark}"]
         intent = g.decode(await store.get(f"{g.SWEEPS}{run.mark}"), g.Sweep)
         assert intent.finished and intent.mark == run.mark
         await store.put(f"{g.KEEP}{'0' * 32}/stray", b'{"format":1,"mark":"x","objects":[]}')
         await store.put(f"{g.CLOCK}left-by-a-killed-gc", b"")
-        again = await collect(repo, grace=GRACE)  # within MIN of the sweep's end: kept
+        again = await collect(repo, grace=grace)  # within MIN of the sweep's end: kept
         assert again.pruned == 0 and await _keys(store, g.DONE)
         pruned = 0
         while pruned < 4:  # done, intent, stray keep, clock probe; once MIN has passed
             await asyncio.sleep(0.5)
-            pruned += (await collect(repo, grace=GRACE)).pruned
+            pruned += (await collect(repo, grace=grace)).pruned
         assert pruned == 4
         assert await _keys(store, "gc/") == [g.EPOCH]
         # With no mark, and an epoch unchanged since it opened, a writer skips the check.
