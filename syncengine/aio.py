@@ -507,13 +507,15 @@ class Repository:
         return await cleanup(self.core, ref.project, ref.name, keep_last=keep_last, dry_run=dry_run)
 
     async def gc(self, *, grace: float = 24 * 3600.0, dry_run: bool = False) -> Any:
-        """One garbage-collection step (docs/GC.md): a `GcReport` with `dry_run`; else a
-        `GcRun` — a mark is written, or a mark older than `grace` seconds is swept."""
+        """One garbage-collection step (docs/GC.md): a `GcReport` with `dry_run` (expired
+        versions without aliases counted as deleted, as `gc` deletes them first); else a
+        `GcRun` — TTL expiry, then a mark is written, or a mark older than `grace` seconds
+        is swept."""
         from syncengine.repo.gc import survey
         from syncengine.repo.gc_sweep import collect
 
         if dry_run:
-            return await survey(self.core)
+            return await survey(self.core, drop_expired=True)
         return await collect(self.core, grace=grace)
 
     @property

@@ -142,9 +142,10 @@ def register_lifecycle(cli: click.Group) -> None:
     @json_option
     @click.option("--grace", default="24h", show_default=True, help="Grace period between mark and sweep.")
     def gc(dry_run: bool, repo_url: str | None, as_json: bool, grace: str) -> None:
-        """Reclaim packs and manifest objects no live version uses, in two runs: the first
-        marks candidates, a run after the grace period deletes those still dead (docs/GC.md).
-        --dry-run only reports."""
+        """Delete versions past their TTL (not aliased ones), then reclaim packs and manifest
+        objects no live version uses, in two runs: the first marks candidates, a run after
+        the grace period deletes those still dead and repacks packs under half live
+        (docs/GC.md). --dry-run only reports."""
         if not dry_run:
             from syncengine.repo.gc_sweep import parse_duration
 
@@ -159,18 +160,35 @@ def register_lifecycle(cli: click.Group) -> None:
             if as_json:
                 click.echo(json.dumps(g.to_json()))
                 return
+            for d in g.expired:
+                click.echo(_deletion_line(d))
+            for k in g.kept_aliased:
+                click.echo(
+                    f"kept {k['ref']}: expired {k['expired']} but holds alias(es) {', '.join(k['aliases'])}"
+                )
+            for key in g.repacked:
+                click.echo(f"repacked {key}")
+            if g.pruned:
+                click.echo(f"pruned {g.pruned} record(s) of finished collections under gc/")
             click.echo(g.summary())
             return
 
-        async def job(repo: Repository) -> GcReport:
+        async def job(repo: Repository) -> tuple[GcReport, Cleanup]:
             from syncengine.repo.gc import survey
+            from syncengine.repo.lifecycle import expire
 
-            return await survey(repo)
+            return await survey(repo, drop_expired=True), await expire(repo, dry_run=True)
 
-        r = _run(repo_url, job)
+        r, expiry = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(r.to_json()))
+            click.echo(json.dumps({**r.to_json(), "expiry": expiry.to_json()}))
             return
+        for d in expiry.deleted:
+            click.echo(_deletion_line(d))
+        for k in expiry.kept_aliased:
+            click.echo(
+                f"would keep {k['ref']}: expired {k['expired']} but holds alias(es) {', '.join(k['aliases'])}"
+            )
         click.echo(f"{r.versions} live version(s), {r.deleted_versions} deleted")
         click.echo(
             f"{r.packs} pack(s), {human_bytes(r.pack_bytes)}: {human_bytes(r.live_bytes)} live in "
@@ -181,7 +199,8 @@ def register_lifecycle(cli: click.Group) -> None:
             f"would delete {r.dead_packs} pack(s) with no live blob ({human_bytes(r.dead_pack_bytes)})"
         )
         click.echo(
-            f"would repack {len(r.repack)} pack(s) under half live ({human_bytes(r.repack_bytes)} dead)"
+            f"would repack {len(r.repack)} pack(s) under half live: copy {human_bytes(r.repack_copy_bytes)} "
+            f"live, reclaim {human_bytes(r.repack_bytes)}"
         )
         if r.unindexed_packs:
             click.echo(
@@ -192,10 +211,6 @@ def register_lifecycle(cli: click.Group) -> None:
             f"would delete {r.dead_manifest_objects} manifest object(s) "
             f"({human_bytes(r.dead_manifest_bytes)})"
         )
-        for ref in r.expired:
-            click.echo(f"expired (TTL): {ref}, deleted by `syncengine cleanup`")
-        for ref in r.expired_aliased:
-            click.echo(f"expired (TTL) but aliased, kept: {ref}")
         for p in r.problems:
             click.echo(f"problem: {p}", err=True)
         click.echo(f"reclaimable: {human_bytes(r.reclaimable_bytes)} (dry run: nothing deleted)")

@@ -699,6 +699,8 @@ class _Downloader(_Session):
         #: kernel, and they do not go into the file cache (whose entries must be durable).
         self.fsync = fsync
         self.index = index
+        self._refresh = asyncio.Lock()
+        self._refreshed = False  # the index was refreshed after a missing pack (once)
         self.mode = mode
         self.concurrency = concurrency
         self.cache = cache
@@ -1077,6 +1079,7 @@ class _Downloader(_Session):
 
     async def _fetch(self, r: _Range) -> None:
         await self.budget.acquire(r.size)
+        missing: ObjectNotFound | None = None
         try:
             try:
                 # A request slot and its bytes of the process-wide limits, shared with every
@@ -1084,13 +1087,33 @@ class _Downloader(_Session):
                 async with default_limits().slot(r.size):
                     data = await self.repo.store.get(_obj_key("data", r.pack), (r.start, r.end))
             except ObjectNotFound as e:
-                who = _names([x for loc in r.blobs for x in self.dests[loc.digest]])
-                raise CorruptData(f"{who}: pack {r.pack.hex()} is missing from the store") from e
-            self.result.requests += 1
-            self.result.bytes_fetched += len(data)
-            await self.run(self._apply, r, data)
+                missing = e
+            else:
+                self.result.requests += 1
+                self.result.bytes_fetched += len(data)
+                await self.run(self._apply, r, data)
         finally:
             self.budget.release(r.size)
+        if missing is not None:
+            for moved in await self._moved(r, missing):
+                await self._fetch(moved)
+
+    async def _moved(self, r: _Range, missing: ObjectNotFound) -> list[_Range]:
+        """The new locations of the blobs of a range whose pack is gone: `gc` repacked them
+        (docs/GC.md §5; the new copies exist before the old pack is deleted). The index is
+        refreshed once per download; a blob it still places in a missing pack is an error."""
+        async with self._refresh:
+            if not self._refreshed:
+                self._refreshed = True
+                self.index = await self.repo.index()
+        out: list[_Range] = []
+        for loc in r.blobs:
+            new = self.index.get(loc.digest)
+            if new is None or new.pack == r.pack or new.raw != loc.raw:
+                who = _names([x for b in r.blobs for x in self.dests[b.digest]])
+                raise CorruptData(f"{who}: pack {r.pack.hex()} is missing from the store") from missing
+            out.append(_Range(new.pack, new.offset, new.offset + new.stored, [new], r.seq))
+        return out
 
     def _apply(self, r: _Range, data: bytes) -> None:
         view = memoryview(data)

@@ -42,6 +42,7 @@ class GcReport:
     dead_pack_bytes: int = 0
     repack: list[str] = field(default_factory=list)  # packs under REPACK_BELOW live share
     repack_bytes: int = 0  # their dead bytes
+    repack_copy_bytes: int = 0  # their live bytes: what a sweep copies into new packs
     unindexed_packs: int = 0  # no index segment names them: a crashed put, or one still running
     unindexed_bytes: int = 0
     manifest_objects: int = 0
@@ -94,21 +95,30 @@ async def survey(
     now: _dt.datetime | None = None,
     candidates: set[str] | None = None,
     unindexed_before: float | None = None,
+    listed: dict[str, int] | None = None,
+    live_digests: set[bytes] | None = None,
+    drop_expired: bool = False,
 ) -> GcReport:
     """Marks what live versions use and measures the rest (reads only; see the module doc).
 
     ``candidates`` (if given) receives the keys a collection may delete: dead packs, dead
     manifest objects, and unindexed packs whose store mtime is before ``unindexed_before``
-    (none without it: a put may still be writing them)."""
+    (none without it: a put may still be writing them). ``listed`` receives key → size of
+    every pack and manifest object listed, ``live_digests`` the digests of every live blob.
+    ``drop_expired`` counts expired versions without aliases as deleted (what `gc` reclaims
+    after its TTL expiry; for `gc --dry-run`)."""
     when = now or _dt.datetime.now(_dt.UTC)
     report = GcReport()
     # What exists is listed before the versions are read: an object a writer adds later is
     # never counted as garbage here (and never a candidate of the real collector, GC.md).
-    listed = [i async for i in repo.store.list("data/")]
-    packs = {i.key.rsplit("/", 1)[1]: i.size for i in listed}
-    pack_keys = {i.key.rsplit("/", 1)[1]: i for i in listed}
+    data_listing = [i async for i in repo.store.list("data/")]
+    packs = {i.key.rsplit("/", 1)[1]: i.size for i in data_listing}
+    pack_keys = {i.key.rsplit("/", 1)[1]: i for i in data_listing}
     segments = [i.key async for i in repo.store.list("index/")]
     manifest_objects = {i.key: i.size async for i in repo.store.list("manifests/")}
+    if listed is not None:
+        listed.update({i.key: i.size for i in data_listing})
+        listed.update(manifest_objects)
     records = await _records(repo)
     # Contributions of distributed writers not finished yet (docs/DISTRIBUTED.md) are roots
     # too: their manifests and blobs become a version only at finish.
@@ -116,13 +126,20 @@ async def survey(
     live = [r for r in records if not r.deleted]
     report.versions, report.deleted_versions = len(live), len(records) - len(live)
     aliased = await _aliased(repo, live)
+    expired: set[tuple[str, str, int]] = set()
     for r in live:
         ends = expires_at(r)
         if ends is not None and ends <= when:
             ref = f"{r.project}/{r.name}:v{r.version}"
-            (report.expired_aliased if (r.project, r.name, r.version) in aliased else report.expired).append(
-                ref
-            )
+            if (r.project, r.name, r.version) in aliased:
+                report.expired_aliased.append(ref)
+            else:
+                report.expired.append(ref)
+                expired.add((r.project, r.name, r.version))
+    if drop_expired and expired:
+        live = [r for r in live if (r.project, r.name, r.version) not in expired]
+        report.versions -= len(expired)
+        report.deleted_versions += len(expired)
 
     live_objects: set[str] = set()
     blobs: set[bytes] = set()
@@ -149,7 +166,7 @@ async def survey(
                 else:
                     blobs.add(e.digest)
 
-    entries = await _all_index_entries(repo, segments)
+    entries = await all_index_entries(repo, segments)
     indexed_packs: dict[str, list[IndexEntry]] = {}
     found: set[bytes] = set()
     for ie in entries:
@@ -182,6 +199,9 @@ async def survey(
         elif live_bytes < REPACK_BELOW * size:
             report.repack.append(pack)
             report.repack_bytes += size - live_bytes
+            report.repack_copy_bytes += live_bytes
+    if live_digests is not None:
+        live_digests.update(blobs)
     for digest in blobs - found:
         report.problems.append(f"blob {digest.hex()} of a live version is in no pack that exists")
     report.manifest_objects = len(manifest_objects)
@@ -194,7 +214,7 @@ async def survey(
     return report
 
 
-async def _all_index_entries(repo: Repository, segments: list[str]) -> list[IndexEntry]:
+async def all_index_entries(repo: Repository, segments: list[str]) -> list[IndexEntry]:
     """Every record of every segment (a blob indexed in two packs appears twice)."""
     cache = _segment_cache_dir(repo.config.id)
     gate = asyncio.Semaphore(_PARALLEL)

@@ -1,5 +1,5 @@
 """The objects of a collection under ``gc/`` (docs/GC.md, bytes in docs/FORMAT.md): marks,
-sweep intents, keep objects and done records. JSON, one object each."""
+sweep intents, keep objects, done records and the sweep epoch. JSON, one object each."""
 
 from __future__ import annotations
 
@@ -14,16 +14,34 @@ SWEEPS: str = "gc/sweeps/"
 KEEP: str = "gc/keep/"
 DONE: str = "gc/done/"
 CLOCK: str = "gc/clock/"
+#: Rewritten (random bytes) by every sweep after its last deletion: a writer whose epoch is
+#: unchanged since it opened the repository knows no sweep deleted anything meanwhile (§4a).
+EPOCH: str = "gc/epoch"
 
 
-class Mark(msgspec.Struct, frozen=True, kw_only=True):
-    """Phase 1: what a collection may delete once ``grace`` seconds have passed."""
+class Mark(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Phase 1: what a collection may delete once ``grace`` seconds have passed. ``repack``
+    (a subset of ``candidates``, omitted when empty) are packs under half live: the sweep
+    copies their live blobs into new packs before deleting them."""
 
     format: int
     repository: str
     created: str
     grace: float
     candidates: list[str]  # object keys: packs, manifest objects
+    repack: list[str] = []
+
+
+class Sweep(msgspec.Struct, frozen=True, kw_only=True):
+    """A sweep intent: ``sweeper`` owns the sweep of ``mark`` while it renews the intent
+    (a compare-and-swap that bumps ``renewal``) at least every ``S/2`` on its own clock;
+    ``finished`` once its mark is deleted. ``{}`` (the first format) reads as unfinished."""
+
+    format: int = 1
+    mark: str = ""
+    sweeper: str = ""
+    renewal: int = 0
+    finished: bool = False
 
 
 class Keep(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,9 +60,17 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
     deleted: list[str]
 
 
-def encode(obj: Mark | Keep | Done) -> bytes:
+def encode(obj: Mark | Sweep | Keep | Done) -> bytes:
     return msgspec.json.encode(obj)
 
 
 def decode(data: bytes, kind: type[T]) -> T:
     return msgspec.json.decode(data, type=kind)
+
+
+def decode_intent(data: bytes) -> Sweep:
+    """A sweep intent; one that does not decode reads as unfinished, of an unknown owner."""
+    try:
+        return decode(data, Sweep)
+    except msgspec.DecodeError:
+        return Sweep()

@@ -1,8 +1,11 @@
-"""`syncengine gc`: mark, then (a later run, after the grace period) sweep — docs/GC.md §3 —
-and the writer rule of §4 (`guard_commit`), which a put runs before it creates its record."""
+"""`syncengine gc`: TTL expiry, then mark, then (a later run, after the grace period) sweep —
+docs/GC.md §3/§4a — with one owner per sweep (a renewed intent another run takes over once it
+is older than the sweep timeout), and the writer rule of §4a (`guard_commit`), which a put
+runs before it creates its record. Pruning of gc's own records is in `gc_records`."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as _dt
 import os
@@ -11,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from syncengine.errors import ObjectNotFound, PreconditionFailed, SyncEngineError
 from syncengine.repo import gc_objects as g
 from syncengine.repo.manifest import decode_manifest, decode_page
@@ -18,10 +23,15 @@ from syncengine.repo.pack import decode_index, encode_index
 
 if TYPE_CHECKING:
     from syncengine.repo.gc import GcReport
+    from syncengine.repo.lifecycle import Deletion
     from syncengine.repo.repository import Repository
     from syncengine.store.base import ObjectStore
 
 DEFAULT_GRACE: Final = 24 * 3600.0
+
+
+#: Deletions are issued in batches of this many keys, the intent renewed before each.
+_DELETE_BATCH: Final = 1000
 
 
 def min_grace() -> float:
@@ -30,8 +40,19 @@ def min_grace() -> float:
     return float(os.environ.get("SYNCENGINE_GC_MIN_GRACE", "3600"))
 
 
+def sweep_timeout() -> float:
+    """``S``: a sweep intent not renewed for this long (store clock) belongs to a sweeper that
+    stopped; a later `gc` takes it over. A sweeper deletes only within ``S/2`` (its own clock)
+    of its last renewal. ``SYNCENGINE_GC_SWEEP_TIMEOUT`` (seconds) changes it (default 15 min)."""
+    return float(os.environ.get("SYNCENGINE_GC_SWEEP_TIMEOUT", "900"))
+
+
 class GcConflict(SyncEngineError):
     """A collection deleted (or is deleting) data this put reused: nothing was committed."""
+
+
+class SweepTakenOver(SyncEngineError):
+    """Another `gc` took this sweep over (this one was too slow to renew its intent)."""
 
 
 @dataclass
@@ -44,6 +65,13 @@ class GcRun:
     kept: int = 0  # candidates a writer's keep object protected, or alive again
     wait_seconds: float = 0.0
     aborted_uploads: int = 0
+    expired: list[Deletion] = field(default_factory=list)  # versions deleted for their TTL
+    kept_aliased: list[dict[str, Any]] = field(default_factory=list)  # expired, kept: aliased
+    pruned: int = 0  # gc records no writer or collector can need any more (gc_records)
+    took_over: bool = False  # this run finished a sweep another `gc` had left unfinished
+    repacked: list[str] = field(default_factory=list)  # packs whose live blobs were copied
+    repacked_bytes: int = 0  # stored bytes of the live blobs copied into new packs
+    waiting_for: str = "grace"  # "grace": the mark's grace period; "sweeper": another gc
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +83,13 @@ class GcRun:
             "kept": self.kept,
             "wait_seconds": self.wait_seconds,
             "aborted_uploads": self.aborted_uploads,
+            "expired": [d.to_json() for d in self.expired],
+            "kept_aliased": self.kept_aliased,
+            "pruned": self.pruned,
+            "took_over": self.took_over,
+            "repacked": self.repacked,
+            "repacked_bytes": self.repacked_bytes,
+            "waiting_for": self.waiting_for,
         }
 
     def summary(self) -> str:
@@ -63,14 +98,24 @@ class GcRun:
                 f"marked {self.report.reclaimable_bytes} reclaimable bytes (mark {self.mark}); "
                 "run `syncengine gc` again after the grace period to delete them"
             )
+        if self.phase == "waiting" and self.waiting_for == "sweeper":
+            return (
+                f"another gc is sweeping mark {self.mark}: if it stopped, `gc` takes it over "
+                f"in {self.wait_seconds:.0f}s"
+            )
         if self.phase == "waiting":
             return f"mark {self.mark} is in its grace period: run `gc` again in {self.wait_seconds:.0f}s"
         if self.phase == "swept":
-            return f"deleted {len(self.deleted)} object(s), {self.deleted_bytes} bytes; kept {self.kept}"
+            over = " (took over a sweep another gc left unfinished)" if self.took_over else ""
+            return (
+                f"deleted {len(self.deleted)} object(s), {self.deleted_bytes} bytes; repacked "
+                f"{len(self.repacked)} pack(s) ({self.repacked_bytes} live bytes copied); "
+                f"kept {self.kept}{over}"
+            )
         return "nothing to collect"
 
 
-async def _store_now(store: ObjectStore) -> float:
+async def store_now(store: ObjectStore) -> float:
     """The store's clock: the mtime of an object written now."""
     key = f"{g.CLOCK}{secrets.token_hex(8)}"
     await store.put(key, b"", if_none_match=True)
@@ -80,30 +125,66 @@ async def _store_now(store: ObjectStore) -> float:
         await store.delete([key])
 
 
+async def read_epoch(store: ObjectStore) -> str | None:
+    """The ETag of ``gc/epoch`` (None if no sweep ever deleted anything)."""
+    try:
+        return (await store.head(g.EPOCH)).etag
+    except ObjectNotFound:
+        return None
+
+
 async def collect(repo: Repository, *, grace: float = DEFAULT_GRACE) -> GcRun:
-    """One `gc` run: sweep a mark old enough, else write a mark if there is none."""
-    from syncengine.repo.gc import survey
+    """One `gc` run: TTL expiry (lifecycle.expire), pruning of gc records no longer needed,
+    then a sweep of a mark old enough (or taking over a stopped sweep), else a mark if
+    there is none."""
+    from syncengine.repo.gc_records import prune
+    from syncengine.repo.lifecycle import expire
 
     if grace < min_grace():
         raise SyncEngineError(
             f"grace period {grace:g}s is below the minimum {min_grace():g}s writers assume (docs/GC.md §4)"
         )
+    expiry = await expire(repo)
+    pruned = await prune(repo.store)
+    try:
+        run = await _step(repo, grace)
+    except SweepTakenOver as e:
+        run = GcRun("waiting", str(e), waiting_for="sweeper", wait_seconds=sweep_timeout())
+    run.expired, run.kept_aliased, run.pruned = expiry.deleted, expiry.kept_aliased, pruned
+    return run
+
+
+async def _step(repo: Repository, grace: float) -> GcRun:
+    from syncengine.repo.gc import survey
+
     store = repo.store
     marks = [i async for i in store.list(g.MARKS)]
     if marks:
         info = min(marks, key=lambda i: i.mtime)
         mid = info.key.rsplit("/", 1)[1]
-        mark = g.decode(await store.get(info.key), g.Mark)
-        elapsed = await _store_now(store) - info.mtime
+        try:
+            mark = g.decode(await store.get(info.key), g.Mark)
+        except ObjectNotFound:  # swept meanwhile by another gc
+            return GcRun("waiting", mid, waiting_for="sweeper")
+        elapsed = await store_now(store) - info.mtime
         need = max(grace, mark.grace)
         if elapsed < need:
             return GcRun("waiting", mid, wait_seconds=need - elapsed)
-        return await _sweep(repo, mid, mark)
+        claim, wait = await _claim(store, mid)
+        if claim is None:
+            return GcRun("waiting", mid, wait_seconds=wait, waiting_for="sweeper")
+        beat = asyncio.create_task(claim.heartbeat())
+        try:
+            return await _sweep(repo, mid, mark, claim)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SweepTakenOver):
+                await beat
     candidates: set[str] = set()
-    now = await _store_now(store)
+    now = await store_now(store)
     report = await survey(repo, candidates=candidates, unindexed_before=now - grace)
     aborted = await _abort_stale(repo, grace)
-    if not candidates:
+    if not candidates and not report.repack:
         return GcRun("nothing", report=report, aborted_uploads=aborted)
     mid = secrets.token_hex(16)
     mark = g.Mark(
@@ -111,10 +192,15 @@ async def collect(repo: Repository, *, grace: float = DEFAULT_GRACE) -> GcRun:
         repository=repo.config.id,
         created=_dt.datetime.now(_dt.UTC).isoformat(),
         grace=grace,
-        candidates=sorted(candidates),
+        candidates=sorted(candidates | {_pack_key(p) for p in report.repack}),
+        repack=sorted(_pack_key(p) for p in report.repack),
     )
     await store.put(f"{g.MARKS}{mid}", g.encode(mark), if_none_match=True)
     return GcRun("marked", mid, report=report, aborted_uploads=aborted)
+
+
+def _pack_key(pack_hex: str) -> str:
+    return f"data/{pack_hex[:2]}/{pack_hex}"
 
 
 async def _abort_stale(repo: Repository, grace: float) -> int:
@@ -127,61 +213,144 @@ async def _abort_stale(repo: Repository, grace: float) -> int:
     return len(got)
 
 
-async def _sweep(repo: Repository, mid: str, mark: g.Mark) -> GcRun:
+class _Claim:
+    """This run's ownership of a sweep: the intent's ETag, renewed by compare-and-swap (a
+    new ``renewal`` number: new bytes, new ETag) before every deletion."""
+
+    def __init__(self, store: ObjectStore, mid: str, body: g.Sweep, etag: str, at: float, took_over: bool):
+        self.store, self.key, self.body, self.etag = store, f"{g.SWEEPS}{mid}", body, etag
+        self.renewed_at, self.took_over, self.mid = at, took_over, mid
+        self._lock = asyncio.Lock()  # the heartbeat and the deletions renew in turn
+
+    async def renew(self, *, finished: bool = False) -> None:
+        """Proves no other gc took the sweep over; deletions may then be issued for ``S/2``
+        on this process's clock (they are issued right after, batch by batch)."""
+        async with self._lock:
+            at = time.monotonic()
+            body = msgspec.structs.replace(
+                self.body, renewal=self.body.renewal + 1, finished=finished or self.body.finished
+            )
+            try:
+                info = await self.store.put(self.key, g.encode(body), if_match=self.etag)
+            except (PreconditionFailed, ObjectNotFound):
+                raise SweepTakenOver(self.mid) from None
+            self.body, self.etag, self.renewed_at = body, info.etag, at
+
+    async def heartbeat(self) -> None:
+        """Renews every ``S/4`` while the sweep surveys and copies (which may take longer
+        than ``S``), so that no other gc takes a running sweep over; a stalled process stops
+        renewing, and its next renewal before a deletion then fails."""
+        while not self.body.finished:
+            await asyncio.sleep(sweep_timeout() / 4)
+            await self.renew()
+
+    async def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), _DELETE_BATCH):
+            await self.renew()
+            await self.store.delete(keys[i : i + _DELETE_BATCH])
+
+
+async def _claim(store: ObjectStore, mid: str) -> tuple[_Claim | None, float]:
+    """Creates the sweep intent of ``mid``, or takes over one not renewed for ``S`` (store
+    clock) by compare-and-swap; else (None, seconds until it may be taken over)."""
+    key = f"{g.SWEEPS}{mid}"
+    body = g.Sweep(mark=mid, sweeper=secrets.token_hex(8))
+    at = time.monotonic()
+    try:
+        info = await store.put(key, g.encode(body), if_none_match=True)
+        return _Claim(store, mid, body, info.etag, at, took_over=False), 0.0
+    except PreconditionFailed:
+        pass
+    try:
+        async with store.open_read(key) as r:
+            etag, mtime = r.info.etag, r.info.mtime
+            await r.read()
+    except ObjectNotFound:
+        return None, 0.0
+    age = await store_now(store) - mtime
+    if age < sweep_timeout():
+        return None, sweep_timeout() - age
+    at = time.monotonic()
+    try:  # the stopped sweeper's ETag: only one later gc wins, and the stopped one's next renewal fails
+        info = await store.put(key, g.encode(body), if_match=etag)
+    except (PreconditionFailed, ObjectNotFound):
+        return None, sweep_timeout()
+    return _Claim(store, mid, body, info.etag, at, took_over=True), 0.0
+
+
+async def _sweep(repo: Repository, mid: str, mark: g.Mark, claim: _Claim) -> GcRun:
     from syncengine.repo.gc import survey
 
     store = repo.store
-    try:  # one sweeper per mark
-        await store.put(f"{g.SWEEPS}{mid}", b"{}", if_none_match=True)
-    except PreconditionFailed:
-        return GcRun("waiting", mid)
-    # Keep objects are listed after the intent: a writer that saw no intent wrote its keep first.
-    keep_keys = [i.key async for i in store.list(f"{g.KEEP}{mid}/")]
-    kept: set[str] = set()
-    for k in keep_keys:
-        kept.update(g.decode(await store.get(k), g.Keep).objects)
-    still: set[str] = set()
-    # Unindexed packs named by the mark are old enough already; a fresh survey re-checks them.
-    await survey(repo, candidates=still, unindexed_before=float("inf"))
-    doomed = sorted((set(mark.candidates) & still) - kept)
-    sizes: dict[str, int] = {}
-    for key in doomed:
-        try:
-            sizes[key] = (await store.head(key)).size
-        except ObjectNotFound:
-            sizes[key] = 0
-    doomed_packs = {k.rsplit("/", 1)[1] for k in doomed if k.startswith("data/")}
-    # Segments that name a doomed pack are rewritten without it before the pack goes: a reader
-    # or a deduplicating writer never finds an index entry for a deleted pack.
+    run = GcRun("swept", mid, took_over=claim.took_over)
+    try:  # a sweeper before us wrote its done record: its deletions are complete
+        doomed = g.decode(await store.get(f"{g.DONE}{mid}"), g.Done).deleted
+    except ObjectNotFound:
+        doomed = None
+    if doomed is None:
+        # Keep objects are listed after the intent: a writer that saw no intent wrote its keep first.
+        kept: set[str] = set()
+        for k in [i.key async for i in store.list(f"{g.KEEP}{mid}/")]:
+            kept.update(g.decode(await store.get(k), g.Keep).objects)
+        still: set[str] = set()
+        listed: dict[str, int] = {}
+        # Unindexed packs named by the mark are old enough already; a fresh survey re-checks them.
+        live: set[bytes] = set()
+        fresh = await survey(
+            repo, candidates=still, unindexed_before=float("inf"), listed=listed, live_digests=live
+        )
+        doomed = []
+        for key in sorted(set(mark.candidates) - kept):
+            # Still garbage, or gone (a sweeper before us deleted it): the done record lists it.
+            if key in still or key not in listed:
+                doomed.append(key)
+        repack = sorted((set(mark.repack) - kept - set(doomed)) & {_pack_key(p) for p in fresh.repack})
+        if repack:
+            from syncengine.repo.gc_repack import repack_packs
+
+            run.repacked_bytes = await repack_packs(repo, [k.rsplit("/", 1)[1] for k in repack], live)
+            run.repacked = repack
+            doomed = sorted({*doomed, *repack})
+        run.deleted_bytes = sum(listed.get(k, 0) for k in doomed)
+        await _drop_packs(repo, claim, {k.rsplit("/", 1)[1] for k in doomed if k.startswith("data/")})
+        await claim.delete([k for k in doomed if not k.startswith("data/")])
+        if doomed:
+            await claim.renew()  # after the last deletion: writers compare it with their open's
+            await store.put(g.EPOCH, secrets.token_bytes(16))
+        await claim.renew()
+        with contextlib.suppress(PreconditionFailed):
+            await store.put(
+                f"{g.DONE}{mid}", g.encode(g.Done(format=1, mark=mid, deleted=doomed)), if_none_match=True
+            )
+    await claim.delete([f"{g.MARKS}{mid}"])
+    # After the done record: a sweeper that takes over then finds it and redoes nothing.
+    await store.delete([i.key async for i in store.list(f"{g.KEEP}{mid}/")])
+    await claim.renew(finished=True)  # kept until gc_records.prune: a finished intent's mtime dates the end
+    repo.forget_index()
+    run.deleted, run.kept = doomed, len(mark.candidates) - len(doomed)
+    return run
+
+
+async def _drop_packs(repo: Repository, claim: _Claim, packs: set[str]) -> None:
+    """Every index segment that names one of ``packs`` is replaced by one without its records
+    (new segment written, then the old deleted), then the packs are deleted: a reader or a
+    deduplicating writer never finds an index entry for a deleted pack."""
+    if not packs:
+        return
+    store = repo.store
     old_segments: list[str] = []
     async for info in store.list("index/"):
         sid = bytes.fromhex(info.key.rsplit("/", 1)[1])
         entries = decode_index(sid, await store.get(info.key))
-        if any(e.pack.hex() in doomed_packs for e in entries):
-            rest = [e for e in entries if e.pack.hex() not in doomed_packs]
+        if any(e.pack.hex() in packs for e in entries):
+            rest = [e for e in entries if e.pack.hex() not in packs]
             if rest:
                 nsid, data = encode_index(rest)
                 with contextlib.suppress(PreconditionFailed):
                     await store.put(f"index/{nsid.hex()}", data, if_none_match=True)
             old_segments.append(info.key)
-    if old_segments:
-        await store.delete(old_segments)
-    if doomed:
-        await store.delete([k for k in doomed if k.startswith("data/")])
-        await store.delete([k for k in doomed if not k.startswith("data/")])
-    done = g.Done(format=1, mark=mid, deleted=doomed)
-    await store.put(f"{g.DONE}{mid}", g.encode(done), if_none_match=True)
-    await store.delete([f"{g.MARKS}{mid}"])
-    # The intent stays: a writer that finds no intent knows the sweep has not started (§4a).
-    await store.delete(keep_keys)
-    repo._index, repo._segments = None, set()
-    return GcRun(
-        "swept",
-        mid,
-        deleted=doomed,
-        deleted_bytes=sum(sizes.values()),
-        kept=len(mark.candidates) - len(doomed),
-    )
+    await claim.delete(old_segments)
+    await claim.delete(sorted(_pack_key(p) for p in packs))
 
 
 # -- the writer rule (§4) -------------------------------------------------------------------
@@ -189,31 +358,41 @@ async def _sweep(repo: Repository, mid: str, mark: g.Mark) -> GcRun:
 
 async def _relied_on(repo: Repository, mkey: str) -> set[str]:
     """Every object the version with manifest record ``mkey`` needs: the record, its pages,
-    and every pack that holds one of its blobs (per a fresh look at the index)."""
-    from syncengine.repo.gc import _all_index_entries
+    and every pack that holds one of its blobs (per a fresh look at the index). Read now:
+    anything a sweep deleted before is missing, and the put fails."""
+    from syncengine.repo.gc import all_index_entries
 
     store = repo.store
     out = {mkey}
     blobs: set[bytes] = set()
-    m = decode_manifest(await store.get(mkey))
-    stack, seen = [m.root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        h = pid.hex()
-        key = f"manifests/{h[:2]}/{h}"
-        out.add(key)
-        page = decode_page(pid, await store.get(key))
-        stack.extend(r.page for r in page.refs)
-        for e in page.entries:
-            if e.ref is None:
-                blobs.update(d for _, d in e.chunks) if e.chunks else blobs.add(e.digest)
+    try:
+        m = decode_manifest(await store.get(mkey))
+        stack, seen = [m.root], set()
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            h = pid.hex()
+            key = f"manifests/{h[:2]}/{h}"
+            out.add(key)
+            page = decode_page(pid, await store.get(key))
+            stack.extend(r.page for r in page.refs)
+            for e in page.entries:
+                if e.ref is None:
+                    blobs.update(d for _, d in e.chunks) if e.chunks else blobs.add(e.digest)
+    except ObjectNotFound as e:  # a page or record this put found existing, deleted since
+        raise GcConflict(
+            f"garbage collection deleted data this put reused ({e}); run the put again"
+        ) from None
     segments = [i.key async for i in store.list("index/")]
     packs = {i.key.rsplit("/", 1)[1]: i.key async for i in store.list("data/")}
     stored: set[bytes] = set()
-    for ie in await _all_index_entries(repo, segments):
+    try:
+        entries = await all_index_entries(repo, segments)
+    except ObjectNotFound:  # a segment rewritten meanwhile: a sweep is running
+        raise GcConflict("a garbage collection is sweeping; run the put again") from None
+    for ie in entries:
         if ie.digest in blobs and ie.pack.hex() in packs:
             out.add(packs[ie.pack.hex()])
             stored.add(ie.digest)
@@ -223,7 +402,10 @@ async def _relied_on(repo: Repository, mkey: str) -> set[str]:
 
 
 async def _check_done(store: ObjectStore, key: str, need: set[str]) -> None:
-    done = g.decode(await store.get(key), g.Done)
+    try:
+        done = g.decode(await store.get(key), g.Done)
+    except ObjectNotFound:  # pruned: only after every check that listed its mark timed out
+        raise GcConflict("the garbage-collection check took too long; run the put again") from None
     for obj in need.intersection(done.deleted):
         try:
             await store.head(obj)  # recreated since (content-addressed): fine
@@ -239,21 +421,19 @@ async def guard_commit(repo: Repository, mkey: str) -> float:
     try:
         return await _guard(repo, mkey)
     except GcConflict:
-        repo._index, repo._segments = None, set()
+        repo.forget_index()
         raise
 
 
 async def _guard(repo: Repository, mkey: str) -> float:
     t_k = time.monotonic()
     store = repo.store
-    marks = [i.key async for i in store.list(g.MARKS)]  # marks first, then done (§4)
-    dones = [i.key async for i in store.list(g.DONE)]
+    marks = [i.key async for i in store.list(g.MARKS)]  # marks first, then the epoch (§4a)
+    epoch = await read_epoch(store)
     deadline = t_k + min_grace() / 2
-    if not marks and not dones:
-        return deadline
+    if not marks and epoch == repo.gc_epoch:
+        return deadline  # no sweep deleted anything since this repository was opened
     need = await _relied_on(repo, mkey)
-    for key in dones:
-        await _check_done(store, key, need)
     for key in marks:
         mid = key.rsplit("/", 1)[1]
         try:

@@ -275,3 +275,21 @@ async def cleanup(
             d.aliases = by_version.get(d.version, [])
     result.deleted = doomed
     return result
+
+
+async def expire(repo: Repository, *, dry_run: bool = False, now: _dt.datetime | None = None) -> Cleanup:
+    """TTL expiry across the repository, as `gc` runs it first: for every artifact, `cleanup`
+    with no count limit, so exactly the rule above — expired versions without aliases are
+    deleted, expired aliased ones are kept and listed in ``kept_aliased``."""
+    when = now or _dt.datetime.now(_dt.UTC)
+    result = Cleanup(dry_run=dry_run)
+    for project in await repo.projects():
+        for name in [n async for n in repo.artifacts(project)]:  # listed before any write
+            one = await cleanup(repo, project, name, keep_last=_EVERY_VERSION, dry_run=dry_run, now=when)
+            result.deleted.extend(one.deleted)
+            result.kept_aliased.extend(one.kept_aliased)
+    return result
+
+
+#: ``keep_last`` that keeps every version by count: only the TTL rule deletes.
+_EVERY_VERSION: Final = 2**62

@@ -220,6 +220,10 @@ class Repository:
         self.params = config.params
         self._index: dict[bytes, IndexEntry] | None = None
         self._segments: set[str] = set()
+        #: ETag of ``gc/epoch`` when the repository was opened (None: no sweep ever ran; "":
+        #: unknown). A commit whose epoch is unchanged and that sees no mark skips the full
+        #: garbage-collection check: no sweep deleted anything since (docs/GC.md §4a).
+        self.gc_epoch: str | None = ""
 
     @classmethod
     async def open(
@@ -254,37 +258,57 @@ class Repository:
             raise ConfigError(
                 f"repository format {config.format} is not supported (this syncengine reads {FORMAT})"
             )
-        return cls(store, config)
+        repo = cls(store, config)
+        from syncengine.repo.gc_sweep import read_epoch  # the writer rule's baseline, GC.md §4a
+
+        repo.gc_epoch = await read_epoch(store)
+        return repo
 
     # -- the blob index -------------------------------------------------------------------
 
     async def index(self) -> dict[bytes, IndexEntry]:
         """digest → location of every blob, from all index segments (loaded once, then
-        refreshed with segments written since)."""
-        if self._index is None:
-            self._index = {}
-        index = self._index
-        new = [info.key async for info in self.store.list("index/") if info.key not in self._segments]
-        if not new:
-            return index
+        refreshed with segments written since). When a segment loaded before has disappeared
+        (`gc` rewrote it, repacking or deleting packs), the index is rebuilt from the
+        segments that exist (from the local segment cache): no record of a pack `gc` deleted
+        survives a refresh. A caller holding the old dict keeps it; call again for the new."""
+        for _ in range(8):  # a segment `gc` deletes between our listing and our read: list again
+            listed = [info.key async for info in self.store.list("index/")]
+            if self._index is None or not self._segments.issubset(listed):
+                self._index, self._segments = {}, set()
+            index = self._index
+            new = [key for key in listed if key not in self._segments]
+            if not new:
+                return index
+            gate = asyncio.Semaphore(16)
+            loaded = await asyncio.gather(*(self._load_segment(k, gate) for k in new))
+            for key, entries in loaded:
+                if entries is None:
+                    continue
+                for e in entries:
+                    index.setdefault(e.digest, e)
+                self._segments.add(key)
+            if all(entries is not None for _, entries in loaded):
+                return index
+        raise SyncEngineError("index segments kept disappearing while loading them; try again")
+
+    async def _load_segment(self, key: str, gate: asyncio.Semaphore) -> tuple[str, list[IndexEntry] | None]:
+        """A segment's records (local segment cache, else the store); None if it is gone."""
         cache = _segment_cache_dir(self.config.id)
-        loop = asyncio.get_running_loop()
-        gate = asyncio.Semaphore(16)
-
-        async def load(key: str) -> tuple[str, list[IndexEntry]]:
-            sid = bytes.fromhex(key.rsplit("/", 1)[1])
-            entries = await loop.run_in_executor(None, _cached_segment, cache, sid)
-            if entries is None:
-                async with gate:
+        sid = bytes.fromhex(key.rsplit("/", 1)[1])
+        entries = await asyncio.to_thread(_cached_segment, cache, sid)
+        if entries is None:
+            async with gate:
+                try:
                     data = await self.store.get(key)
-                entries = await loop.run_in_executor(None, _remember_segment, cache, sid, data)
-            return key, entries
+                except ObjectNotFound:
+                    return key, None
+            entries = await asyncio.to_thread(_remember_segment, cache, sid, data)
+        return key, entries
 
-        for key, entries in await asyncio.gather(*(load(k) for k in new)):
-            for e in entries:
-                index.setdefault(e.digest, e)
-            self._segments.add(key)
-        return index
+    def forget_index(self) -> None:
+        """Drops the in-memory index: the next `index()` loads every segment that exists."""
+        self._index, self._segments = None, set()
 
     # -- logging a version ----------------------------------------------------------------
 
