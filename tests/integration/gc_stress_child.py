@@ -40,6 +40,12 @@ def pool() -> list[bytes]:
     return out
 
 
+def unique(writer: int, i: int) -> bytes:
+    """A file only iteration ``i`` of ``writer`` has: deleting its version always leaves
+    garbage (with the pool alone, every combination soon exists and sweeps find nothing)."""
+    return random.Random(f"{writer}:{i}").randbytes(5000)
+
+
 def say(**line: object) -> None:
     print(json.dumps(line), flush=True)
 
@@ -61,12 +67,15 @@ async def main(url: str, writer: int, iterations: int, workdir: Path) -> None:
             src.mkdir(parents=True)
             for path, j in picked.items():
                 (src / path).write_bytes(contents[j])
+            own = rng.random() < 0.5
+            if own:
+                (src / "u.bin").write_bytes(unique(writer, i))
             try:
                 r = await repo.log([Source(str(src))], project="p", name=name, type="model", stat_cache=False)
             except GcConflict as e:
                 say(conflict=str(e))
                 continue
-            say(committed=name, version=r.record.version, files=picked)
+            say(committed=name, version=r.record.version, files=picked, unique=[writer, i] if own else None)
             mine.append((name, r.record.version))
             if rng.random() < 0.4 or (len(mine) > 2 and rng.random() < 0.3):
                 gone = mine.pop(rng.randrange(len(mine)))

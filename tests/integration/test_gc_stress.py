@@ -17,7 +17,7 @@ import pytest
 from syncengine.repo.gc_sweep import GcRun, collect
 from syncengine.repo.repository import Repository
 from syncengine.store import open_store
-from tests.integration.gc_stress_child import PARAMS, pool
+from tests.integration.gc_stress_child import PARAMS, pool, unique
 from tests.integration.test_cli import cli
 from tests.integration.test_s3_repository import REPO_ROOT, s3_env
 from tests.s3server import S3TestServer
@@ -53,13 +53,13 @@ async def _writer(
             "SYNCENGINE_STATE_DIR": str(tmp / f"state-{w}"),
         },
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=600)
     assert proc.returncode == 0, err.decode()
     return [json.loads(line) for line in out.decode().splitlines()]
 
 
 async def _stress(url: str, tmp: Path, writers: int, sweeps: int, env: dict[str, str]) -> None:
-    iterations = 300  # at most; the writers stop once `sweeps` sweeps that deleted data ran
+    iterations = 1000  # at most; the writers stop once `sweeps` sweeps that deleted data ran
     endpoint = env.get("AWS_ENDPOINT_URL")
     async with open_store(url, endpoint_url=endpoint) as store:
         await Repository.open(store, params=PARAMS)  # created once, before the writers race
@@ -83,7 +83,7 @@ async def _stress(url: str, tmp: Path, writers: int, sweeps: int, env: dict[str,
         stop.set()
         await asyncio.gather(*loops)
     lines = [line for log in logs for line in log]
-    committed = {(str(x["committed"]), int(str(x["version"]))): x["files"] for x in lines if "committed" in x}
+    committed = {(str(x["committed"]), int(str(x["version"]))): x for x in lines if "committed" in x}
     deleted = {(str(x["deleted"]), int(str(x["version"]))) for x in lines if "deleted" in x}
     live = {k: v for k, v in committed.items() if k not in deleted}
     phases = Counter(r.phase for r in runs)
@@ -97,13 +97,17 @@ async def _stress(url: str, tmp: Path, writers: int, sweeps: int, env: dict[str,
         for _ in range(3):  # collect what the last deletions left, with no writer running
             while (run := await collect(repo, grace=GRACE)).phase == "waiting":
                 await asyncio.sleep(min(run.wait_seconds, 0.5) + 0.05)
-        for (name, v), files in sorted(live.items()):
+        for (name, v), line in sorted(live.items()):
             record = await repo.version("p", name, v)
             out = tmp / f"out-{name}-{v}"
             await repo.download(record, str(out), skip_cache=True)
             got = {p.name: p.read_bytes() for p in out.iterdir()}
+            files, own = line["files"], line.get("unique")
             assert isinstance(files, dict)
-            assert got == {path: contents[int(j)] for path, j in files.items()}, (name, v)
+            want = {path: contents[int(j)] for path, j in files.items()}
+            if isinstance(own, list):
+                want["u.bin"] = unique(int(own[0]), int(own[1]))
+            assert got == want, (name, v)
         names = {n async for n in repo.artifacts("p")}
         for name in names:  # nothing else is live: what writers deleted stays deleted
             assert {(name, r.version) for r in await repo.versions("p", name)} <= set(live)
