@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 
@@ -68,6 +69,30 @@ def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
     from syncengine._loop import run
 
     return run(go())
+
+
+_DOWNLOAD_DIR = re.compile(r".+-v[0-9]+")
+
+
+def _downloads_logged(paths: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Folders `get` writes by default (``artifacts/<name>-v<N>``, the W&B layout) inside the
+    folders being logged: usually logged by mistake by a `put .` after a `get`, so named."""
+    if any("artifacts" in pattern for pattern in exclude):
+        return []
+    found: list[str] = []
+    for p in paths:
+        parent = os.path.join(p, "artifacts")
+        try:
+            names = sorted(n for n in os.listdir(parent) if _DOWNLOAD_DIR.fullmatch(n))
+        except OSError:
+            continue
+        found += [
+            f"logged {os.path.join(parent, n)}, a folder `syncengine get` writes downloads to by "
+            "default; --exclude 'artifacts/' leaves such folders out"
+            for n in names
+            if os.path.isdir(os.path.join(parent, n))
+        ]
+    return found
 
 
 class _Unchanged(NamedTuple):
@@ -250,7 +275,7 @@ def register(cli: click.Group) -> None:
             set_ttl = lambda rec: msgspec.structs.replace(rec, ttl_seconds=ttl_s)  # noqa: E731
             r = _run(repo_url, lambda repo: repo.update_version(ref.project, ref.name, v, set_ttl))
         seconds = time.perf_counter() - start
-        for w in result.warnings:
+        for w in [*result.warnings, *_downloads_logged(paths, exclude)]:
             click.echo(f"warning: {w}", err=True)
         if as_json:
             click.echo(

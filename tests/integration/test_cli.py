@@ -720,3 +720,30 @@ def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(
     monkeypatch.setenv("SYNCENGINE_DEBUG", "0")
     assert "Traceback" not in CliRunner().invoke(command, ["ls", *repo]).stderr
     assert CliRunner().invoke(command, ["show"]).exit_code == 2  # usage errors keep click's exit status
+
+
+def test_put_names_downloads_it_is_about_to_log_and_exclude_leaves_them_out(tmp_path: Path) -> None:
+    """`get` without --root writes ./artifacts/<name>-v<N>: a later `put .` there is warned."""
+    env = {"SYNCENGINE_REPO": str(tmp_path / "repo")}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "train.csv").write_bytes(b"a,b\n")
+    first = cli("put", "-n", "p/d", "-t", "dataset", str(work), env=env)
+    assert first.returncode == 0 and "warning" not in first.stderr, first.stderr
+    got = subprocess.run(
+        [sys.executable, "-m", "syncengine", "get", "p/d"], cwd=work, env={**os.environ, **env},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert got.returncode == 0 and (work / "artifacts" / "d-v0" / "train.csv").exists(), got.stderr
+    again = cli("put", "-n", "p/d", "-t", "dataset", str(work), env=env)
+    assert again.returncode == 0
+    assert (
+        "warning: logged" in again.stderr
+        and "d-v0" in again.stderr
+        and "--exclude 'artifacts/'" in again.stderr
+    )
+    left_out = cli(
+        "put", "-n", "p/d", "-t", "dataset", str(work), "--exclude", "artifacts/", "--json", env=env
+    )
+    assert left_out.returncode == 0 and "warning" not in left_out.stderr, left_out.stderr
+    assert json.loads(left_out.stdout)["files"] == 1  # the download was not logged
