@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import blake3 as _blake3
 import msgspec
@@ -36,6 +36,7 @@ from syncengine.errors import (
 from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.hashing.stat_cache import StatCache, default_cache_dir
 from syncengine.hashing.tree import HashedFile, Source, TreeHasher
+from syncengine.repo.blob_index import BlobIndex
 from syncengine.repo.ingest import Ingest, IngestAborted
 from syncengine.repo.manifest import (
     Change,
@@ -218,7 +219,7 @@ class Repository:
         self.store = store
         self.config = config
         self.params = config.params
-        self._index: dict[bytes, IndexEntry] | None = None
+        self._index: BlobIndex | None = None
         self._segments: set[str] = set()
 
     @classmethod
@@ -258,11 +259,11 @@ class Repository:
 
     # -- the blob index -------------------------------------------------------------------
 
-    async def index(self) -> dict[bytes, IndexEntry]:
+    async def index(self) -> BlobIndex:
         """digest → location of every blob, from all index segments (loaded once, then
         refreshed with segments written since)."""
         if self._index is None:
-            self._index = {}
+            self._index = BlobIndex()
         index = self._index
         new = [info.key async for info in self.store.list("index/") if info.key not in self._segments]
         if not new:
@@ -271,18 +272,18 @@ class Repository:
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(16)
 
-        async def load(key: str) -> tuple[str, list[IndexEntry]]:
+        # Each segment is checked and added on a worker thread as it arrives (the first
+        # location of a digest stays); nothing a record is built in Python.
+        async def load(key: str) -> str:
             sid = bytes.fromhex(key.rsplit("/", 1)[1])
-            entries = await loop.run_in_executor(None, _cached_segment, cache, sid)
-            if entries is None:
+            added = await loop.run_in_executor(None, _load_cached_segment, cache, sid, index.add_segment)
+            if added is None:
                 async with gate:
                     data = await self.store.get(key)
-                entries = await loop.run_in_executor(None, _remember_segment, cache, sid, data)
-            return key, entries
+                await loop.run_in_executor(None, _load_new_segment, cache, sid, data, index.add_segment)
+            return key
 
-        for key, entries in await asyncio.gather(*(load(k) for k in new)):
-            for e in entries:
-                index.setdefault(e.digest, e)
+        for key in await asyncio.gather(*(load(k) for k in new)):
             self._segments.add(key)
         return index
 
@@ -383,9 +384,7 @@ class Repository:
             if memo is not None:
                 await loop.run_in_executor(None, memo.close)
 
-    async def _adopt(
-        self, journal: PutJournal, index: dict[bytes, IndexEntry]
-    ) -> tuple[list[bytes], list[IndexEntry]]:
+    async def _adopt(self, journal: PutJournal, index: BlobIndex) -> tuple[list[bytes], list[IndexEntry]]:
         """Packs a killed put of this machine uploaded but never indexed (see put_journal):
         those still in the store join the index. Returns every pack the journal held (to
         forget once this put's segment is written) and the entries of those adopted."""
@@ -420,7 +419,7 @@ class Repository:
         metadata: dict[str, Any] | None,
         tags: list[str],
         sources: Sequence[Source],
-        index: dict[bytes, IndexEntry],
+        index: BlobIndex,
         cache: StatCache | None,
         hasher: TreeHasher,
         journal: PutJournal,
@@ -1178,22 +1177,38 @@ def _segment_cache_dir(repo_id: str) -> str:
     return os.path.join(default_cache_dir(), "index-segments", repo_id)
 
 
+_Loaded = TypeVar("_Loaded")
+
+
 def _cached_segment(cache: str, sid: bytes) -> list[IndexEntry] | None:
+    return _load_cached_segment(cache, sid, decode_index)
+
+
+def _remember_segment(cache: str, sid: bytes, data: bytes) -> list[IndexEntry]:
+    return _load_new_segment(cache, sid, data, decode_index)
+
+
+def _load_cached_segment(cache: str, sid: bytes, load: Callable[[bytes, bytes], _Loaded]) -> _Loaded | None:
+    """``load(sid, bytes)`` of the cached copy of segment `sid` (`decode_index`, or a
+    `BlobIndex.add_segment`); None if there is none or it is damaged (then it is dropped)."""
     try:
         with open(os.path.join(cache, sid.hex()), "rb") as f:
             data = f.read()
     except OSError:
         return None
     try:
-        return decode_index(sid, data)
+        return load(sid, data)
     except CorruptData:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(cache, sid.hex()))
         return None
 
 
-def _remember_segment(cache: str, sid: bytes, data: bytes) -> list[IndexEntry]:
-    entries = decode_index(sid, data)  # raises CorruptData for a damaged segment
+def _load_new_segment(
+    cache: str, sid: bytes, data: bytes, load: Callable[[bytes, bytes], _Loaded]
+) -> _Loaded:
+    """``load(sid, data)`` of a segment just fetched or written, then cached."""
+    entries = load(sid, data)  # raises CorruptData for a damaged segment
     with contextlib.suppress(OSError):  # a cache that cannot be written is no error
         os.makedirs(cache, exist_ok=True)
         tmp = os.path.join(cache, f".tmp-{uuid.uuid4().hex}")
