@@ -303,12 +303,7 @@ cdef class BlobIndex:
     cdef const se_bindex_rec *_find(self, object digest):
         cdef const uint8_t *d = _digest_ptr(digest)
         if d is NULL:
-            if not isinstance(digest, (bytearray, memoryview)):
-                return NULL
-            digest = bytes(digest)
-            d = _digest_ptr(digest)
-            if d is NULL:
-                return NULL
+            return NULL
         return se_bindex_get(&self.ix, d)
 
     def add_segment(self, segment_id, data):
@@ -363,13 +358,13 @@ cdef class BlobIndex:
         cdef const se_bindex_rec *r = self._find(digest)
         if r is NULL:
             return default
-        return self._entry(r, digest if type(digest) is bytes else None)
+        return self._entry(r, digest)
 
     def __getitem__(self, digest):
         cdef const se_bindex_rec *r = self._find(digest)
         if r is NULL:
             raise KeyError(digest)
-        return self._entry(r, digest if type(digest) is bytes else None)
+        return self._entry(r, digest)
 
     def __contains__(self, digest):
         return self._find(digest) is not NULL
