@@ -14,7 +14,8 @@
 #define BLOCK_RECS ((size_t)1 << SE_IDX_BLOCK_BITS)
 #define BLOCK_MASK (BLOCK_RECS - 1)
 #define FIRST_RECS 64
-#define FIRST_SLOTS 64
+#define FIRST_SLOT_BITS 6
+#define PREFETCH 8 /* records ahead whose slot is prefetched while adding a segment */
 /* More than this many records is refused: record numbers + 1 must fit a u32. */
 #define MAX_RECS ((size_t)UINT32_MAX - 1)
 
@@ -62,12 +63,15 @@ const uint8_t *se_bindex_pack(const se_bindex *ix, uint32_t i) {
     return ix->packs[i];
 }
 
+/* A digest's home slot is the top bits of its tag, so a table can double from its slots alone,
+ * walking them in order (no record is read, and the writes run nearly sequentially). */
+static inline size_t home(uint32_t tag, unsigned bits) { return (size_t)(tag >> (32 - bits)); }
+
 const se_bindex_rec *se_bindex_get(const se_bindex *ix, const uint8_t *digest) {
     if (ix->slots_cap == 0) return NULL;
-    uint64_t h = digest_hash(digest);
-    uint32_t tag = (uint32_t)(h >> 32);
+    uint32_t tag = (uint32_t)(digest_hash(digest) >> 32);
     size_t mask = ix->slots_cap - 1;
-    for (size_t i = h & mask;; i = (i + 1) & mask) {
+    for (size_t i = home(tag, ix->slots_bits);; i = (i + 1) & mask) {
         const se_bindex_slot *s = &ix->slots[i];
         if (s->rec1 == 0) return NULL;
         if (s->tag == tag) {
@@ -79,23 +83,25 @@ const se_bindex_rec *se_bindex_get(const se_bindex *ix, const uint8_t *digest) {
 
 /* The table stays at most 70 % full: after a doubling it is ≥ 35 % full, 8 bytes a slot. */
 static int slots_reserve(se_bindex *ix, size_t want) {
-    size_t cap = ix->slots_cap ? ix->slots_cap : FIRST_SLOTS;
-    while (want * 10 > cap * 7) cap *= 2;
+    unsigned bits = ix->slots_cap ? ix->slots_bits : FIRST_SLOT_BITS;
+    while (want * 10 > ((size_t)1 << bits) * 7) bits++;
+    size_t cap = (size_t)1 << bits;
     if (cap == ix->slots_cap) return 0;
+    if (bits > 32) return SE_IDX_NOMEM;
     se_bindex_slot *slots = calloc(cap, sizeof *slots);
     if (slots == NULL) return SE_IDX_NOMEM;
     size_t mask = cap - 1;
-    /* Rehash from the records, read in order (the old slots hold too few hash bits). */
-    for (size_t n = 0; n < ix->count; n++) {
-        uint64_t h = digest_hash(se_bindex_at(ix, n)->digest);
-        size_t i = h & mask;
+    for (size_t k = 0; k < ix->slots_cap; k++) {
+        se_bindex_slot s = ix->slots[k];
+        if (s.rec1 == 0) continue;
+        size_t i = home(s.tag, bits);
         while (slots[i].rec1 != 0) i = (i + 1) & mask;
-        slots[i].rec1 = (uint32_t)(n + 1);
-        slots[i].tag = (uint32_t)(h >> 32);
+        slots[i] = s;
     }
     free(ix->slots);
     ix->slots = slots;
     ix->slots_cap = cap;
+    ix->slots_bits = bits;
     return 0;
 }
 
@@ -188,10 +194,9 @@ static int intern_pack(se_bindex *ix, const uint8_t *id, uint32_t *out) {
 /* Inserts with room already reserved for one more record and slot. */
 static int insert(se_bindex *ix, const uint8_t *digest, const uint8_t *pack, uint64_t offset,
                   uint32_t stored, uint32_t raw, uint8_t codec, int *added) {
-    uint64_t h = digest_hash(digest);
-    uint32_t tag = (uint32_t)(h >> 32);
+    uint32_t tag = (uint32_t)(digest_hash(digest) >> 32);
     size_t mask = ix->slots_cap - 1;
-    size_t i = h & mask;
+    size_t i = home(tag, ix->slots_bits);
     for (; ix->slots[i].rec1 != 0; i = (i + 1) & mask) {
         if (ix->slots[i].tag == tag &&
             memcmp(se_bindex_at(ix, ix->slots[i].rec1 - 1)->digest, digest, 32) == 0) {
@@ -251,6 +256,11 @@ int se_bindex_add_segment(se_bindex *ix, const uint8_t *data, uint32_t count, si
     if (e) return e;
     const uint8_t *p = data + SE_IDX_HEADER_SIZE;
     for (uint32_t k = 0; k < count; k++, p += SE_IDX_RECORD_SIZE) {
+        /* Each insert's slot is a cache miss in a large table: ask for a later one's now. */
+        if (k + PREFETCH < count) {
+            uint32_t tag = (uint32_t)(digest_hash(p + PREFETCH * SE_IDX_RECORD_SIZE) >> 32);
+            __builtin_prefetch(&ix->slots[home(tag, ix->slots_bits)], 1);
+        }
         uint64_t offset;
         uint32_t stored, raw;
         memcpy(&offset, p + 64, 8);

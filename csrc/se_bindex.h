@@ -2,7 +2,7 @@
  *
  * Records live in a dense array (in insertion order, in blocks so growth never copies more
  * than one block); an open-addressing table of 8-byte slots (record number + 32 hash bits)
- * finds them by digest. Pack ids are interned: a record names its pack by a u32.
+ * finds them by digest; a slot's home is the top bits of its tag. Pack ids are interned: a record names its pack by a u32.
  * Nothing here touches Python; the caller serialises mutation (the Cython class holds the GIL
  * while it inserts).
  */
@@ -44,7 +44,8 @@ typedef struct {
     size_t block0_cap;       /* records block 0 has room for (until it is full-size) */
     size_t count;
     se_bindex_slot *slots;
-    size_t slots_cap;        /* a power of two, or 0 */
+    size_t slots_cap;        /* 2^slots_bits, or 0 */
+    unsigned slots_bits;
     uint8_t (*packs)[32];
     size_t npacks, packs_cap;
     uint32_t *pack_slots;    /* pack number + 1; 0: empty */
