@@ -35,7 +35,7 @@ def test_refresh_keeps_first_locations_and_downloads_still_work(tmp_path: Path) 
         # Another writer's segment names one of these blobs in another pack, and a new blob.
         old = next(iter(loaded.values()))
         new = IndexEntry(blob_digest(b"new blob"), blob_digest(b"other pack"), 8, 8, 8, 0)
-        sid, seg = encode_index([old._replace(pack=blob_digest(b"other pack")), new])
+        sid, seg = encode_index([old._replace(pack=blob_digest(b"other pack"), offset=old.offset + 1), new])
         await repo.store.put(f"index/{sid.hex()}", seg, if_none_match=True)
         again = await repo.index()
         assert again is index and len(again) == len(loaded) + 1
