@@ -273,7 +273,7 @@ class Repository:
         gate = asyncio.Semaphore(16)
 
         # Each segment is checked and added on a worker thread as it arrives (the first
-        # location of a digest stays); nothing a record is built in Python.
+        # location of a digest stays); no Python object is built per record.
         async def load(key: str) -> str:
             sid = bytes.fromhex(key.rsplit("/", 1)[1])
             added = await loop.run_in_executor(None, _load_cached_segment, cache, sid, index.add_segment)
@@ -1180,6 +1180,7 @@ def _segment_cache_dir(repo_id: str) -> str:
 _Loaded = TypeVar("_Loaded")
 
 
+# Every record of a segment, duplicates included (gc's survey needs them all).
 def _cached_segment(cache: str, sid: bytes) -> list[IndexEntry] | None:
     return _load_cached_segment(cache, sid, decode_index)
 
