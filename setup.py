@@ -32,7 +32,7 @@ blake3_sources = sorted(
 
 native = Extension(
     "syncengine._native",
-    sources=["csrc/_native.pyx", "csrc/se_cdc.c", "csrc/se_filehash.c", *blake3_sources],
+    sources=["csrc/_native.pyx", "csrc/se_bindex.c", "csrc/se_cdc.c", "csrc/se_filehash.c", *blake3_sources],
     include_dirs=["csrc", "csrc/blake3"],
     depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/blake3/*.h") + glob.glob("csrc/*.pxd")),
     extra_compile_args=["-std=gnu11", "-Wall", *cflags],

@@ -1,10 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# The compiled hashing core: BLAKE3, gear/FastCDC chunking and file hashing over reusable buffers.
+# The compiled core: BLAKE3, gear/FastCDC chunking and file hashing over reusable buffers, and
+# the compact in-memory blob index (BlobIndex; syncengine.repo.blob_index documents it).
 import os
+import sys
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.stdint cimport UINT64_MAX, int64_t, uint8_t, uint64_t
+from libc.stdint cimport UINT64_MAX, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from posix.unistd cimport close
 
@@ -225,3 +227,181 @@ cdef class FileHasher:
             PyMem_Free(expected)
             PyMem_Free(sizes)
             PyMem_Free(errs)
+
+
+# -- the blob index ------------------------------------------------------------------------
+
+#: What one 32-byte bytes object costs (the pack ids handed out).
+_BYTES32 = sys.getsizeof(bytes(32))
+
+# syncengine.repo.pack imports this module's package: its names are bound on first use.
+cdef object _IndexEntry = None
+cdef object _CorruptData = None
+# IndexEntry(...) runs a Python-level __new__; tuple.__new__ on its class makes the same
+# object several times faster.
+cdef object _tuple_new = tuple.__new__
+
+
+cdef int _bind_pack_types() except -1:
+    global _IndexEntry, _CorruptData
+    if _IndexEntry is None:
+        from syncengine.repo.pack import CorruptData, IndexEntry
+        _IndexEntry, _CorruptData = IndexEntry, CorruptData
+    return 0
+
+
+cdef object _index_error(int code, bytes sid, size_t rows_len, uint32_t count):
+    """The one place the index's C error codes become Python exceptions (the messages are
+    syncengine.repo.pack.decode_index's)."""
+    if code == SE_IDX_BAD_NAME:
+        return _CorruptData(f"index segment {sid.hex()} does not match its name")
+    if code == SE_IDX_BAD_HEADER:
+        return _CorruptData(f"index segment {sid.hex()}: bad header")
+    if code == SE_IDX_BAD_LENGTH:
+        return _CorruptData(f"index segment {sid.hex()}: {rows_len} bytes for {count} entries")
+    return MemoryError("the blob index could not grow (out of memory, or 2^32 blobs)")
+
+
+cdef inline const uint8_t *_digest_ptr(object digest):
+    """The 32 bytes of a bytes digest, or NULL for anything else (never present)."""
+    if type(digest) is bytes and PyBytes_GET_SIZE(digest) == 32:
+        return <const uint8_t *>PyBytes_AS_STRING(digest)
+    return NULL
+
+
+cdef class BlobIndex:
+    """digest → IndexEntry of every blob, ~75 bytes a blob (see syncengine.repo.blob_index).
+
+    The GIL is held while records are inserted, so lookups and adds from several threads are
+    safe; only the BLAKE3 check of a segment's bytes runs without it.
+    """
+    cdef se_bindex ix
+    cdef list _packs  # bytes of each pack id, made on its first lookup
+    cdef Py_ssize_t _pack_objects
+
+    def __cinit__(self):
+        _bind_pack_types()
+        se_bindex_init(&self.ix)
+        self._packs = []
+        self._pack_objects = 0
+
+    def __dealloc__(self):
+        se_bindex_free(&self.ix)
+
+    cdef object _pack(self, uint32_t n):
+        if n >= len(self._packs):
+            self._packs.extend([None] * (self.ix.npacks - len(self._packs)))
+        p = self._packs[n]
+        if p is None:
+            p = PyBytes_FromStringAndSize(<const char *>se_bindex_pack(&self.ix, n), 32)
+            self._packs[n] = p
+            self._pack_objects += 1
+        return p
+
+    cdef object _entry(self, const se_bindex_rec *r, object digest):
+        if digest is None:
+            digest = PyBytes_FromStringAndSize(<const char *>r.digest, 32)
+        return _tuple_new(_IndexEntry, (digest, self._pack(r.pack), r.offset, r.stored, r.raw, r.codec))
+
+    cdef const se_bindex_rec *_find(self, object digest):
+        cdef const uint8_t *d = _digest_ptr(digest)
+        if d is NULL:
+            return NULL
+        return se_bindex_get(&self.ix, d)
+
+    def add_segment(self, segment_id, data):
+        """Checks an index segment as decode_index does (CorruptData with its messages) and
+        adds its records, a digest already present keeping its location. Returns how many
+        digests were new."""
+        cdef bytes sid = bytes(segment_id)
+        cdef const uint8_t[::1] view = memoryview(data).cast("B")
+        cdef const uint8_t *ptr = &view[0] if view.shape[0] else <const uint8_t *>b""
+        cdef size_t n = view.shape[0], rows_len = 0, added = 0
+        cdef uint32_t count = 0
+        cdef int e
+        if len(sid) != 32:
+            raise _index_error(SE_IDX_BAD_NAME, sid, 0, 0)
+        cdef const uint8_t *sp = <const uint8_t *>PyBytes_AS_STRING(sid)
+        with nogil:
+            e = se_bindex_check_segment(sp, ptr, n, &count, &rows_len)
+        if e:
+            raise _index_error(e, sid, rows_len, count)
+        # GIL held: no other thread sees the table while it grows.
+        e = se_bindex_add_segment(&self.ix, ptr, count, &added)
+        if e:
+            raise _index_error(e, sid, 0, 0)
+        return added
+
+    def add(self, entry):
+        """Adds one IndexEntry unless its digest is present; True if it was added."""
+        digest, pack, offset, stored, raw, codec = entry
+        cdef bytes dg = bytes(digest), pk = bytes(pack)
+        cdef const uint8_t *d = _digest_ptr(dg)
+        if d is NULL or len(pk) != 32:
+            raise ValueError("an index entry's digest and pack id are 32 bytes each")
+        cdef int added = 0
+        cdef int e = se_bindex_add(&self.ix, d, <const uint8_t *>PyBytes_AS_STRING(pk),
+                                   offset, stored, raw, codec, &added)
+        if e:
+            raise _index_error(e, b"", 0, 0)
+        return bool(added)
+
+    def setdefault(self, digest, entry):
+        """The entry for `digest`, adding `entry` (whose digest it must be) if absent."""
+        if bytes(digest) != bytes(entry[0]):
+            raise ValueError("setdefault: the entry's digest is not the key")
+        cdef const se_bindex_rec *r = self._find(digest)
+        if r is not NULL:
+            return self._entry(r, None)
+        self.add(entry)
+        return entry
+
+    def get(self, digest, default=None):
+        """The IndexEntry of `digest`, or `default`."""
+        cdef const se_bindex_rec *r = self._find(digest)
+        if r is NULL:
+            return default
+        return self._entry(r, digest)
+
+    def __getitem__(self, digest):
+        cdef const se_bindex_rec *r = self._find(digest)
+        if r is NULL:
+            raise KeyError(digest)
+        return self._entry(r, digest)
+
+    def __contains__(self, digest):
+        return self._find(digest) is not NULL
+
+    def __len__(self):
+        return self.ix.count
+
+    def __iter__(self):
+        """The digests, in the order they were added."""
+        cdef size_t i = 0
+        while i < self.ix.count:
+            yield PyBytes_FromStringAndSize(<const char *>se_bindex_at(&self.ix, i).digest, 32)
+            i += 1
+
+    def keys(self):
+        return iter(self)
+
+    def values(self):
+        """The IndexEntry of every blob, in the order they were added."""
+        cdef size_t i = 0
+        while i < self.ix.count:
+            yield self._entry(se_bindex_at(&self.ix, i), None)
+            i += 1
+
+    def items(self):
+        """(digest, IndexEntry) of every blob, in the order they were added."""
+        for e in self.values():
+            yield e[0], e
+
+    @property
+    def nbytes(self):
+        """Bytes this index holds: its C tables plus the pack ids handed out as bytes."""
+        return (se_bindex_nbytes(&self.ix) + 8 * len(self._packs)
+                + self._pack_objects * _BYTES32)
+
+    def __repr__(self):
+        return f"<BlobIndex (native): {self.ix.count} blobs in {self.ix.npacks} packs>"

@@ -56,6 +56,7 @@ from syncengine.errors import FileChangedError, ObjectNotFound, SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunks
 from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
+from syncengine.repo.blob_index import BlobIndex
 from syncengine.repo.file_cache import FileCache
 from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReader
 from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, read_blob
@@ -683,7 +684,7 @@ class _Downloader(_Session):
         self,
         repo: Repository,
         root: str,
-        index: dict[bytes, IndexEntry],
+        index: BlobIndex,
         *,
         mode: Mode,
         concurrency: int,

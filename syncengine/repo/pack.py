@@ -221,10 +221,12 @@ def encode_index(entries: Iterable[IndexEntry]) -> tuple[bytes, bytes]:
 
 
 def decode_index(segment: bytes, data: bytes) -> list[IndexEntry]:
+    """The records of index segment `segment` (its id) checked against its name and layout;
+    `syncengine.repo.blob_index.BlobIndex.add_segment` checks the same, with the same errors."""
     if _blake3.blake3(data).digest() != segment:
         raise CorruptData(f"index segment {segment.hex()} does not match its name")
     body = data[:-32]
-    if not body.startswith(INDEX_MAGIC):
+    if len(body) < len(INDEX_MAGIC) + _COUNT.size or not body.startswith(INDEX_MAGIC):
         raise CorruptData(f"index segment {segment.hex()}: bad header")
     (count,) = _COUNT.unpack_from(body, len(INDEX_MAGIC))
     rows = body[len(INDEX_MAGIC) + _COUNT.size :]

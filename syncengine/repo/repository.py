@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import blake3 as _blake3
 import msgspec
@@ -36,6 +36,7 @@ from syncengine.errors import (
 from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.hashing.stat_cache import StatCache, default_cache_dir
 from syncengine.hashing.tree import HashedFile, Source, TreeHasher
+from syncengine.repo.blob_index import BlobIndex
 from syncengine.repo.ingest import Ingest, IngestAborted
 from syncengine.repo.manifest import (
     Change,
@@ -218,7 +219,7 @@ class Repository:
         self.store = store
         self.config = config
         self.params = config.params
-        self._index: dict[bytes, IndexEntry] | None = None
+        self._index: BlobIndex | None = None
         self._segments: set[str] = set()
         #: ETag of ``gc/epoch`` when the repository was opened (None: no sweep ever ran; "":
         #: unknown). A commit whose epoch is unchanged and that sees no mark skips the full
@@ -266,45 +267,45 @@ class Repository:
 
     # -- the blob index -------------------------------------------------------------------
 
-    async def index(self) -> dict[bytes, IndexEntry]:
+    async def index(self) -> BlobIndex:
         """digest → location of every blob, from all index segments (loaded once, then
         refreshed with segments written since). When a segment loaded before has disappeared
         (`gc` rewrote it, repacking or deleting packs), the index is rebuilt from the
         segments that exist (from the local segment cache): no record of a pack `gc` deleted
-        survives a refresh. A caller holding the old dict keeps it; call again for the new."""
+        survives a refresh. A caller holding the old index keeps it; call again for the new.
+        Each segment is checked and added on a worker thread as it arrives (the first
+        location of a digest stays); no Python object is built per record."""
         for _ in range(8):  # a segment `gc` deletes between our listing and our read: list again
             listed = [info.key async for info in self.store.list("index/")]
             if self._index is None or not self._segments.issubset(listed):
-                self._index, self._segments = {}, set()
+                self._index, self._segments = BlobIndex(), set()
             index = self._index
             new = [key for key in listed if key not in self._segments]
             if not new:
                 return index
             gate = asyncio.Semaphore(16)
-            loaded = await asyncio.gather(*(self._load_segment(k, gate) for k in new))
-            for key, entries in loaded:
-                if entries is None:
-                    continue
-                for e in entries:
-                    index.setdefault(e.digest, e)
-                self._segments.add(key)
-            if all(entries is not None for _, entries in loaded):
+            loaded = await asyncio.gather(*(self._load_segment(k, index, gate) for k in new))
+            for key, found in loaded:
+                if found:
+                    self._segments.add(key)
+            if all(found for _, found in loaded):
                 return index
         raise SyncEngineError("index segments kept disappearing while loading them; try again")
 
-    async def _load_segment(self, key: str, gate: asyncio.Semaphore) -> tuple[str, list[IndexEntry] | None]:
-        """A segment's records (local segment cache, else the store); None if it is gone."""
+    async def _load_segment(self, key: str, index: BlobIndex, gate: asyncio.Semaphore) -> tuple[str, bool]:
+        """Adds a segment's records to `index` (local segment cache, else the store); False
+        if it is gone."""
         cache = _segment_cache_dir(self.config.id)
         sid = bytes.fromhex(key.rsplit("/", 1)[1])
-        entries = await asyncio.to_thread(_cached_segment, cache, sid)
-        if entries is None:
+        added = await asyncio.to_thread(_load_cached_segment, cache, sid, index.add_segment)
+        if added is None:
             async with gate:
                 try:
                     data = await self.store.get(key)
                 except ObjectNotFound:
-                    return key, None
-            entries = await asyncio.to_thread(_remember_segment, cache, sid, data)
-        return key, entries
+                    return key, False
+            await asyncio.to_thread(_load_new_segment, cache, sid, data, index.add_segment)
+        return key, True
 
     def forget_index(self) -> None:
         """Drops the in-memory index: the next `index()` loads every segment that exists."""
@@ -410,9 +411,7 @@ class Repository:
             if memo is not None:
                 await loop.run_in_executor(None, memo.close)
 
-    async def _adopt(
-        self, journal: PutJournal, index: dict[bytes, IndexEntry]
-    ) -> tuple[list[bytes], list[IndexEntry]]:
+    async def _adopt(self, journal: PutJournal, index: BlobIndex) -> tuple[list[bytes], list[IndexEntry]]:
         """Packs a killed put of this machine uploaded but never indexed (see put_journal):
         those still in the store join the index. Returns every pack the journal held (to
         forget once this put's segment is written) and the entries of those adopted."""
@@ -447,7 +446,7 @@ class Repository:
         metadata: dict[str, Any] | None,
         tags: list[str],
         sources: Sequence[Source],
-        index: dict[bytes, IndexEntry],
+        index: BlobIndex,
         cache: StatCache | None,
         hasher: TreeHasher,
         journal: PutJournal,
@@ -1217,22 +1216,39 @@ def _segment_cache_dir(repo_id: str) -> str:
     return os.path.join(default_cache_dir(), "index-segments", repo_id)
 
 
+_Loaded = TypeVar("_Loaded")
+
+
+# Every record of a segment, duplicates included (gc's survey needs them all).
 def _cached_segment(cache: str, sid: bytes) -> list[IndexEntry] | None:
+    return _load_cached_segment(cache, sid, decode_index)
+
+
+def _remember_segment(cache: str, sid: bytes, data: bytes) -> list[IndexEntry]:
+    return _load_new_segment(cache, sid, data, decode_index)
+
+
+def _load_cached_segment(cache: str, sid: bytes, load: Callable[[bytes, bytes], _Loaded]) -> _Loaded | None:
+    """``load(sid, bytes)`` of the cached copy of segment `sid` (`decode_index`, or a
+    `BlobIndex.add_segment`); None if there is none or it is damaged (then it is dropped)."""
     try:
         with open(os.path.join(cache, sid.hex()), "rb") as f:
             data = f.read()
     except OSError:
         return None
     try:
-        return decode_index(sid, data)
+        return load(sid, data)
     except CorruptData:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(cache, sid.hex()))
         return None
 
 
-def _remember_segment(cache: str, sid: bytes, data: bytes) -> list[IndexEntry]:
-    entries = decode_index(sid, data)  # raises CorruptData for a damaged segment
+def _load_new_segment(
+    cache: str, sid: bytes, data: bytes, load: Callable[[bytes, bytes], _Loaded]
+) -> _Loaded:
+    """``load(sid, data)`` of a segment just fetched or written, then cached."""
+    entries = load(sid, data)  # raises CorruptData for a damaged segment
     with contextlib.suppress(OSError):  # a cache that cannot be written is no error
         os.makedirs(cache, exist_ok=True)
         tmp = os.path.join(cache, f".tmp-{uuid.uuid4().hex}")

@@ -55,6 +55,27 @@ WORKLOAD = textwrap.dedent(
     assert part[0].offset == 1000 and part[-1].offset < (2 << 20) <= part[-1].offset + part[-1].length
     out = list(TreeHasher(small, threads=2, impl=native).hash([Source(work)]))
     assert len(out) == 10 and all(o.digest.size == os.path.getsize(o.entry.abspath) for o in out)
+    from syncengine.repo.pack import CorruptData, IndexEntry, decode_index, encode_index
+    index = native.BlobIndex()
+    want = {}
+    for k in range(12):  # past block 0's doublings and into a second 16384-record block
+        entries = [IndexEntry(blake3.blake3(b"%d" % (i % 20000)).digest(), bytes([i % 7]) * 32, i,
+                              i % 4096, i % 8192, i % 2) for i in range(k * 2000, k * 2000 + 2500)]
+        sid, seg = encode_index(entries)
+        index.add_segment(sid, seg)
+        for e in decode_index(sid, seg):
+            want.setdefault(e.digest, e)
+        index.add(IndexEntry(blake3.blake3(b"one %d" % k).digest(), bytes(32), k, 1, 1, 0))
+        for cut in (1, 33, len(seg) - 12, len(seg)):
+            bad = seg[:-cut]
+            try:
+                index.add_segment(blake3.blake3(bad).digest(), bad)
+                raise AssertionError("a cut segment was accepted")
+            except CorruptData:
+                pass
+    assert len(index) == len(want) + 12
+    assert all(index[d] == e for d, e in want.items()) and len(list(index.items())) == len(index)
+    assert blake3.blake3(b"absent").digest() not in index and index.nbytes > 0
     print("sanitized workload ok")
     """
 )
