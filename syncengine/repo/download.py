@@ -562,6 +562,7 @@ class _FileJob:
         "target",
         "tmp",
         "unstarted",
+        "write_lock",
         "written",
     )
 
@@ -586,6 +587,10 @@ class _FileJob:
         self.created = False
         self.done = False
         self.lock = threading.Lock()
+        #: One pwrite into the temp file at a time: the kernel serializes writes to one
+        #: file anyway (the inode lock), and threads waiting here sleep instead of spinning
+        #: on that lock (14 % of a 1 GiB get's CPU samples were that spinning).
+        self.write_lock = threading.Lock()
 
     @property
     def partial_key(self) -> tuple[str, str]:
@@ -1137,7 +1142,8 @@ class _Downloader(_Session):
         fd = fds.get(job)
         if fd is None:
             fd = fds[job] = job.open(self.abort)
-        _pwrite_all(fd, raw, offset)
+        with job.write_lock:
+            _pwrite_all(fd, raw, offset)
         job.written = True
         with job.lock:
             job.remaining -= 1
