@@ -41,6 +41,7 @@ from syncengine.repo.repository import (
     Repository,
     TypeMismatch,
     _created_by,
+    _creation_fields,
     _ImmutableWrites,
     _obj_key,
     _put_manifest_record,
@@ -355,7 +356,7 @@ async def finish(
         description or "",
         metadata or {},
         tuple(tags),
-        fields={"logged_by": run} if run else None,
+        fields=_creation_fields(run, None),
     )
     assert committed is not None
     record, created = committed
