@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -18,6 +19,15 @@ if TYPE_CHECKING:
     from syncengine.repo.repository import Repository
 
 _dry_run = click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+
+
+def _echo_expiry(deleted: Iterable[Deletion], kept_aliased: Iterable[dict[str, Any]], kept: str) -> None:
+    """What cleanup or gc's TTL expiry did: a line per deletion, then per aliased version
+    kept past its TTL (``kept``: "kept", or "would keep" for a dry run)."""
+    for d in deleted:
+        click.echo(_deletion_line(d))
+    for k in kept_aliased:
+        click.echo(f"{kept} {k['ref']}: expired {k['expired']} but holds alias(es) {', '.join(k['aliases'])}")
 
 
 def _deletion_line(d: Deletion) -> str:
@@ -87,12 +97,7 @@ def register_lifecycle(cli: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(result.to_json()))
             return
-        for d in result.deleted:
-            click.echo(_deletion_line(d))
-        for k in result.kept_aliased:
-            click.echo(
-                f"kept {k['ref']}: expired {k['expired']} but holds alias(es) {', '.join(k['aliases'])}"
-            )
+        _echo_expiry(result.deleted, result.kept_aliased, "kept")
         verb = "would delete" if dry_run else "deleted"
         click.echo(
             f"{verb} {len(result.deleted)} version(s) of {r.full_name} ({human_bytes(result.bytes)} of files)"
@@ -160,12 +165,7 @@ def register_lifecycle(cli: click.Group) -> None:
             if as_json:
                 click.echo(json.dumps(g.to_json()))
                 return
-            for d in g.expired:
-                click.echo(_deletion_line(d))
-            for k in g.kept_aliased:
-                click.echo(
-                    f"kept {k['ref']}: expired {k['expired']} but holds alias(es) {', '.join(k['aliases'])}"
-                )
+            _echo_expiry(g.expired, g.kept_aliased, "kept")
             for key in g.repacked:
                 click.echo(f"repacked {key}")
             if g.pruned:
@@ -183,12 +183,7 @@ def register_lifecycle(cli: click.Group) -> None:
         if as_json:
             click.echo(json.dumps({**r.to_json(), "expiry": expiry.to_json()}))
             return
-        for d in expiry.deleted:
-            click.echo(_deletion_line(d))
-        for k in expiry.kept_aliased:
-            click.echo(
-                f"would keep {k['ref']}: expired {k['expired']} but holds alias(es) {', '.join(k['aliases'])}"
-            )
+        _echo_expiry(expiry.deleted, expiry.kept_aliased, "would keep")
         click.echo(f"{r.versions} live version(s), {r.deleted_versions} deleted")
         click.echo(
             f"{r.packs} pack(s), {human_bytes(r.pack_bytes)}: {human_bytes(r.live_bytes)} live in "
