@@ -160,21 +160,19 @@ class _Secret:
         return "<secret>"
 
 
-class _Signer:
+def _sign(method: str, url: str, headers: dict[str, str], creds: Any, region: str) -> dict[str, str]:
     """SigV4 with the payload left unsigned (docs/S3.md says why), by ``sigv4.sign_v4``: what
     botocore's signer computes, without importing it; ``creds`` are frozen credentials
     (botocore's or `StaticCredentials`)."""
-
-    def sign(self, method: str, url: str, headers: dict[str, str], creds: Any, region: str) -> dict[str, str]:
-        return sign_v4(
-            method,
-            url,
-            access_key=creds.access_key,
-            secret_key=creds.secret_key,
-            session_token=creds.token,
-            region=region,
-            headers=headers,
-        )
+    return sign_v4(
+        method,
+        url,
+        access_key=creds.access_key,
+        secret_key=creds.secret_key,
+        session_token=creds.token,
+        region=region,
+        headers=headers,
+    )
 
 
 class _Resolved(NamedTuple):
@@ -686,7 +684,6 @@ class S3Store(StoreContext):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._creds: _CredentialCache | None = None
         self._cred_source = ""
-        self._signer: _Signer | None = None
         self._addressing: Literal["path", "virtual"] = "path"
         self._flat_listing = False
         self._setup_lock: asyncio.Lock | None = None
@@ -803,7 +800,6 @@ class S3Store(StoreContext):
             self.region, self.endpoint = r.region, r.endpoint
             self._cred_source = r.source
             self._creds = _CredentialCache(r.provider, self._run)
-            self._signer = _Signer()
             wanted = self._addressing_arg if self._addressing_arg != "auto" else r.addressing
             self._addressing = choose_addressing(r.endpoint, self.bucket, wanted)
             host = urlsplit(r.endpoint).hostname or ""
@@ -867,7 +863,7 @@ class S3Store(StoreContext):
         their domain error; any other error answer raises `_HttpError`.
         """
         session = await self._ready()
-        assert self._creds is not None and self._signer is not None and self.region is not None
+        assert self._creds is not None and self.region is not None
         url = self._url(full_key, query)
         target = yarl.URL(url, encoded=True)
         retrier = retrier or self._retrier(what)
@@ -886,7 +882,7 @@ class S3Store(StoreContext):
             try:
                 async with retrier.attempt() as guard:
                     creds = await self._creds.get()
-                    signed = self._signer.sign(method, url, dict(base_headers), creds, self.region)
+                    signed = _sign(method, url, dict(base_headers), creds, self.region)
                     data = payload.data(guard) if payload is not None else None
                     self.counters.requests += 1
                     try:

@@ -194,7 +194,7 @@ def test_s3store_signs_like_botocore(virtual: bool, monkeypatch: pytest.MonkeyPa
     import types
 
     from syncengine.store import sigv4
-    from syncengine.store.s3 import _Signer
+    from syncengine.store.s3 import _sign
 
     when = datetime.datetime(2026, 12, 1, 21, 7, 3, tzinfo=datetime.UTC)
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
@@ -205,7 +205,7 @@ def test_s3store_signs_like_botocore(virtual: bool, monkeypatch: pytest.MonkeyPa
         "https://s3.eu-west-1.amazonaws.com", "b", "k", addressing="virtual" if virtual else "path"
     )
     creds = StaticCredentials("AKID", "SECRET/+x", "tok")
-    ours = _Signer().sign("PUT", url, {"Content-Length": "3"}, creds, "eu-west-1")
+    ours = _sign("PUT", url, {"Content-Length": "3"}, creds, "eu-west-1")
     assert (
         ours["authorization"]
         == _botocore_sign("PUT", url, {"Content-Length": "3"}, "tok", when)["authorization"]
