@@ -342,14 +342,15 @@ class LocalStore(StoreContext):
     def _write_temp(self, d: str, body: Body, key: str, *, make_dir: bool) -> _Written:
         """Write ``body`` to a fresh temp file in ``d`` and fsync it."""
         for attempt in range(8):
-            if make_dir:
-                self._ensure_dir(d, key)
             tmp = f"{d}/{TEMP_PREFIX}{uuid.uuid4().hex}"
             try:
+                if make_dir:
+                    self._ensure_dir(d, key)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
                 break
             except FileNotFoundError:
-                # A concurrent delete pruned the (empty) directory between mkdir and open.
+                # A concurrent delete pruned an (empty) directory of the path while it was
+                # being made (a parent between its mkdir and the child's) or before the open.
                 if not make_dir or attempt == 7:
                     raise
         try:

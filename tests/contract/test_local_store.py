@@ -189,3 +189,23 @@ async def test_put_above_max_put_size_is_refused_before_io(local: LocalStore) ->
 
     with pytest.raises(ConfigError, match="multipart"):
         await local.put("huge", Huge())  # type: ignore[arg-type]
+
+
+async def test_a_put_survives_a_delete_pruning_the_parent_it_just_made(
+    local: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete that empties a directory removes it (and its emptied parents); a put making
+    the same path at that moment finds a parent gone between its mkdir and the child's, and
+    makes the path again (seen: two `gc` runs' clock probes under gc/clock/)."""
+    real_mkdir = os.mkdir
+    raced: list[str] = []
+
+    def mkdir(path: str, *args: object, **kwargs: object) -> None:
+        if str(path).endswith(os.path.join("gc", "clock")) and not raced:
+            raced.append(str(path))
+            os.rmdir(os.path.dirname(path))  # the concurrent delete's pruning of gc/
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    await local.put("gc/clock/probe", b"")
+    assert raced and await local.get("gc/clock/probe") == b""
