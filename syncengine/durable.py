@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import platform
@@ -52,13 +51,13 @@ _WRITEBACK_UNSUPPORTED: Final = frozenset(
 
 
 def _libc_function(name: str) -> Any:
+    """``name`` from the C library the interpreter runs on (its symbols are already loaded:
+    ``CDLL(None)``; ``ctypes.util.find_library`` would run ``ldconfig`` twice, ~20 ms of
+    every command's start-up)."""
     if platform.system() != "Linux":
         return None
-    lib = ctypes.util.find_library("c")
-    if lib is None:
-        return None
     try:
-        return getattr(ctypes.CDLL(lib, use_errno=True), name)
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
 

@@ -52,7 +52,7 @@ import blake3 as _blake3
 
 from syncengine._loop import gather_all
 from syncengine.durable import NoSyncBatch, SyncBatch, start_writeback
-from syncengine.errors import FileChangedError, ObjectNotFound, SyncEngineError
+from syncengine.errors import FileChangedError, ObjectChanged, ObjectNotFound, SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunks
 from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
@@ -95,6 +95,11 @@ WINDOW_BLOBS: Final = 65536
 #: runs. Files written side by side get extents of about this size (the corpus' 512 MiB files:
 #: 31-52 extents; 5-7 when all is written by the final syncfs; 44-58 with a start per chunk).
 WRITEBACK_STEP: Final = 16 << 20
+#: A streamed range is handed to a thread (hashed and written) in pieces of about this
+#: many bytes: few hand-offs, and each piece is still in the CPU's cache when it is
+#: hashed and copied into the page cache (a whole 8 MiB range joined first cost a copy and
+#: then two passes over cold memory: 3 times s5cmd's CPU for a 1 GiB download).
+FEED_BYTES: Final = 1 << 20
 #: At most this many large files are hashed at once (each needs a buffer of 4 x max chunk).
 HASH_THREADS: Final = 4
 #: Every temp file a download writes starts with this: ``.se-tmp-<host>-<boot>-<pid>-<token>``
@@ -649,19 +654,6 @@ class _Budget:
         self._waiters.clear()
 
 
-def _verified(loc: IndexEntry, stored: memoryview) -> bytes | memoryview:
-    """The raw bytes of a blob, checked against its digest. A raw-stored blob that checks out
-    is returned as a view of the fetched range (no copy); anything else goes through
-    ``read_blob``, which decodes it or raises ``CorruptData`` naming the blob and pack."""
-    if (
-        loc.codec == CODEC_NONE
-        and len(stored) == loc.stored == loc.raw
-        and _blake3.blake3(stored).digest() == loc.digest
-    ):
-        return stored
-    return read_blob(loc.pack, stored, loc)
-
-
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -682,6 +674,119 @@ def _names(dests: Sequence[tuple[_FileJob, int]]) -> str:
     paths = list(dict.fromkeys(j.entry.path for j, _ in dests))
     more = f" (and {len(paths) - 3} more files)" if len(paths) > 3 else ""
     return ", ".join(paths[:3]) + more
+
+
+_Gone = ObjectNotFound | ObjectChanged
+
+
+def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class _RangeSink:
+    """Receives the stored bytes of one range, in order, and writes each blob into its files
+    as its bytes come, hashing them on the way (a raw-stored blob; an encoded one is
+    gathered, then decoded and checked by ``read_blob``). A file counts a blob only once
+    its digest matched, so no file is complete, let alone renamed, before every blob of it
+    was verified; a mismatch raises ``CorruptData`` naming the files, and the window then
+    removes their temp files. ``feed`` runs in the session's threads, one call at a time."""
+
+    __slots__ = ("_buf", "_closed", "_d", "_fds", "_hasher", "_i", "_lock", "_pos", "_r", "received")
+
+    def __init__(self, d: _Downloader, r: _Range) -> None:
+        self._d = d
+        self._r = r
+        self._pos = r.start  # the pack offset of the next byte
+        self._i = 0  # r.blobs[_i] is the blob being received
+        self._hasher: Any = None
+        self._buf: list[bytes] = []  # an encoded blob's stored bytes so far
+        self._fds: dict[_FileJob, int] = {}
+        self.received = 0
+        #: ``close`` waits for a ``feed`` still running (the fetch failed while a thread
+        #: wrote), and no ``feed`` writes after it.
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def unfinished(self) -> list[IndexEntry]:
+        """The blobs no file has counted yet."""
+        return self._r.blobs[self._i :]
+
+    def feed(self, chunks: Sequence[bytes | memoryview], last: bool) -> None:
+        with self._lock:
+            if self._closed:
+                raise _Aborted
+            self._feed(chunks, last)
+
+    def _feed(self, chunks: Sequence[bytes | memoryview], last: bool) -> None:
+        d, r = self._d, self._r
+        blobs = r.blobs
+        for chunk in chunks:
+            self.received += len(chunk)
+            view = memoryview(chunk)
+            while view and self._i < len(blobs):
+                loc = blobs[self._i]
+                if self._pos < loc.offset:  # a gap between two blobs of the range
+                    skip = min(len(view), loc.offset - self._pos)
+                    view = view[skip:]
+                    self._pos += skip
+                    continue
+                take = min(len(view), loc.offset + loc.stored - self._pos)
+                piece = view[:take]
+                if loc.codec == CODEC_NONE and loc.stored == loc.raw:
+                    if self._hasher is None:
+                        self._hasher = _blake3.blake3()
+                    self._hasher.update(piece)
+                    at = self._pos - loc.offset
+                    for job, offset in d.dests[loc.digest]:
+                        d._put(job, offset + at, piece, self._fds)
+                else:
+                    self._buf.append(bytes(piece))
+                self._pos += take
+                view = view[take:]
+                if self._pos == loc.offset + loc.stored:
+                    self._blob_done(loc)
+            if view:
+                raise CorruptData(
+                    f"pack {r.pack.hex()}: the store sent more than the {r.size} bytes of "
+                    f"range {r.start}-{r.end}"
+                )
+        if not last:
+            return
+        while self._i < len(blobs) and blobs[self._i].stored == 0 and blobs[self._i].offset == self._pos:
+            self._blob_done(blobs[self._i])  # an empty blob at the end: nothing to receive
+        if self._i < len(blobs):
+            who = _names([x for b in blobs[self._i :] for x in d.dests[b.digest]])
+            raise CorruptData(f"{who}: pack {r.pack.hex()} ended at byte {self._pos}, before byte {r.end}")
+
+    def _blob_done(self, loc: IndexEntry) -> None:
+        d = self._d
+        dests = d.dests[loc.digest]
+        if loc.codec == CODEC_NONE and loc.stored == loc.raw:
+            hasher, self._hasher = self._hasher or _blake3.blake3(), None
+            if hasher.digest() != loc.digest:
+                raise CorruptData(
+                    f"{_names(dests)}: blob {loc.digest.hex()} in pack {self._r.pack.hex()} "
+                    "is corrupted (BLAKE3 mismatch)"
+                )
+        else:
+            stored, self._buf = b"".join(self._buf), []
+            try:
+                raw = read_blob(loc.pack, stored, loc)
+            except CorruptData as e:
+                raise CorruptData(f"{_names(dests)}: {e}") from e
+            for job, offset in dests:
+                d._put(job, offset, raw, self._fds)
+        self._i += 1
+        for job, _ in dests:
+            d._blob_written(job, loc.raw, self._fds)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            fds, self._fds = self._fds, {}
+            for fd in fds.values():
+                os.close(fd)
 
 
 class _Downloader(_Session):
@@ -711,6 +816,8 @@ class _Downloader(_Session):
         self.concurrency = concurrency
         self.cache = cache
         self.budget = _Budget(max_bytes_in_flight)
+        #: Receive buffers of FEED_BYTES (see _receive), reused from range to range.
+        self._buffers: list[memoryview] = []
         self.max_gap = max_gap
         self.max_range = max_range
         self.result = DownloadResult(root)
@@ -1085,35 +1192,69 @@ class _Downloader(_Session):
 
     async def _fetch(self, r: _Range) -> None:
         await self.budget.acquire(r.size)
-        missing: ObjectNotFound | None = None
+        gone: _Gone | None = None
+        sink = _RangeSink(self, r)
         try:
             try:
                 # A request slot and its bytes of the process-wide limits, shared with every
                 # other transfer of the process (a put uploading meanwhile, other downloads).
                 async with default_limits().slot(r.size):
-                    data = await self.repo.store.get(_obj_key("data", r.pack), (r.start, r.end))
-            except ObjectNotFound as e:
-                missing = e
+                    await self._receive(r, sink)
+            except (ObjectNotFound, ObjectChanged) as e:  # packs are immutable: it was deleted
+                gone = e
             else:
                 self.result.requests += 1
-                self.result.bytes_fetched += len(data)
-                await self.run(self._apply, r, data)
+            finally:
+                self.result.bytes_fetched += sink.received
+                await self.run(sink.close)
         finally:
             self.budget.release(r.size)
-        if missing is not None:
-            for moved in await self._moved(r, missing):
+        if gone is not None:
+            for moved in await self._moved(r, sink.unfinished(), gone):
                 await self._fetch(moved)
 
-    async def _moved(self, r: _Range, missing: ObjectNotFound) -> list[_Range]:
-        """The new locations of the blobs of a range whose pack is gone: `gc` repacked them
-        (docs/GC.md §5; the new copies exist before the old pack is deleted). The index is
-        refreshed once per download; a blob it still places in a missing pack is an error."""
+    async def _receive(self, r: _Range, sink: _RangeSink) -> None:
+        """The range's stored bytes into ``sink``: from a store that streams, received into
+        two buffers of FEED_BYTES in turn, one filling while a thread hashes and writes the
+        other (each still in the CPU's cache); else in one ``get``."""
+        store, key = self.repo.store, _obj_key("data", r.pack)
+        if not store.capabilities.streamed_reads:
+            data = await store.get(key, (r.start, r.end))
+            await self.run(sink.feed, [data], True)
+            return
+        bufs = [self._buffers.pop() if self._buffers else memoryview(bytearray(FEED_BYTES)) for _ in range(2)]
+        feeding: asyncio.Future[None] | None = None
+        try:
+            async with store.open_read(key, (r.start, r.end)) as reader:
+                i = 0
+                while True:
+                    n = await reader.readinto(bufs[i])
+                    if feeding is not None:
+                        await feeding
+                        feeding = None
+                    if not n:
+                        break
+                    feeding = asyncio.ensure_future(self.run(sink.feed, [bufs[i][:n]], False))
+                    i ^= 1
+                await self.run(sink.feed, [], True)
+        except BaseException:
+            if feeding is not None:  # its outcome no longer matters (sink.close waits for it)
+                feeding.add_done_callback(_ignore_outcome)
+            raise
+        # Back to the pool only now: on an error a thread may still be reading one of them.
+        self._buffers.extend(bufs)
+
+    async def _moved(self, r: _Range, blobs: list[IndexEntry], missing: _Gone) -> list[_Range]:
+        """The new locations of ``blobs`` of a range whose pack is gone (before or while it
+        was read): `gc` repacked them (docs/GC.md §5; the new copies exist before the old
+        pack is deleted). The index is refreshed once per download; a blob it still places
+        in a missing pack is an error."""
         async with self._refresh:
             if not self._refreshed:
                 self._refreshed = True
                 self.index = await self.repo.index()
         out: list[_Range] = []
-        for loc in r.blobs:
+        for loc in blobs:
             new = self.index.get(loc.digest)
             if new is None or new.pack == r.pack or new.raw != loc.raw:
                 who = _names([x for b in r.blobs for x in self.dests[b.digest]])
@@ -1121,37 +1262,25 @@ class _Downloader(_Session):
             out.append(_Range(new.pack, new.offset, new.offset + new.stored, [new], r.seq))
         return out
 
-    def _apply(self, r: _Range, data: bytes) -> None:
-        view = memoryview(data)
-        fds: dict[_FileJob, int] = {}
-        try:
-            for loc in r.blobs:
-                rel = loc.offset - r.start
-                dests = self.dests[loc.digest]
-                try:
-                    raw = _verified(loc, view[rel : rel + loc.stored])
-                except CorruptData as e:
-                    raise CorruptData(f"{_names(dests)}: {e}") from e
-                for job, offset in dests:
-                    self._write(job, offset, raw, fds)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-
-    def _write(self, job: _FileJob, offset: int, raw: bytes | memoryview, fds: dict[_FileJob, int]) -> None:
+    def _put(self, job: _FileJob, offset: int, data: bytes | memoryview, fds: dict[_FileJob, int]) -> None:
+        """Bytes of a blob into the job's temp file (not yet counted: see ``_blob_written``)."""
         fd = fds.get(job)
         if fd is None:
             fd = fds[job] = job.open(self.abort)
         with job.write_lock:
-            _pwrite_all(fd, raw, offset)
+            _pwrite_all(fd, data, offset)
         job.written = True
+
+    def _blob_written(self, job: _FileJob, n: int, fds: dict[_FileJob, int]) -> None:
+        """A verified blob of ``n`` bytes is wholly in the job's temp file."""
         with job.lock:
             job.remaining -= 1
             last = job.remaining == 0
-            job.unstarted += len(raw)
+            job.unstarted += n
             start = last or job.unstarted >= WRITEBACK_STEP
             if start:
                 job.unstarted = 0
+        fd = fds[job]
         if start and self.fsync:  # the disk writes while the CPU verifies the rest (WRITEBACK_STEP)
             start_writeback(fd)  # the whole file: its pages written through any fd so far
         if last:

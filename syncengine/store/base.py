@@ -109,6 +109,11 @@ class StoreCapabilities(msgspec.Struct, frozen=True, kw_only=True):
     key_prefix_overlap: bool
     #: Longest key, in UTF-8 bytes.
     max_key_bytes: int = MAX_KEY_BYTES
+    #: ``open_read`` hands over the body piece by piece as it arrives (S3: from the socket),
+    #: so a reader that consumes the pieces at once never holds the whole range; False where
+    #: one ``get`` is the cheap way (a local directory: one read, and ``open_read`` looks
+    #: up the ETag first).
+    streamed_reads: bool = False
 
 
 #: S3's size limits for puts and multipart uploads. LocalStore enforces them too, so a
@@ -199,8 +204,10 @@ Body: TypeAlias = bytes | bytearray | memoryview | BodySource
 class ObjectReader(Protocol):
     """An open object being read: ``info`` describes the version being read, whole.
 
-    Iterating yields the (ranged) content in chunks; ``read()`` returns the rest at once.
-    The version is pinned: a concurrent overwrite does not change what this reader returns.
+    Iterating yields the (ranged) content in chunks; ``read()`` returns the rest at once;
+    ``readinto(buf)`` fills ``buf`` with the next bytes, all of it unless the content ends
+    first, and returns how many (0 at the end); use one of the three per reader. The
+    version is pinned: a concurrent overwrite does not change what this reader returns.
     """
 
     @property
@@ -209,6 +216,8 @@ class ObjectReader(Protocol):
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     async def read(self) -> bytes: ...
+
+    async def readinto(self, buf: memoryview) -> int: ...
 
 
 class ObjectStore(Protocol):

@@ -154,6 +154,17 @@ def _pread_range(fd: int, start: int, end: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def _preadinto(fd: int, buf: memoryview, pos: int) -> int:
+    """Fills ``buf`` from ``pos`` unless the file ends first; the bytes read."""
+    n = 0
+    while n < len(buf):
+        got = os.preadv(fd, [buf[n:]], pos + n)
+        if not got:
+            break
+        n += got
+    return n
+
+
 def _hash_fd(fd: int, size: int) -> str:
     h = _hasher()
     pos = 0
@@ -234,6 +245,14 @@ class _LocalReader:
         b = await self._store._run(_pread_range, self._fd, self._pos, self._end)
         self._pos += len(b)
         return b
+
+    async def readinto(self, buf: memoryview) -> int:
+        want = min(len(buf), self._end - self._pos)
+        if want <= 0:
+            return 0
+        n = await self._store._run(_preadinto, self._fd, buf[:want], self._pos)
+        self._pos += n
+        return n
 
 
 class LocalStore(StoreContext):

@@ -82,6 +82,7 @@ from syncengine.store.retry import (
     transient_from_exception,
     transient_from_status,
 )
+from syncengine.store.s3_direct import DirectFailed, DirectPool, _Conn
 from syncengine.store.s3_urls import (
     _AWS_HOST,
     Addressing,
@@ -314,6 +315,10 @@ def _parse_list_page(body: bytes) -> _Page:
     return _Page(objects, prefixes, token or None)
 
 
+#: An error answer's body on a direct connection is read up to this size (S3's are < 1 KiB).
+_MAX_ERROR_BODY: Final = 64 << 10
+
+
 class _HttpError(Exception):
     """A non-retryable error answer, for the calling method to map to a domain error."""
 
@@ -493,7 +498,11 @@ class _UploadState:
 
 class _S3Reader:
     """A GET being streamed. A dropped connection resumes with a ranged GET pinned to the
-    ETag of the first answer (``If-Match``), so every byte comes from one version."""
+    ETag of the first answer (``If-Match``), so every byte comes from one version.
+
+    The first answer usually comes on a direct connection (s3_direct), whose body
+    ``readinto`` receives straight into the caller's buffer; when that connection fails,
+    the rest comes through aiohttp, resumed as above."""
 
     def __init__(
         self,
@@ -503,13 +512,16 @@ class _S3Reader:
         resp: aiohttp.ClientResponse | None,
         pos: int,
         end: int,
+        direct: _Conn | None = None,
     ) -> None:
         self._store = store
         self._key = key
         self._info = info
         self._resp = resp
-        self._pos = pos
+        self._direct = direct
+        self._pos = pos  # the object offset of the next byte received
         self._end = end
+        self._left = memoryview(b"")  # received through aiohttp, not handed over yet
         if pos >= end:
             self._release()
 
@@ -521,9 +533,13 @@ class _S3Reader:
         resp, self._resp = self._resp, None
         if resp is not None:
             resp.close()
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
 
     async def _chunk(self) -> bytes:
-        """The next piece of the body (b"" at the end), resuming after transient failures."""
+        """The next piece of the body through aiohttp (b"" at the end), resuming after
+        transient failures."""
         retrier: Retrier | None = None
         while self._pos < self._end:
             try:
@@ -563,21 +579,80 @@ class _S3Reader:
             return data
         return b""
 
+    async def _direct_into(self, buf: memoryview) -> int:
+        """Into ``buf`` from the direct connection; 0 once it failed (it is then closed, and
+        the rest comes through ``_chunk``)."""
+        conn = self._direct
+        assert conn is not None
+        try:
+            n = await conn.readinto(buf[: self._end - self._pos], self._store.retry_policy.stall_timeout)
+        except DirectFailed as e:
+            log.debug("GET %s: direct connection failed at byte %d (%s); resuming", self._key, self._pos, e)
+            self._store.counters.retries += 1
+            self._direct = None
+            conn.close()
+            return 0
+        if not n:  # the body ended early: resumed by _chunk
+            self._direct = None
+            conn.close()
+            return 0
+        self._pos += n
+        self._store.counters.bytes_received += n
+        if self._pos >= self._end:
+            self._release()
+        return n
+
+    async def readinto(self, buf: memoryview) -> int:
+        """Fills ``buf`` with the next bytes of the body, all of it unless the body ends
+        first; returns how many (0 at the end)."""
+        n = 0
+        while n < len(buf):
+            if self._left:
+                take = min(len(self._left), len(buf) - n)
+                buf[n : n + take] = self._left[:take]
+                self._left = self._left[take:]
+                n += take
+                continue
+            if self._pos >= self._end:
+                break
+            if self._direct is not None:
+                n += await self._direct_into(buf[n:])
+                continue
+            self._left = memoryview(await self._chunk())
+        return n
+
+    async def _piece(self) -> bytes:
+        if self._left:
+            data, self._left = bytes(self._left), memoryview(b"")
+            return data
+        if self._direct is not None and self._pos < self._end:
+            buf = bytearray(min(self._end - self._pos, 1 << 20))
+            n = await self.readinto(memoryview(buf))
+            return bytes(buf) if n == len(buf) else bytes(buf[:n])
+        return await self._chunk()
+
     def _release(self) -> None:
         resp, self._resp = self._resp, None
         if resp is not None:
             resp.release()
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            self._store._release_direct(direct)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
-            chunk = await self._chunk()
+            chunk = await self._piece()
             if not chunk:
                 return
             yield chunk
 
     async def read(self) -> bytes:
+        if self._direct is not None and not self._left and self._pos < self._end:
+            buf = bytearray(self._end - self._pos)
+            n = await self.readinto(memoryview(buf))
+            return bytes(buf) if n == len(buf) else bytes(buf[:n])
         chunks: list[bytes] = []
-        while chunk := await self._chunk():
+        while chunk := await self._piece():
             chunks.append(chunk)
         if len(chunks) == 1:
             return chunks[0]
@@ -625,6 +700,7 @@ class S3Store(StoreContext):
         list_page_size: int = _MAX_PAGE,
         list_strategy: ListStrategy = "auto",
         max_workers: int = 8,
+        direct_reads: bool | None = None,
     ) -> None:
         if not isinstance(bucket, str) or not re.fullmatch(r"[A-Za-z0-9._-]{3,255}", bucket):
             raise ConfigError(f"S3 bucket name {bucket!r} is invalid (3-63 letters, digits, '.', '-')")
@@ -652,6 +728,16 @@ class S3Store(StoreContext):
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.profile = profile
+        if direct_reads is None:
+            direct_reads = os.environ.get("SYNCENGINE_S3_DIRECT_READS", "1").strip().lower() not in (
+                "0",
+                "false",
+                "no",
+                "off",
+            )
+        #: GETs on connections of the store's own (s3_direct); else all through aiohttp.
+        self.direct_reads = direct_reads
+        self._direct: DirectPool | None = None
         self.retry_policy = retry if retry is not None else RetryPolicy.from_env()
         self.counters = TransferCounters()
         self.capabilities = StoreCapabilities(
@@ -660,6 +746,7 @@ class S3Store(StoreContext):
             conditional_across_hosts=True,
             ranged_get=True,
             key_prefix_overlap=True,
+            streamed_reads=True,
             **S3_SIZE_LIMITS,  # type: ignore[arg-type]
         )
         self._addressing_arg: Addressing = addressing
@@ -782,7 +869,7 @@ class S3Store(StoreContext):
             if self._loop is not None and not self._loop.is_closed():
                 raise ConfigError(f"{self!r} is in use by another event loop; use one store per event loop")
             # Its loop is gone (e.g. a second asyncio.run): its connections died with it.
-            self._session, self._setup_lock, self._creds = None, None, None
+            self._session, self._setup_lock, self._creds, self._direct = None, None, None, None
         if self._setup_lock is None:
             self._setup_lock = asyncio.Lock()
         async with self._setup_lock:
@@ -814,6 +901,8 @@ class S3Store(StoreContext):
                 keepalive_timeout=30.0,
             )
             self._loop = loop
+            if self.direct_reads:
+                self._direct = DirectPool(self.retry_policy.connect_timeout, f"syncengine/{__version__}")
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(
@@ -1045,6 +1134,10 @@ class S3Store(StoreContext):
         headers = {"Range": f"bytes={range[0]}-{range[1] - 1}"} if range is not None else {}
         what = f"GET {self._display(key)}"
         try:
+            if self.direct_reads:
+                reader = await self._open_direct(key, full, range, headers, what)
+                if reader is not None:
+                    return reader
             status, h, _, resp = await self._send("GET", full, what=what, headers=headers, stream=True)
         except _HttpError as e:
             if e.status == 404:
@@ -1076,6 +1169,77 @@ class S3Store(StoreContext):
             resp.close()
             raise
         return _S3Reader(self, key, info, resp, start, end)
+
+    async def _open_direct(
+        self, key: str, full: str, range: tuple[int, int] | None, headers: dict[str, str], what: str
+    ) -> _S3Reader | None:
+        """The GET on a direct connection (s3_direct). The plain answer (200, or 206 with a
+        usable Content-Range) gives the reader; an error answer that is no use retrying
+        raises what ``_send`` would (``_HttpError`` for the caller to map). None for the
+        rest (a failed or stalled connection, a retryable error, a server that ignored the
+        range, unusual framing): the caller's aiohttp path then sends the GET again and
+        deals with whatever it gets, under the retry policy."""
+        await self._ready()
+        assert self._creds is not None and self.region is not None
+        pool = self._direct
+        if pool is None:
+            return None
+        url = self._url(full)
+        try:
+            creds = await self._creds.get()
+            self.counters.requests += 1
+            signed = _sign("GET", url, headers, creds, self.region)
+            conn = await pool.get(url, signed, self.retry_policy.stall_timeout)
+        except DirectFailed as e:
+            log.debug("GET %s: direct connection failed (%s); through aiohttp", self._display(key), e)
+            self.counters.retries += 1
+            return None
+        h, length, status = conn.headers, conn.length, conn.status
+        if status >= 300:
+            error = await self._direct_error(conn, what)
+            if error is None:
+                self.counters.retries += 1
+                return None
+            raise error
+        m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", h.get("Content-Range", "")) if status == 206 else None
+        if status == 200 and range is None and length is not None:
+            start, end, total = 0, length, length
+        elif m is not None and range is not None and length and int(m.group(1)) == range[0]:
+            start, end = range[0], range[0] + length
+            total = int(m.group(3)) if m.group(3) != "*" else end
+        else:
+            conn.close()
+            return None
+        return _S3Reader(self, key, self._info_from_headers(key, h, total), None, start, end, direct=conn)
+
+    async def _direct_error(self, conn: _Conn, what: str) -> Exception | None:
+        """The error an error answer on a direct connection stands for; None when it is
+        worth another attempt (or its body cannot be read), for the aiohttp path."""
+        length = conn.length
+        if length is None or length > _MAX_ERROR_BODY:
+            conn.close()
+            return None
+        body = bytearray(length)
+        try:
+            n = await conn.readinto(memoryview(body), self.retry_policy.stall_timeout)
+        except DirectFailed:
+            n = -1
+        if n != length:
+            conn.close()
+            return None
+        self._release_direct(conn)
+        code, message, _ = _error_fields(bytes(body))
+        if code in ("ExpiredToken", "TokenRefreshRequired") or transient_from_status(
+            conn.status, code, message, conn.headers.get("Retry-After")
+        ):
+            return None
+        return self._error(conn.status, code, message, conn.headers, what, False)
+
+    def _release_direct(self, conn: _Conn) -> None:
+        if self._direct is not None:
+            self._direct.release(conn)
+        else:
+            conn.close()
 
     async def _skip(self, resp: aiohttp.ClientResponse, n: int) -> None:
         while n > 0:
@@ -1723,6 +1887,9 @@ class S3Store(StoreContext):
             return
         self._closed = True
         session, self._session = self._session, None
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
         if session is not None:
             await session.close()
         self._pool.shutdown(wait=False)

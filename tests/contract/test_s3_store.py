@@ -509,19 +509,24 @@ class FakeS3:
     Actions: ``("error", status, code, headers)``, ``"reset"`` (drop the connection),
     ``"hang"`` (never answer), ``"store-then-reset"`` (apply the write, then drop the
     connection), ``("partial", n)`` (GET: send the headers and n body bytes, then hang),
-    ``("replace", body, write_id)`` (someone else overwrites the key, then behave).
+    ``("replace", body, write_id)`` (someone else overwrites the key, then behave), ``"chunked"``
+    (GET: the body in chunked transfer coding), ``"close"`` (GET: ``Connection: close``).
+    ``peers`` holds the client port of each request (which connection it came on).
     """
 
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str, str | None]] = {}  # key -> (body, etag, write id)
         self.script: list[Any] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.peers: list[int] = []
         self.ignore_conditions = False
         self.bodies: list[bytes] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         key = request.path.split("/", 2)[2] if request.path.count("/") >= 2 else ""
         self.requests.append((request.method, key, dict(request.headers)))
+        assert request.transport is not None
+        self.peers.append(request.transport.get_extra_info("peername")[1])
         action = self.script.pop(0) if self.script else None
         if isinstance(action, tuple) and action[0] == "replace":
             body = action[1]
@@ -582,8 +587,13 @@ class FakeS3:
         if request.method == "HEAD":
             headers["Content-Length"] = str(len(body))
             return web.Response(headers=headers)
+        if action == "close":
+            headers["Connection"] = "close"
         resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = end - start
+        if action == "chunked":
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = end - start
         await resp.prepare(request)
         if isinstance(action, tuple) and action[0] == "partial":
             await resp.write(body[start : start + action[1]])
@@ -782,3 +792,76 @@ async def test_a_body_corrupted_in_transit_is_refused_by_the_server_and_resent(
             assert await store.get("corrupt-me") == data
         puts = [r for r in proxy.requests if r.method == "PUT" and r.path.endswith("/corrupt-me")]
     assert [r.status for r in puts] == [400, 200]  # refused once, then stored intact
+
+
+# ---- direct GETs (s3_direct) ---------------------------------------------------------------
+
+
+def _gets(server: FakeS3) -> list[int]:
+    pairs = zip(server.requests, server.peers, strict=True)
+    return [port for (method, _, _), port in pairs if method == "GET"]
+
+
+async def test_direct_gets_fill_the_callers_buffer_and_reuse_one_connection(fake: tuple[FakeS3, str]) -> None:
+    server, ep = fake
+    data = os.urandom(300_000)
+    server.objects["k"] = (data, hashlib.md5(data).hexdigest(), None)
+    async with fake_store(ep) as store:
+        assert await store.get("k") == data
+        assert await store.get("k", (1000, 250_000)) == data[1000:250_000]
+        async with store.open_read("k", (5, 200_005)) as r:
+            buf = memoryview(bytearray(65_536))
+            got = bytearray()
+            while n := await r.readinto(buf):
+                got += buf[:n]
+        assert got == data[5:200_005]
+        async with store.open_read("k") as r:
+            assert b"".join([c async for c in r]) == data
+        ports = _gets(server)
+        assert len(ports) == 4 and len(set(ports)) == 1  # one kept-alive connection
+        assert (store.counters.requests, store.counters.retries) == (4, 0)
+        assert store._direct is not None
+
+
+async def test_a_direct_get_answered_otherwise_goes_through_aiohttp(fake: tuple[FakeS3, str]) -> None:
+    """A chunked body is not read on the direct connection: the GET is sent again through
+    aiohttp (no retry counted: nothing failed). ``Connection: close`` is honoured."""
+    server, ep = fake
+    data = os.urandom(100_000)
+    server.objects["k"] = (data, hashlib.md5(data).hexdigest(), None)
+    async with fake_store(ep) as store:
+        server.script = ["chunked"]
+        assert await store.get("k") == data
+        assert len(_gets(server)) == 2 and store.counters.retries == 0
+        server.requests.clear()
+        server.peers.clear()
+        server.script = ["close"]
+        assert await store.get("k") == data
+        assert await store.get("k") == data
+        first, second = _gets(server)
+        assert first != second  # the closed connection was not used again
+
+
+async def test_a_retryable_error_on_a_direct_get_is_retried_through_aiohttp(fake: tuple[FakeS3, str]) -> None:
+    server, ep = fake
+    server.objects["k"] = (b"data", hashlib.md5(b"data").hexdigest(), None)
+    server.script = [("error", 503, "SlowDown", {"Retry-After": "0"}), ("error", 500, "InternalError", {})]
+    async with fake_store(ep) as store:
+        assert await store.get("k") == b"data"
+        assert (store.counters.requests, store.counters.retries) == (3, 2)
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+async def test_direct_reads_can_be_turned_off(
+    fake: tuple[FakeS3, str], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    server, ep = fake
+    server.objects["k"] = (b"data", hashlib.md5(b"data").hexdigest(), None)
+    if how == "environment":
+        monkeypatch.setenv("SYNCENGINE_S3_DIRECT_READS", "0")
+    async with fake_store(ep, **({"direct_reads": False} if how == "argument" else {})) as store:
+        assert await store.get("k") == b"data"
+        async with store.open_read("k") as r:
+            buf = memoryview(bytearray(10))
+            assert await r.readinto(buf) == 4 and bytes(buf[:4]) == b"data"
+        assert store._direct is None and not store.direct_reads

@@ -296,7 +296,7 @@ def _child(spec: dict[str, Any]) -> None:
     lock = threading.Lock()
     state = {"reserved": 0, "done": 0, "small": 0, "paused": False}
     n_small = len(corpus(MiB)) - 1
-    real_write = dl._Downloader._write
+    real_write = dl._Downloader._put
     real_written = dl._Downloader._written
 
     def check() -> None:  # with lock held
@@ -340,7 +340,7 @@ def _child(spec: dict[str, Any]) -> None:
                 state["small"] += 1
                 check()
 
-    dl._Downloader._write = write  # type: ignore[method-assign]
+    dl._Downloader._put = write  # type: ignore[method-assign]
     dl._Downloader._written = written  # type: ignore[method-assign]
 
     async def run() -> dl.DownloadResult:
