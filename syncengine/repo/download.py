@@ -80,7 +80,7 @@ Mode = Literal["download", "checkout"]
 #: Two blobs of a pack at most this far apart are fetched by one ranged GET (gap included).
 MAX_GAP: Final = 1 << 20
 #: A coalesced range grows to at most this many bytes (a larger single blob is its own range).
-MAX_RANGE: Final = 8 << 20
+MAX_RANGE: Final = 16 << 20
 #: Default bound on stored bytes fetched but not yet written. Peak memory is about twice this
 #: (freed range buffers stay with the allocator's per-thread arenas for a while).
 MAX_BYTES_IN_FLIGHT: Final = 64 << 20
@@ -1191,7 +1191,9 @@ class _Downloader(_Session):
         return ranges
 
     async def _fetch(self, r: _Range) -> None:
-        await self.budget.acquire(r.size)
+        # What the range holds in memory: all of it, or (streamed) its two receive buffers.
+        held = min(r.size, 2 * FEED_BYTES) if self.repo.store.capabilities.streamed_reads else r.size
+        await self.budget.acquire(held)
         gone: _Gone | None = None
         sink = _RangeSink(self, r)
         try:
@@ -1208,7 +1210,7 @@ class _Downloader(_Session):
                 self.result.bytes_fetched += sink.received
                 await self.run(sink.close)
         finally:
-            self.budget.release(r.size)
+            self.budget.release(held)
         if gone is not None:
             for moved in await self._moved(r, sink.unfinished(), gone):
                 await self._fetch(moved)

@@ -24,12 +24,12 @@ import logging
 import os
 import random
 import ssl
+import sys
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
-import aiohttp
 import msgspec
 
 from syncengine.errors import ConfigError, StoreUnavailable
@@ -262,18 +262,24 @@ def transient_from_status(status: int, code: str, message: str, retry_after: str
 
 def transient_from_exception(exc: BaseException) -> Transient | None:
     """A `Transient` if a transport failure is worth another attempt, else None."""
-    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLCertVerificationError):
+    # aiohttp is looked up, not imported: when it is not loaded none of its errors exist.
+    aiohttp: Any = sys.modules.get("aiohttp")
+    if isinstance(exc, ssl.SSLCertVerificationError) or (
+        aiohttp is not None and isinstance(exc, aiohttp.ClientSSLError)
+    ):
         return None  # a certificate problem does not go away by itself
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectorError):
         # Refused, unreachable, DNS: the request never left this machine.
         return Transient(f"could not connect ({_describe(exc)})", maybe_applied=False)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if aiohttp is not None and isinstance(exc, aiohttp.ServerDisconnectedError):
         return Transient("the server closed the connection")
-    if isinstance(exc, aiohttp.ClientPayloadError):
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientPayloadError):
         return Transient(f"the response body was cut short ({_describe(exc)})")
     if isinstance(exc, TimeoutError):  # also aiohttp.ServerTimeoutError
         return Transient(f"timed out ({_describe(exc)})")
-    if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
+    if isinstance(exc, ConnectionError) or (
+        aiohttp is not None and isinstance(exc, aiohttp.ClientConnectionError)
+    ):
         return Transient(f"the connection failed ({_describe(exc)})")
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError):
         return Transient(f"network error ({_describe(exc)})")
@@ -353,7 +359,10 @@ class AttemptGuard:
         if self._task.uncancel() <= self._cancelling and exc_type is not None:
             if issubclass(exc_type, asyncio.CancelledError):
                 raise Transient(self._fired) from None
-            if issubclass(exc_type, TimeoutError | aiohttp.ClientError | OSError):
+            aiohttp: Any = sys.modules.get("aiohttp")
+            if issubclass(exc_type, TimeoutError | OSError) or (
+                aiohttp is not None and issubclass(exc_type, aiohttp.ClientError)
+            ):
                 raise Transient(self._fired) from exc
 
 

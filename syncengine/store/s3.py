@@ -26,18 +26,16 @@ import itertools
 import logging
 import os
 import re
+import sys
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
-from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
 from urllib.parse import unquote_plus, urlsplit
 from xml.sax.saxutils import escape as xml_escape
-
-import aiohttp
-import yarl
 
 from syncengine._version import __version__
 from syncengine.errors import (
@@ -95,6 +93,9 @@ from syncengine.store.s3_urls import (
     object_url,
 )
 from syncengine.store.sigv4 import sign_v4
+
+if TYPE_CHECKING:  # imported when first used (see S3Store._ready)
+    import aiohttp
 
 try:  # zlib-ng's CRC-32 (vectorized: ~27 GB/s here, zlib's ~3.5 GB/s); the same value
     from zlib_ng.zlib_ng import crc32 as _crc32
@@ -485,6 +486,17 @@ class _Payload:
 # ---- uploads the store started (SeaweedFS quirks, retried completes) ------------------
 
 
+def _aiohttp_error() -> type[Exception]:
+    """``aiohttp.ClientError`` when aiohttp is loaded; else a class nothing raises (no
+    aiohttp request was made, so none of its errors can be in flight)."""
+    mod = sys.modules.get("aiohttp")
+    return mod.ClientError if mod is not None else _NeverRaised
+
+
+class _NeverRaised(Exception):
+    pass
+
+
 class _UploadState:
     __slots__ = ("parts", "write_id")
 
@@ -556,7 +568,7 @@ class _S3Reader:
                 retrier = retrier or self._store._retrier(f"GET {self._store._display(self._key)} (resumed)")
                 await retrier.backoff(failure)
                 continue
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            except (_aiohttp_error(), OSError, TimeoutError) as e:
                 transient = transient_from_exception(e)
                 self.close()
                 if transient is None:
@@ -860,21 +872,24 @@ class S3Store(StoreContext):
                 style = _addressing_setting(configured, "the AWS config's s3.addressing_style")
         return _Resolved(region, endpoint, provider, source or "unknown", style)
 
-    async def _ready(self) -> aiohttp.ClientSession:
+    async def _setup(self) -> None:
+        """Region, endpoint, credentials and the direct connection pool, once per event loop
+        (the aiohttp session comes later, with the first request that needs it)."""
         loop = asyncio.get_running_loop()
-        if self._session is not None and self._loop is loop:
-            return self._session
+        if self._creds is not None and self._loop is loop:
+            return
         self._check_open()
-        if self._session is not None:
-            if self._loop is not None and not self._loop.is_closed():
+        if self._loop is not None and self._loop is not loop:
+            if not self._loop.is_closed():
                 raise ConfigError(f"{self!r} is in use by another event loop; use one store per event loop")
             # Its loop is gone (e.g. a second asyncio.run): its connections died with it.
             self._session, self._setup_lock, self._creds, self._direct = None, None, None, None
+            self._loop = None
         if self._setup_lock is None:
             self._setup_lock = asyncio.Lock()
         async with self._setup_lock:
-            if self._session is not None:
-                return self._session
+            if self._creds is not None:
+                return
             r = await self._run(self._resolve_sync)
             if r.provider is None:
                 profile = f"profile {self.profile!r}" if self.profile else "the default profile"
@@ -886,7 +901,6 @@ class S3Store(StoreContext):
                 )
             self.region, self.endpoint = r.region, r.endpoint
             self._cred_source = r.source
-            self._creds = _CredentialCache(r.provider, self._run)
             wanted = self._addressing_arg if self._addressing_arg != "auto" else r.addressing
             self._addressing = choose_addressing(r.endpoint, self.bucket, wanted)
             host = urlsplit(r.endpoint).hostname or ""
@@ -894,33 +908,45 @@ class S3Store(StoreContext):
             self._flat_listing = strategy == "flat" or (
                 strategy == "auto" and bool(_AWS_HOST.search(host)) and not _is_ip_or_localhost(host)
             )
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections,
-                limit_per_host=0,
-                ttl_dns_cache=300,
-                keepalive_timeout=30.0,
-            )
             self._loop = loop
             if self.direct_reads:
                 self._direct = DirectPool(self.retry_policy.connect_timeout, f"syncengine/{__version__}")
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=None, sock_connect=self.retry_policy.connect_timeout, sock_read=None
-                ),
-                headers={"User-Agent": f"syncengine/{__version__}"},
-                skip_auto_headers=("Accept-Encoding", "Content-Type"),
-                auto_decompress=False,
-                read_bufsize=1 << 20,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-            # aiohttp silently resends an idempotent request (PUT included) once when a
-            # kept-alive connection drops. The retry policy must see every attempt: a
-            # hidden resend of a conditional PUT would hide that its first try may have
-            # been applied (docs/S3.md, "Retried conditional writes").
-            if hasattr(self._session, "_retry_connection"):
-                self._session._retry_connection = False
+            self._creds = _CredentialCache(r.provider, self._run)
+
+    async def _ready(self) -> aiohttp.ClientSession:
+        """The aiohttp session (after `_setup`). aiohttp is imported here, not with the
+        module: a command whose requests all went out direct (a `get`, `ls`) never loads it
+        (≈ 0.13 s of start-up)."""
+        await self._setup()
+        if self._session is not None:
             return self._session
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=30.0,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=self.retry_policy.connect_timeout, sock_read=None
+            ),
+            headers={"User-Agent": f"syncengine/{__version__}"},
+            skip_auto_headers=("Accept-Encoding", "Content-Type"),
+            auto_decompress=False,
+            read_bufsize=1 << 20,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        # aiohttp silently resends an idempotent request (PUT included) once when a
+        # kept-alive connection drops. The retry policy must see every attempt: a
+        # hidden resend of a conditional PUT would hide that its first try may have
+        # been applied (docs/S3.md, "Retried conditional writes").
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
+        self._session = session
+        return session
 
     def _url(self, full_key: str, query: Sequence[tuple[str, str | None]] = ()) -> str:
         assert self.endpoint is not None
@@ -951,9 +977,17 @@ class S3Store(StoreContext):
         response. Retryable failures are retried; access, bucket and region errors raise
         their domain error; any other error answer raises `_HttpError`.
         """
-        session = await self._ready()
+        await self._setup()
         assert self._creds is not None and self.region is not None
         url = self._url(full_key, query)
+        if self._direct is not None and payload is None and not stream and method in ("GET", "HEAD"):
+            answer = await self._send_direct(method, url, headers or {}, what, conditional)
+            if answer is not None:
+                return answer
+        session = await self._ready()
+        import aiohttp
+        import yarl
+
         target = yarl.URL(url, encoded=True)
         retrier = retrier or self._retrier(what)
         base_headers = dict(headers or {})
@@ -1179,7 +1213,7 @@ class S3Store(StoreContext):
         rest (a failed or stalled connection, a retryable error, a server that ignored the
         range, unusual framing): the caller's aiohttp path then sends the GET again and
         deals with whatever it gets, under the retry policy."""
-        await self._ready()
+        await self._setup()
         assert self._creds is not None and self.region is not None
         pool = self._direct
         if pool is None:
@@ -1212,28 +1246,67 @@ class S3Store(StoreContext):
             return None
         return _S3Reader(self, key, self._info_from_headers(key, h, total), None, start, end, direct=conn)
 
-    async def _direct_error(self, conn: _Conn, what: str) -> Exception | None:
-        """The error an error answer on a direct connection stands for; None when it is
-        worth another attempt (or its body cannot be read), for the aiohttp path."""
+    async def _send_direct(
+        self, method: str, url: str, headers: Mapping[str, str], what: str, conditional: bool
+    ) -> tuple[int, Mapping[str, str], bytes, None] | None:
+        """A bodiless GET or HEAD with its answer read whole, on a direct connection: what
+        ``_send`` returns for a 2xx answer; an error answer no retry would change raises
+        what ``_send`` raises. None for the rest, which ``_send`` then sends through aiohttp
+        under the retry policy (as `_open_direct` does)."""
+        assert self._direct is not None and self._creds is not None and self.region is not None
+        try:
+            creds = await self._creds.get()
+            self.counters.requests += 1
+            signed = _sign(method, url, dict(headers), creds, self.region)
+            conn = await self._direct.get(url, signed, self.retry_policy.stall_timeout, method=method)
+        except DirectFailed as e:
+            log.debug("%s: direct connection failed (%s); through aiohttp", what, e)
+            self.counters.retries += 1
+            return None
+        if conn.status >= 300:
+            error = await self._direct_error(conn, what, conditional)
+            if error is None:
+                self.counters.retries += 1
+                return None
+            raise error
+        body = await self._direct_body(conn)
+        if body is None:
+            return None
+        if conn.status < 200:
+            return None
+        return conn.status, conn.headers, body, None
+
+    async def _direct_body(self, conn: _Conn, limit: int | None = None) -> bytes | None:
+        """The whole body of the answer on ``conn`` (the connection handed back), or None
+        (closed) when it is not framed by a Content-Length, is over ``limit`` or fails."""
         length = conn.length
-        if length is None or length > _MAX_ERROR_BODY:
+        if length is None or (limit is not None and length > limit):
             conn.close()
             return None
         body = bytearray(length)
         try:
-            n = await conn.readinto(memoryview(body), self.retry_policy.stall_timeout)
+            n = await conn.readinto(memoryview(body), self.retry_policy.stall_timeout) if length else 0
         except DirectFailed:
             n = -1
         if n != length:
             conn.close()
             return None
+        self.counters.bytes_received += length
         self._release_direct(conn)
-        code, message, _ = _error_fields(bytes(body))
+        return bytes(body)
+
+    async def _direct_error(self, conn: _Conn, what: str, conditional: bool = False) -> Exception | None:
+        """The error an error answer on a direct connection stands for; None when it is
+        worth another attempt (or its body cannot be read), for the aiohttp path."""
+        body = await self._direct_body(conn, _MAX_ERROR_BODY)
+        if body is None:
+            return None
+        code, message, _ = _error_fields(body)
         if code in ("ExpiredToken", "TokenRefreshRequired") or transient_from_status(
             conn.status, code, message, conn.headers.get("Retry-After")
         ):
             return None
-        return self._error(conn.status, code, message, conn.headers, what, False)
+        return self._error(conn.status, code, message, conn.headers, what, conditional)
 
     def _release_direct(self, conn: _Conn) -> None:
         if self._direct is not None:
@@ -1459,7 +1532,7 @@ class S3Store(StoreContext):
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         validate_prefix(prefix)
         self._check_open()
-        await self._ready()
+        await self._setup()
         full = self.prefix + prefix
         source = self._list_flat(full) if self._flat_listing else self._walk(full)
         try:
@@ -1875,7 +1948,7 @@ class S3Store(StoreContext):
         server lists them (any characters, server order), one ListObjectsV2 page of
         ``list_page_size`` keys per request."""
         self._check_open()
-        await self._ready()
+        await self._setup()
         async for page in self._pages(self.prefix + prefix, delimiter=False):
             for full_key, size, etag, mtime in page.objects:
                 yield ObjectInfo(full_key[len(self.prefix) :], size, etag, mtime)

@@ -62,6 +62,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.failure: DirectFailed | None = None
         #: (host, port, TLS) the connection goes to: its pool.
         self.where: tuple[str, int, bool] = ("", 0, False)
+        self._head_only = False  # the request was a HEAD: no body, whatever Content-Length says
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -141,6 +142,8 @@ class _Conn(asyncio.BufferedProtocol):
         self.headers = headers
         length = headers.get("Content-Length")
         self.length = int(length) if length is not None and length.isdigit() else None
+        if self._head_only or self.status in (204, 304):
+            self.length = 0
         coded = "Transfer-Encoding" in headers
         self.reusable = (
             version == "HTTP/1.1"
@@ -182,8 +185,8 @@ class _Conn(asyncio.BufferedProtocol):
                 waiter.cancel()
                 raise DirectFailed(f"no byte came for {stall:g} s")
 
-    async def send(self, request: bytes, stall: float) -> None:
-        """Sends a request and waits for the head of its answer."""
+    async def send(self, request: bytes, stall: float, head_only: bool = False) -> None:
+        """Sends a request and waits for the head of its answer (``head_only``: a HEAD)."""
         if self.lost or self.transport is None:
             raise DirectFailed("the connection is closed")
         loop = asyncio.get_running_loop()
@@ -192,6 +195,7 @@ class _Conn(asyncio.BufferedProtocol):
         self._target = None
         self.status, self.length, self.unread, self.reusable = 0, None, 0, False
         self.failure = None
+        self._head_only = head_only
         self._waiter = loop.create_future()
         self.transport.write(request)
         self.transport.resume_reading()
@@ -259,9 +263,9 @@ class DirectPool:
         conn.where = (host, port, tls)
         return conn
 
-    async def get(self, url: str, headers: Mapping[str, str], stall: float) -> _Conn:
-        """Sends ``GET url`` with ``headers`` (signed, host included) and returns the
-        connection with the answer's head read. Hand it back with `release` (or close it)."""
+    async def get(self, url: str, headers: Mapping[str, str], stall: float, method: str = "GET") -> _Conn:
+        """Sends ``GET url`` (or HEAD) with ``headers`` (signed, host included) and returns
+        the connection with the answer's head read. Hand it back with `release` (or close it)."""
         if self._closed:
             raise DirectFailed("the store is closed")
         parts = urlsplit(url)
@@ -271,7 +275,8 @@ class DirectPool:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        lines = [f"GET {target} HTTP/1.1", f"User-Agent: {self._user_agent}"]
+        assert method in ("GET", "HEAD")
+        lines = [f"{method} {target} HTTP/1.1", f"User-Agent: {self._user_agent}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         where = (host, port, tls)
@@ -281,14 +286,14 @@ class DirectPool:
             if conn.lost:
                 continue
             try:
-                await conn.send(request, stall)
+                await conn.send(request, stall, method == "HEAD")
             except DirectFailed:
                 conn.close()
                 continue  # closed while idle: a fresh connection (a GET may be sent again)
             return conn
         conn = await self._connect(host, port, tls)
         try:
-            await conn.send(request, stall)
+            await conn.send(request, stall, method == "HEAD")
         except BaseException:
             conn.close()
             raise

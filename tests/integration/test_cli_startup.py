@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.s3server import S3TestServer
+
 #: Runs the CLI like `python -m syncengine`, then writes the names of all imported modules to
 #: the file named by the first argument (at exit, so after the command's own output).
 _RUN_AND_LIST_MODULES = """
@@ -88,3 +90,45 @@ def test_a_no_change_put_loads_neither_the_event_loop_nor_the_stores(tmp_path: P
     assert changed.returncode == 0, changed.stderr
     v1 = json.loads(changed.stdout)
     assert (v1["ref"], v1["created_now"], v1["new_bytes"]) == ("proj/data:v1", True, 7)
+
+
+def test_reading_from_s3_never_loads_aiohttp(tmp_path: Path, s3_server: S3TestServer, s3_bucket: str) -> None:
+    """`get`, `ls` and `verify` of an S3 repository send only GETs (and HEADs, LISTs), all on
+    the store's direct connections (docs/S3.md): aiohttp, ≈ 0.13 s of start-up, stays out.
+    A `put` needs it (PUTs go through aiohttp)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.bin").write_bytes(os.urandom(300_000))
+    (data / "b.txt").write_bytes(b"b" * 5000)
+    repo = f"s3://{s3_bucket}/startup"
+    env = {
+        **os.environ,
+        **s3_server.env(),
+        "PYTHONWARNINGS": "ignore",
+        "SYNCENGINE_STATE_DIR": str(tmp_path / "st"),
+    }
+    env["SYNCENGINE_CACHE_DIR"] = str(tmp_path / "cache")
+
+    def run(*args: str, modules: Path) -> set[str]:
+        r = subprocess.run(
+            [sys.executable, "-c", _RUN_AND_LIST_MODULES, str(modules), *args, "--repo", repo],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        return set(modules.read_text().split())
+
+    assert "aiohttp" in run("put", "-n", "p/d", "-t", "dataset", str(data), modules=tmp_path / "put.txt")
+    out = tmp_path / "out"
+    for args in (
+        ("get", "p/d:latest", "--root", str(out)),
+        ("ls",),
+        ("verify", "p/d:latest", "--root", str(out)),
+    ):
+        loaded = run(*args, modules=tmp_path / f"{args[0]}.txt")
+        assert "syncengine.store.s3_direct" in loaded, args
+        assert not any(m == "aiohttp" or m.startswith("aiohttp.") for m in loaded), args
+    assert (out / "a.bin").read_bytes() == (data / "a.bin").read_bytes()
