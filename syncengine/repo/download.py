@@ -80,7 +80,10 @@ Mode = Literal["download", "checkout"]
 #: Two blobs of a pack at most this far apart are fetched by one ranged GET (gap included).
 MAX_GAP: Final = 1 << 20
 #: A coalesced range grows to at most this many bytes (a larger single blob is its own range).
-MAX_RANGE: Final = 16 << 20
+MAX_RANGE: Final = 8 << 20
+#: The same from a store that streams (S3): a range holds only two buffers in memory, and
+#: fewer, larger requests cost the server less (SeaweedFS: ~15 % less CPU per GiB at 16 MiB).
+MAX_STREAMED_RANGE: Final = 16 << 20
 #: Default bound on stored bytes fetched but not yet written. Peak memory is about twice this
 #: (freed range buffers stay with the allocator's per-thread arenas for a while).
 MAX_BYTES_IN_FLIGHT: Final = 64 << 20
@@ -1478,7 +1481,7 @@ async def download(
     cache: FileCache | None = None,
     max_bytes_in_flight: int = MAX_BYTES_IN_FLIGHT,
     max_gap: int = MAX_GAP,
-    max_range: int = MAX_RANGE,
+    max_range: int | None = None,
     stat_cache: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     fsync: bool = True,
@@ -1505,6 +1508,8 @@ async def download(
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     prefix = _norm_prefix(path_prefix)
+    if max_range is None:
+        max_range = MAX_STREAMED_RANGE if repo.store.capabilities.streamed_reads else MAX_RANGE
     target_root = os.fspath(root) if root is not None else default_root(record)
     real_root = await asyncio.to_thread(_make_root, target_root)
     reader = await repo.manifest(record)
