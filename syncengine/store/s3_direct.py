@@ -290,6 +290,9 @@ class DirectPool:
             except DirectFailed:
                 conn.close()
                 continue  # closed while idle: a fresh connection (a GET may be sent again)
+            except BaseException:
+                conn.close()
+                raise
             return conn
         conn = await self._connect(host, port, tls)
         try:

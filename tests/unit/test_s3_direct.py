@@ -1,0 +1,186 @@
+"""The direct GET connections (syncengine.store.s3_direct) against a loopback server that
+answers exactly the bytes a test scripts: heads split anywhere, body bytes arriving with
+the head, oversized heads, extra bytes, HEAD answers, dropped and stalled connections."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from syncengine.store.s3_direct import HEAD_MAX, DirectFailed, DirectPool
+
+Answer = Callable[[bytes], list[bytes | float | None]]  # request head -> pieces (float: sleep, None: close)
+
+
+class Scripted:
+    """A server sending, for each request, the pieces ``answer`` returns (byte strings are
+    written and flushed one by one; a float sleeps; None closes the connection)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head)
+                for piece in self.answer(head):
+                    if piece is None:
+                        writer.close()
+                        return
+                    if isinstance(piece, float):
+                        await asyncio.sleep(piece)
+                        continue
+                    writer.write(piece)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/bkt/key"
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[Answer], Any]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answer: Answer) -> Scripted:
+        s = Scripted(answer)
+        s.server = await asyncio.start_server(s.handle, "127.0.0.1", 0)
+        servers.append(s.server)
+        return s
+
+    yield start
+    for srv in servers:
+        srv.close()
+        await srv.wait_closed()
+
+
+def _ok(body: bytes, extra: str = "") -> bytes:
+    return f'HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nETag: "e"\r\n{extra}\r\n'.encode() + body
+
+
+async def _read_all(pool: DirectPool, url: str, bufsize: int = 7, method: str = "GET") -> tuple[Any, bytes]:
+    conn = await pool.get(url, {"host": "x"}, stall=5.0, method=method)
+    out = bytearray()
+    buf = memoryview(bytearray(bufsize))
+    while n := await conn.readinto(buf, 5.0):
+        out += buf[:n]
+    return conn, bytes(out)
+
+
+async def test_a_head_split_byte_by_byte_and_a_body_in_pieces_are_read_whole(scripted: Any) -> None:
+    body = os.urandom(50_000)
+    answer = _ok(body)
+    srv = await scripted(lambda _h: [answer[i : i + 1] for i in range(200)] + [answer[200:]])
+    pool = DirectPool(5.0, "test")
+    conn, got = await _read_all(pool, srv.url, bufsize=4096)
+    assert got == body and conn.status == 200 and conn.headers["etag"] == '"e"'
+    assert conn.finished and conn.reusable
+    pool.release(conn)
+    _conn2, got2 = await _read_all(pool, srv.url)
+    assert got2 == body and srv.connections == 1  # kept alive
+    assert srv.requests[0].startswith(b"GET /bkt/key HTTP/1.1\r\n")
+    pool.close()
+
+
+async def test_body_bytes_that_came_with_the_head_are_handed_over_first(scripted: Any) -> None:
+    body = b"0123456789" * 100
+    srv = await scripted(lambda _h: [_ok(body)])  # head and body in one write
+    pool = DirectPool(5.0, "test")
+    _conn, got = await _read_all(pool, srv.url, bufsize=3)
+    assert got == body
+    pool.close()
+
+
+async def test_a_head_over_the_limit_fails(scripted: Any) -> None:
+    huge = "X-Pad: " + "a" * (HEAD_MAX + 10) + "\r\n"
+    srv = await scripted(lambda _h: [_ok(b"x", huge)])
+    pool = DirectPool(5.0, "test")
+    with pytest.raises(DirectFailed, match="larger than"):
+        await pool.get(srv.url, {}, stall=5.0)
+    pool.close()
+
+
+async def test_more_bytes_than_announced_make_the_connection_unusable(scripted: Any) -> None:
+    srv = await scripted(lambda _h: [_ok(b"abc") + b"JUNK"])
+    pool = DirectPool(5.0, "test")
+    conn, got = await _read_all(pool, srv.url)
+    assert got == b"abc" and not conn.reusable
+    pool.release(conn)
+    await _read_all(pool, srv.url)
+    assert srv.connections == 2
+    pool.close()
+
+
+async def test_a_head_answer_has_no_body_whatever_its_content_length(scripted: Any) -> None:
+    srv = await scripted(lambda _h: [b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n"])
+    pool = DirectPool(5.0, "test")
+    conn, got = await _read_all(pool, srv.url, method="HEAD")
+    assert got == b"" and conn.headers["content-length"] == "12345" and conn.finished and conn.reusable
+    pool.release(conn)
+    await _read_all(pool, srv.url, method="HEAD")
+    assert srv.connections == 1 and srv.requests[1].startswith(b"HEAD ")
+    pool.close()
+
+
+async def test_a_connection_dropped_mid_body_returns_what_came_then_fails(scripted: Any) -> None:
+    body = os.urandom(10_000)
+    srv = await scripted(lambda _h: [_ok(body)[:-4000], None])
+    pool = DirectPool(5.0, "test")
+    conn = await pool.get(srv.url, {}, stall=5.0)
+    buf = memoryview(bytearray(len(body)))
+    n = await conn.readinto(buf, 5.0)
+    assert 0 < n < len(body) and bytes(buf[:n]) == body[:n]
+    with pytest.raises(DirectFailed):
+        await conn.readinto(buf[n:], 5.0)
+    pool.close()
+
+
+async def test_a_stall_fails_after_the_stall_timeout_not_before_bytes_stop(scripted: Any) -> None:
+    body = os.urandom(3000)
+    answer = _ok(body)
+    # bytes keep coming every 0.1 s for 0.6 s (longer than the 0.3 s stall timeout), then stop
+    pieces: list[bytes | float | None] = [answer[:100]]
+    for i in range(6):
+        pieces += [0.1, answer[100 + i * 10 : 110 + i * 10]]
+    pieces += [30.0]
+    srv = await scripted(lambda _h: pieces)
+    pool = DirectPool(5.0, "test")
+    conn = await pool.get(srv.url, {}, stall=0.3)
+    buf = memoryview(bytearray(len(body)))
+    n = await conn.readinto(buf, 0.3)  # all that came before the stall, not cut at 0.3 s
+    assert n == 160 - (len(answer) - len(body)) and bytes(buf[:n]) == body[:n]
+    with pytest.raises(DirectFailed, match="no byte came"):
+        await conn.readinto(buf[n:], 0.3)
+    pool.close()
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_replaced(scripted: Any) -> None:
+    srv = await scripted(lambda _h: [_ok(b"hello"), None])  # answers, then closes
+    pool = DirectPool(5.0, "test")
+    for _ in range(3):
+        conn, got = await _read_all(pool, srv.url)
+        assert got == b"hello"
+        await asyncio.sleep(0.05)  # the close arrives
+        pool.release(conn)
+    assert srv.connections == 3
+    pool.close()
+
+
+async def test_an_unreachable_endpoint_fails_at_connect() -> None:
+    pool = DirectPool(2.0, "test")
+    with pytest.raises(DirectFailed, match="cannot connect"):
+        await pool.get("http://127.0.0.1:1/b/k", {}, stall=2.0)
+    pool.close()
