@@ -485,11 +485,7 @@ def register_more(cli: click.Group) -> None:
             if project is None:
                 return projects
             if project not in projects:
-                from syncengine.errors import did_you_mean
-                from syncengine.repo.repository import ArtifactNotFound
-
-                known = f"; projects: {', '.join(projects[:10])}" if projects else "; the repository is empty"
-                raise ArtifactNotFound(f"no project {project!r}{did_you_mean(project, projects)}{known}")
+                raise await repo.no_project(check_name("project", project))
             out = []
             async for name in repo.artifacts(check_name("project", project)):
                 head = await repo.head(project, name)

@@ -287,6 +287,17 @@ def _by(part: PartRecord) -> str:
     return f" ({', '.join(who)})" if who else ""
 
 
+async def _nothing_to_finish(
+    repo: Repository, project: str, name: str, distributed_id: str
+) -> NothingToFinish:
+    known = [i for i in await distributed_ids(repo, project, name) if i != distributed_id]
+    hint = did_you_mean(distributed_id, known) if known else ""
+    return NothingToFinish(
+        f"distributed artifact {project}/{name} has no upserted files under distributed id "
+        f"{distributed_id!r}{hint}: call upsert_artifact from the writers first"
+    )
+
+
 async def finish(
     repo: Repository,
     *,
@@ -316,16 +327,17 @@ async def finish(
     done = await read_finished(repo, project, name, distributed_id)
     if done is not None:
         return await _finished_version(repo, done, type), False
+    # Parts are looked for before sealing too: a mistyped id is refused without sealing it
+    # (a sealed id takes no more upserts), and after, for the parts that count.
+    if not await _sealed(repo, project, name, distributed_id) and not await parts(
+        repo, project, name, distributed_id
+    ):
+        raise await _nothing_to_finish(repo, project, name, distributed_id)
     with contextlib.suppress(PreconditionFailed):  # an earlier (maybe crashed) finish sealed it
         await repo.store.put(base + "sealed", encode(SealRecord(FORMAT, _now(), run)), if_none_match=True)
     found = await parts(repo, project, name, distributed_id)
     if not found:
-        known = [i for i in await distributed_ids(repo, project, name) if i != distributed_id]
-        hint = did_you_mean(distributed_id, known) if known else ""
-        raise NothingToFinish(
-            f"distributed artifact {project}/{name} has no upserted files under distributed id "
-            f"{distributed_id!r}{hint}: call upsert_artifact from the writers first"
-        )
+        raise await _nothing_to_finish(repo, project, name, distributed_id)
     for p in found:
         if p.type != type:
             raise TypeMismatch(

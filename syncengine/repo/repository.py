@@ -853,9 +853,7 @@ class Repository:
         if head is None:
             names = [n async for n in self.artifacts(project)]
             if not names:
-                projects = await self.projects()
-                known = f"; projects: {', '.join(projects[:10])}" if projects else "; the repository is empty"
-                raise ArtifactNotFound(f"no project {project!r}{did_you_mean(project, projects)}{known}")
+                raise await self.no_project(project)
             hint = f"{did_you_mean(name, names)} (it has: {', '.join(names[:10])})"
             raise ArtifactNotFound(f"project {project!r} has no artifact {name!r}{hint}")
         return head
@@ -1045,6 +1043,15 @@ class Repository:
     async def diff(self, a: VersionRecord, b: VersionRecord) -> list[Change]:
         """What changed from version `a` to version `b` (reads only pages they do not share)."""
         return await diff_manifests(await self.manifest(a), await self.manifest(b))
+
+    async def no_project(self, project: str) -> ArtifactNotFound:
+        """The error for a project with no artifact: its runs if it has some, else the
+        projects there are (or that the repository is empty)."""
+        projects = await self.projects()
+        async for _ in self.store.list(f"runs/{project}/"):
+            return ArtifactNotFound(f"project {project!r} has runs but no artifacts yet")
+        known = f"; projects: {', '.join(projects[:10])}" if projects else "; the repository has no artifacts"
+        return ArtifactNotFound(f"no project {project!r}{did_you_mean(project, projects)}{known}")
 
     async def projects(self) -> list[str]:
         out: list[str] = []

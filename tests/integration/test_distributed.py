@@ -181,6 +181,8 @@ def test_errors_without_group_parts_or_matching_type(tmp_path: Path) -> None:
             run.upsert_artifact(files(tmp_path, "a", {"a.txt": b"a"}))
         with pytest.raises(NothingToFinish, match="call upsert_artifact"):
             run.finish_artifact(se.Artifact("corpus", type="dataset"), "nothing")
+        # the mistyped id was not sealed: writers may still use it
+        run.upsert_artifact(files(tmp_path, "n", {"n.txt": b"n"}), "nothing")
         run.upsert_artifact(files(tmp_path, "b", {"b.txt": b"b"}), "d")
         with pytest.raises(se.SyncEngineError, match="type 'dataset', not 'model'"):
             run.finish_artifact(se.Artifact("corpus", type="model"), "d")

@@ -84,7 +84,7 @@ def concurrent_upserts(env: dict[str, str], tmp_path: Path, repo: str, distribut
 
 def finish_and_check(env: dict[str, str], tmp_path: Path, repo: str, distributed_id: str) -> None:
     r = run(env, "versions", "nlp/corpus", "--repo", repo)
-    assert r.returncode == 1 and "no project 'nlp'" in r.stderr  # no version before the finish
+    assert r.returncode == 1 and "project 'nlp' has runs but no artifacts yet" in r.stderr  # no finish yet
     r = run(env, "distributed", "status", "nlp/corpus", "-D", distributed_id, "--repo", repo)
     assert r.returncode == 0 and f"distributed id {distributed_id}: open, {WRITERS} part(s)" in r.stdout
     r = run(

@@ -357,6 +357,10 @@ def test_sync_api_delete_ttl_and_cleanup(tmp_path: Path) -> None:
             repo.artifact("p/n")
         with pytest.raises(ArtifactNotFound, match=r"no project 'q'.*projects: p"):
             repo.artifact("q/m")
+        with repo.run(project="runs-only", job_type="eval"):
+            pass
+        with pytest.raises(ArtifactNotFound, match=r"project 'runs-only' has runs but no artifacts yet"):
+            repo.artifact("runs-only/m")
         with pytest.raises(ArtifactNotFound, match=r"has no artifact 'mm' \(did you mean 'm'\?\)"):
             repo.artifact("p/mm")
         with pytest.raises(ArtifactNotFound, match=r"no version v9 \(the newest is v4\)"):
