@@ -27,6 +27,7 @@ from syncengine.repo.gc_sweep import collect
 from syncengine.repo.pack import CorruptData
 from syncengine.repo.repository import Repository
 from syncengine.store.local import LocalStore
+from tests.integration.test_download import read_tree, write_tree
 from tests.integration.test_gc_finish import GRACE, PARAMS, _half_dead_pack, _IndexFromBefore, _keys, _sweep
 
 SMALL = ChunkerParams(1024, 4096, 16384)
@@ -72,17 +73,6 @@ class _Vanishing:
         return n
 
 
-def _tree(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-
-
-def _read(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 async def _logged(repo: Repository, src: Path) -> Any:
     logged = await repo.log([Source(str(src))], project="p", name="ds", type="dataset", stat_cache=False)
     return logged.record
@@ -111,7 +101,7 @@ def test_streamed_ranges_give_the_same_files_wherever_the_buffers_split(
         files = {**files, "copy/" + first: files[first]}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _tree(root / "src", files)
+        write_tree(root / "src", files)
 
         async def go() -> None:
             store = StreamedStore(LocalStore(root / "repo"))
@@ -119,7 +109,7 @@ def test_streamed_ranges_give_the_same_files_wherever_the_buffers_split(
             record = await _logged(repo, root / "src")
             res = await download(repo, record, root / "out", max_range=max_range, max_gap=max_gap)
             assert res.written == len(files)
-            assert _read(root / "out") == files
+            assert read_tree(root / "out") == files
 
         asyncio.run(go())
 
@@ -138,7 +128,7 @@ def test_a_corrupt_blob_received_in_pieces_fails_the_file_and_leaves_nothing(
 ) -> None:
     monkeypatch.setattr(dl, "FEED_BYTES", feed)
     big = os.urandom(200_000)
-    _tree(tmp_path / "src", {"big.bin": big, "ok.txt": b"fine"})
+    write_tree(tmp_path / "src", {"big.bin": big, "ok.txt": b"fine"})
 
     async def go() -> None:
         store = StreamedStore(LocalStore(tmp_path / "repo"))
@@ -181,7 +171,7 @@ def test_a_pack_deleted_mid_read_by_a_repack_is_read_from_its_new_place(
         streamed.vanishing[old_pack] = (old_bytes, 5000)  # part of the range, then gone
         out = tmp_path / "out"
         got = await download(reader, await reader.version("p", "m", v), str(out))
-        assert _read(out) == {"small.bin": small} and got.written == 1
+        assert read_tree(out) == {"small.bin": small} and got.written == 1
         assert old_pack not in streamed.vanishing and streamed.pack_reads >= 2
 
     asyncio.run(go())
@@ -191,7 +181,7 @@ def test_a_pack_gone_mid_read_with_no_other_copy_is_an_error_naming_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(dl, "FEED_BYTES", 4096)
-    _tree(tmp_path / "src", {"f.bin": os.urandom(50_000)})
+    write_tree(tmp_path / "src", {"f.bin": os.urandom(50_000)})
 
     async def go() -> None:
         local = LocalStore(tmp_path / "repo")
