@@ -35,7 +35,6 @@ from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
 from urllib.parse import unquote_plus, urlsplit
-from xml.sax.saxutils import escape as xml_escape
 
 from syncengine._version import __version__
 from syncengine.errors import (
@@ -484,6 +483,12 @@ class _Payload:
 
 
 # ---- uploads the store started (SeaweedFS quirks, retried completes) ------------------
+
+
+def xml_escape(text: str) -> str:
+    """``&``, ``<`` and ``>`` as XML entities (xml.sax.saxutils.escape, without importing
+    it: it pulls in urllib.request and http.client, ~9 ms of every command's start-up)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _aiohttp_error() -> type[Exception]:
