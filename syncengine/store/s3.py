@@ -53,7 +53,7 @@ from syncengine.errors import (
     StoreRequestFailed,
     UploadNotFound,
 )
-from syncengine.store.aws_env import StaticCredentials, config_has_s3_settings, env_credentials
+from syncengine.store.aws_env import StaticCredentials, settings, static_resolution
 from syncengine.store.base import (
     RESERVED_PREFIX,
     S3_SIZE_LIMITS,
@@ -84,8 +84,6 @@ from syncengine.store.s3_urls import (
     _AWS_HOST,
     Addressing,
     _addressing_setting,
-    _check_endpoint,
-    _env_endpoint,
     _is_ip_or_localhost,
     choose_addressing,
     default_endpoint,
@@ -729,9 +727,9 @@ class S3Store(StoreContext):
                 raise ConfigError(f"S3 key prefix {prefix!r} is invalid: {e.reason}") from None
         if addressing not in ("auto", "path", "virtual"):
             raise ConfigError(f"addressing must be 'auto', 'path' or 'virtual', not {addressing!r}")
-        env_style = os.environ.get("SYNCENGINE_S3_ADDRESSING")
-        if addressing == "auto" and env_style:
-            addressing = _addressing_setting(env_style, "SYNCENGINE_S3_ADDRESSING")
+        # What can be known without I/O now; the rest (profile config, credentials) on first use.
+        self._known = settings(region, endpoint_url, addressing)
+        addressing = self._known.addressing
         if list_strategy not in ("auto", "flat", "walk"):
             raise ConfigError(f"list_strategy must be 'auto', 'flat' or 'walk', not {list_strategy!r}")
         if not 1 <= list_page_size <= _MAX_PAGE:
@@ -774,10 +772,8 @@ class S3Store(StoreContext):
         if access_key_id is not None and secret_access_key is not None:
             token = _Secret(session_token) if session_token else None
             self._explicit = (access_key_id, _Secret(secret_access_key), token)
-        # What can be known without I/O now; the rest (profile config, credentials) on first use.
-        self._region_arg = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        configured = endpoint_url if endpoint_url is not None else _env_endpoint(os.environ)
-        self._endpoint_arg = _check_endpoint(configured) if configured else None
+        self._region_arg = self._known.region
+        self._endpoint_arg = self._known.endpoint
         self.endpoint: str | None = self._endpoint_arg or (
             default_endpoint(self._region_arg) if self._region_arg else None
         )
@@ -828,20 +824,15 @@ class S3Store(StoreContext):
         """The resolution without botocore, where it is the chain's own answer: credentials
         given explicitly or in the environment (`aws_env.env_credentials`), no profile, the
         region known already and no `s3` settings in the config file to read; else None."""
-        if self.profile is not None or self._region_arg is None:
-            return None
+        explicit = None
         if self._explicit is not None:
             akid, secret, token = self._explicit
-            creds = StaticCredentials(akid, secret.value, token.value if token else None, "explicit")
-        else:
-            found = env_credentials()
-            if found is None:
-                return None
-            creds = found
-        if self._addressing_arg == "auto" and config_has_s3_settings():
+            explicit = StaticCredentials(akid, secret.value, token.value if token else None, "explicit")
+        static = static_resolution(self._known, self.profile, explicit)
+        if static is None:
             return None
-        endpoint = self._endpoint_arg or default_endpoint(self._region_arg)
-        return _Resolved(self._region_arg, endpoint, creds, creds.method, "auto")
+        creds = static.credentials
+        return _Resolved(static.region, static.endpoint, creds, creds.method, "auto")
 
     def _resolve_sync(self) -> _Resolved:
         """Region, endpoint and the credential provider: may read files or the network."""

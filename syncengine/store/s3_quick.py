@@ -16,19 +16,10 @@ path, which reports errors properly.
 from __future__ import annotations
 
 import http.client
-import os
 from urllib.parse import urlsplit
 
-from syncengine.store.aws_env import StaticCredentials, config_has_s3_settings, env_credentials
-from syncengine.store.s3_urls import (
-    Addressing,
-    _addressing_setting,
-    _check_endpoint,
-    _env_endpoint,
-    choose_addressing,
-    default_endpoint,
-    object_url,
-)
+from syncengine.store.aws_env import StaticCredentials, settings, static_resolution
+from syncengine.store.s3_urls import choose_addressing, object_url
 from syncengine.store.sigv4 import sign_v4
 
 _TIMEOUT = 10.0
@@ -80,23 +71,22 @@ class QuickReader:
 
 def quick_reader(url: str, endpoint_url: str | None = None) -> QuickReader | None:
     """A `QuickReader` for ``url`` when this path resolves exactly what ``S3Store`` would
-    (see the module docstring), else None."""
-    env = os.environ
+    (the same `aws_env.static_resolution`), else None."""
     if not url.startswith("s3://"):
         return None
     bucket, _, prefix = url[len("s3://") :].partition("/")
     prefix = prefix.strip("/")
-    creds = env_credentials(env)
-    if not bucket or creds is None:
+    if not bucket:
         return None
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    if not region:
+    known = settings(endpoint_url=endpoint_url)
+    static = static_resolution(known)
+    if static is None:
         return None
-    style: Addressing = "auto"
-    if env.get("SYNCENGINE_S3_ADDRESSING"):
-        style = _addressing_setting(env["SYNCENGINE_S3_ADDRESSING"], "SYNCENGINE_S3_ADDRESSING")
-    elif config_has_s3_settings(env):
-        return None
-    configured = endpoint_url if endpoint_url is not None else _env_endpoint(env)
-    endpoint = _check_endpoint(configured) if configured else default_endpoint(region)
-    return QuickReader(endpoint, bucket, f"{prefix}/" if prefix else "", region, style, creds)
+    return QuickReader(
+        static.endpoint,
+        bucket,
+        f"{prefix}/" if prefix else "",
+        static.region,
+        known.addressing,
+        static.credentials,
+    )

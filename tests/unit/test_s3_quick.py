@@ -72,3 +72,46 @@ def test_a_config_file_without_s3_settings_is_fine(aws_env: pytest.MonkeyPatch, 
     (tmp_path / "config").write_text("[default]\noutput = json\n[profile other]\ns3 =\n  x = y\n")
     assert config_has_s3_settings({"AWS_CONFIG_FILE": str(tmp_path / "config")}) is False
     assert quick_reader("s3://bucket-1/p") is not None
+
+
+_VARIANTS: list[dict[str, str | None]] = [
+    {},
+    {"AWS_REGION": None},
+    {"AWS_REGION": None, "AWS_DEFAULT_REGION": "ap-south-1"},
+    {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000/"},
+    {"AWS_ENDPOINT_URL_S3": "https://s3.example.com", "AWS_ENDPOINT_URL": "http://ignored:1"},
+    {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"},
+    {"AWS_PROFILE": "other"},
+    {"AWS_SECRET_ACCESS_KEY": None},
+    {"AWS_SESSION_TOKEN": "tok"},
+    {"AWS_CREDENTIAL_EXPIRATION": "2030-01-01T00:00:00Z"},
+    {"SYNCENGINE_S3_ADDRESSING": "virtual"},
+    {"CONFIG": "[default]\ns3 =\n    addressing_style = path\n"},
+    {"CONFIG": "[default]\ns3 =\n    addressing_style = path\n", "SYNCENGINE_S3_ADDRESSING": "path"},
+]
+
+
+@pytest.mark.parametrize("variant", _VARIANTS)
+def test_taken_exactly_where_s3store_resolves_without_botocore(
+    aws_env: pytest.MonkeyPatch, tmp_path: Path, variant: dict[str, str | None]
+) -> None:
+    """One rule for both (aws_env.static_resolution): the quick path must never read a
+    repository that S3Store would resolve to another region, endpoint or credentials."""
+    from syncengine.store.s3 import S3Store, choose_addressing
+
+    for k, v in variant.items():
+        if k == "CONFIG":
+            (tmp_path / "config").write_text(v or "")
+        elif v is None:
+            aws_env.delenv(k, raising=False)
+        else:
+            aws_env.setenv(k, v)
+    quick = quick_reader("s3://bucket-1/p")
+    store = S3Store("bucket-1", "p")
+    static = store._resolve_static()
+    assert (quick is None) == (static is None)
+    if quick is not None and static is not None:
+        assert (quick.region, quick.endpoint) == (static.region, static.endpoint)
+        assert quick._creds == static.provider
+        wanted = store._addressing_arg if store._addressing_arg != "auto" else static.addressing
+        assert quick.addressing == choose_addressing(static.endpoint, "bucket-1", wanted)
