@@ -184,3 +184,59 @@ async def test_an_unreachable_endpoint_fails_at_connect() -> None:
     with pytest.raises(DirectFailed, match="cannot connect"):
         await pool.get("http://127.0.0.1:1/b/k", {}, stall=2.0)
     pool.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_https_endpoint_is_read_over_tls_into_the_buffer(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """Real S3 is https: the direct connection speaks TLS (certificates checked against the
+    default trust store, here a self-signed one named by SSL_CERT_FILE), and the body still
+    lands in the caller's buffer, on asyncio's loop and on uvloop (what the CLI runs)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    body = os.urandom(3_000_000)
+
+    async def scenario() -> None:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+        s = Scripted(lambda _h: [_ok(body)])
+        srv = await asyncio.start_server(s.handle, "127.0.0.1", 0, ssl=server_ctx)
+        url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/bkt/key"
+        try:
+            pool = DirectPool(5.0, "test")
+            with pytest.raises(DirectFailed, match="cannot connect"):  # not trusted yet
+                await pool.get(url, {}, stall=5.0)
+            pool.close()
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+            pool = DirectPool(5.0, "test")
+            conn, got = await _read_all(pool, url, bufsize=1 << 20)
+            assert got == body and conn.reusable
+            pool.release(conn)
+            _, again = await _read_all(pool, url, bufsize=65_536)
+            assert again == body and s.connections == 1  # kept alive (the refused one never got there)
+            pool.close()
+            await asyncio.sleep(0.05)  # the server sees the close
+        finally:
+            monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+            srv.close()
+            await srv.wait_closed()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())
