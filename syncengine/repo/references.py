@@ -373,9 +373,13 @@ def _http_extra(headers: Any) -> dict[str, str | int]:
 async def _http_request(sources: SourceStores, method: str, uri: str, what: str) -> aiohttp.ClientResponse:
     """A response to ``method uri`` under the retry policy (`RetryPolicy.from_env`, as for S3):
     connection failures, timeouts, 429 and 5xx are retried; the caller releases the response."""
-    import aiohttp
-
-    from syncengine.store.retry import Retrier, RetryPolicy, Transient, transient_from_exception
+    from syncengine.store.retry import (
+        Retrier,
+        RetryPolicy,
+        Transient,
+        transient_from_exception,
+        transport_errors,
+    )
     from syncengine.store.retry import transient_from_status as from_status
 
     retrier = Retrier(RetryPolicy.from_env(), what)
@@ -384,7 +388,7 @@ async def _http_request(sources: SourceStores, method: str, uri: str, what: str)
             async with retrier.attempt():
                 try:
                     resp = await sources.http().request(method, uri, allow_redirects=True)
-                except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                except transport_errors() as e:
                     t = transient_from_exception(e)
                     if t is None:
                         raise SyncEngineError(f"{what} failed: {type(e).__name__}: {e}") from e
@@ -820,15 +824,13 @@ def _copy_file(e: ManifestEntry, root: str, params: ChunkerParams) -> _TempFile 
 
 async def _body(resp: aiohttp.ClientResponse, stall: float) -> AsyncIterator[bytes]:
     """The response body; a broken or stalled transfer is `Transient` (the GET is retried)."""
-    import aiohttp
-
-    from syncengine.store.retry import Transient, transient_from_exception
+    from syncengine.store.retry import Transient, transient_from_exception, transport_errors
 
     while True:
         try:
             async with asyncio.timeout(stall):
                 data = await resp.content.readany()
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        except transport_errors() as e:
             t = transient_from_exception(e)
             raise (t or Transient(f"the body broke off ({type(e).__name__}: {e})")) from e
         if not data:

@@ -260,6 +260,16 @@ def transient_from_status(status: int, code: str, message: str, retry_after: str
     )
 
 
+def transport_errors() -> tuple[type[Exception], ...]:
+    """What a failed transport raises: OSError, TimeoutError and, once aiohttp is loaded,
+    ``aiohttp.ClientError`` (it is looked up, not imported: while it is not loaded, none of
+    its errors can be in flight)."""
+    aiohttp: Any = sys.modules.get("aiohttp")
+    if aiohttp is None:
+        return (OSError, TimeoutError)
+    return (aiohttp.ClientError, OSError, TimeoutError)
+
+
 def transient_from_exception(exc: BaseException) -> Transient | None:
     """A `Transient` if a transport failure is worth another attempt, else None."""
     # aiohttp is looked up, not imported: when it is not loaded none of its errors exist.
@@ -359,10 +369,7 @@ class AttemptGuard:
         if self._task.uncancel() <= self._cancelling and exc_type is not None:
             if issubclass(exc_type, asyncio.CancelledError):
                 raise Transient(self._fired) from None
-            aiohttp: Any = sys.modules.get("aiohttp")
-            if issubclass(exc_type, TimeoutError | OSError) or (
-                aiohttp is not None and issubclass(exc_type, aiohttp.ClientError)
-            ):
+            if issubclass(exc_type, transport_errors()):
                 raise Transient(self._fired) from exc
 
 

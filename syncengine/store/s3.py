@@ -26,7 +26,6 @@ import itertools
 import logging
 import os
 import re
-import sys
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -78,6 +77,7 @@ from syncengine.store.retry import (
     Transient,
     transient_from_exception,
     transient_from_status,
+    transport_errors,
 )
 from syncengine.store.s3_direct import DirectFailed, DirectPool, _Conn
 from syncengine.store.s3_urls import (
@@ -489,17 +489,6 @@ def xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _aiohttp_error() -> type[Exception]:
-    """``aiohttp.ClientError`` when aiohttp is loaded; else a class nothing raises (no
-    aiohttp request was made, so none of its errors can be in flight)."""
-    mod = sys.modules.get("aiohttp")
-    return mod.ClientError if mod is not None else _NeverRaised
-
-
-class _NeverRaised(Exception):
-    pass
-
-
 class _UploadState:
     __slots__ = ("parts", "write_id")
 
@@ -571,7 +560,7 @@ class _S3Reader:
                 retrier = retrier or self._store._retrier(f"GET {self._store._display(self._key)} (resumed)")
                 await retrier.backoff(failure)
                 continue
-            except (_aiohttp_error(), OSError, TimeoutError) as e:
+            except transport_errors() as e:
                 transient = transient_from_exception(e)
                 self.close()
                 if transient is None:
@@ -981,7 +970,6 @@ class S3Store(StoreContext):
             if answer is not None:
                 return answer
         session = await self._ready()
-        import aiohttp
         import yarl
 
         target = yarl.URL(url, encoded=True)
@@ -1006,7 +994,7 @@ class S3Store(StoreContext):
                     self.counters.requests += 1
                     try:
                         resp = await session.request(method, target, data=data, headers=signed)
-                    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    except transport_errors() as e:
                         if payload is not None and payload.mismatch is not None:
                             raise payload.mismatch from None
                         t = transient_from_exception(e)
@@ -1022,7 +1010,7 @@ class S3Store(StoreContext):
                         return resp.status, resp.headers, b"", resp
                     try:
                         body = await self._read_all(resp, guard)
-                    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    except transport_errors() as e:
                         t = transient_from_exception(e)
                         if t is None:
                             raise self._transport_failure(what, e) from e
