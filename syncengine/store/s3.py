@@ -159,7 +159,7 @@ class _Secret:
         return "<secret>"
 
 
-def _sign(method: str, url: str, headers: dict[str, str], creds: Any, region: str) -> dict[str, str]:
+def _sign(method: str, url: str, headers: Mapping[str, str], creds: Any, region: str) -> dict[str, str]:
     """SigV4 with the payload left unsigned (docs/S3.md says why), by ``sigv4.sign_v4``: what
     botocore's signer computes, without importing it; ``creds`` are frozen credentials
     (botocore's or `StaticCredentials`)."""
@@ -630,10 +630,14 @@ class _S3Reader:
             data, self._left = bytes(self._left), memoryview(b"")
             return data
         if self._direct is not None and self._pos < self._end:
-            buf = bytearray(min(self._end - self._pos, 1 << 20))
-            n = await self.readinto(memoryview(buf))
-            return bytes(buf) if n == len(buf) else bytes(buf[:n])
+            return await self._filled(min(self._end - self._pos, 1 << 20))
         return await self._chunk()
+
+    async def _filled(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer at the end), through ``readinto``."""
+        buf = bytearray(size)
+        n = await self.readinto(memoryview(buf))
+        return bytes(buf) if n == size else bytes(buf[:n])
 
     def _release(self) -> None:
         resp, self._resp = self._resp, None
@@ -652,9 +656,7 @@ class _S3Reader:
 
     async def read(self) -> bytes:
         if self._direct is not None and not self._left and self._pos < self._end:
-            buf = bytearray(self._end - self._pos)
-            n = await self.readinto(memoryview(buf))
-            return bytes(buf) if n == len(buf) else bytes(buf[:n])
+            return await self._filled(self._end - self._pos)
         chunks: list[bytes] = []
         while chunk := await self._piece():
             chunks.append(chunk)
@@ -1198,27 +1200,10 @@ class S3Store(StoreContext):
         range, unusual framing): the caller's aiohttp path then sends the GET again and
         deals with whatever it gets, under the retry policy."""
         await self._setup()
-        assert self._creds is not None and self.region is not None
-        pool = self._direct
-        if pool is None:
-            return None
-        url = self._url(full)
-        try:
-            creds = await self._creds.get()
-            self.counters.requests += 1
-            signed = _sign("GET", url, headers, creds, self.region)
-            conn = await pool.get(url, signed, self.retry_policy.stall_timeout)
-        except DirectFailed as e:
-            log.debug("GET %s: direct connection failed (%s); through aiohttp", self._display(key), e)
-            self.counters.retries += 1
+        conn = await self._direct_request("GET", self._url(full), headers, what, False)
+        if conn is None:
             return None
         h, length, status = conn.headers, conn.length, conn.status
-        if status >= 300:
-            error = await self._direct_error(conn, what)
-            if error is None:
-                self.counters.retries += 1
-                return None
-            raise error
         m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", h.get("Content-Range", "")) if status == 206 else None
         if status == 200 and range is None and length is not None:
             start, end, total = 0, length, length
@@ -1237,15 +1222,31 @@ class S3Store(StoreContext):
         ``_send`` returns for a 2xx answer; an error answer no retry would change raises
         what ``_send`` raises. None for the rest, which ``_send`` then sends through aiohttp
         under the retry policy (as `_open_direct` does)."""
+        conn = await self._direct_request(method, url, headers, what, conditional)
+        if conn is None:
+            return None
+        body = await self._direct_body(conn)
+        return None if body is None else (conn.status, conn.headers, body, None)
+
+    async def _direct_request(
+        self, method: str, url: str, headers: Mapping[str, str], what: str, conditional: bool
+    ) -> _Conn | None:
+        """The request signed and sent on a direct connection: the connection, its 2xx
+        answer's head read; raises the error of an answer no retry would change; None (a
+        retry counted) when the connection failed or the answer is worth another attempt,
+        and for anything but a final answer."""
         assert self._direct is not None and self._creds is not None and self.region is not None
         try:
             creds = await self._creds.get()
             self.counters.requests += 1
-            signed = _sign(method, url, dict(headers), creds, self.region)
+            signed = _sign(method, url, headers, creds, self.region)
             conn = await self._direct.get(url, signed, self.retry_policy.stall_timeout, method=method)
         except DirectFailed as e:
             log.debug("%s: direct connection failed (%s); through aiohttp", what, e)
             self.counters.retries += 1
+            return None
+        if conn.status < 200:
+            conn.close()
             return None
         if conn.status >= 300:
             error = await self._direct_error(conn, what, conditional)
@@ -1253,12 +1254,7 @@ class S3Store(StoreContext):
                 self.counters.retries += 1
                 return None
             raise error
-        body = await self._direct_body(conn)
-        if body is None:
-            return None
-        if conn.status < 200:
-            return None
-        return conn.status, conn.headers, body, None
+        return conn
 
     async def _direct_body(self, conn: _Conn, limit: int | None = None) -> bytes | None:
         """The whole body of the answer on ``conn`` (the connection handed back), or None
@@ -1279,7 +1275,7 @@ class S3Store(StoreContext):
         self._release_direct(conn)
         return bytes(body)
 
-    async def _direct_error(self, conn: _Conn, what: str, conditional: bool = False) -> Exception | None:
+    async def _direct_error(self, conn: _Conn, what: str, conditional: bool) -> Exception | None:
         """The error an error answer on a direct connection stands for; None when it is
         worth another attempt (or its body cannot be read), for the aiohttp path."""
         body = await self._direct_body(conn, _MAX_ERROR_BODY)
