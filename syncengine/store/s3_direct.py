@@ -75,7 +75,7 @@ class _Conn(asyncio.BufferedProtocol):
             if want > 0:
                 return self._target[self._tfill : self._tfill + want]
         if self._hfill == len(self._head):
-            if self._spill < self._hfill:  # stray bytes while nobody reads: room for 1 byte
+            if self._spill < self._hfill:  # full of body bytes nobody has taken yet
                 raise DirectFailed("more bytes than the answer announced")
             self._hfill = self._spill = 0
         return self._hview[self._hfill :]
@@ -106,18 +106,23 @@ class _Conn(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.reusable = False
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(DirectFailed(f"the connection was lost: {exc or 'closed by the server'}"))
+        self._settle(DirectFailed(f"the connection was lost: {exc or 'closed by the server'}"))
 
     # -- request and answer ----------------------------------------------------------------------
+
+    def _settle(self, failure: DirectFailed | None = None) -> None:
+        """Ends the wait under way, if any: done, or failed with ``failure``."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            if failure is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(failure)
 
     def _wake(self) -> None:
         assert self.transport is not None
         self.transport.pause_reading()
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._settle()
 
     def _parse_head(self, search_from: int) -> None:
         end = self._head.find(b"\r\n\r\n", search_from, self._hfill)
@@ -142,18 +147,18 @@ class _Conn(asyncio.BufferedProtocol):
         self.headers = headers
         length = headers.get("Content-Length")
         self.length = int(length) if length is not None and length.isdigit() else None
+        if "Transfer-Encoding" in headers:  # it overrides any Content-Length (RFC 9112 §6.3)
+            self.length = None
         if self._head_only or self.status in (204, 304):
             self.length = 0
-        coded = "Transfer-Encoding" in headers
         self.reusable = (
             version == "HTTP/1.1"
             and self.length is not None
-            and not coded
             and "close" not in headers.get("Connection", "").lower()
         )
         self._spill = end + 4
         spilled = self._hfill - self._spill
-        if self.length is not None and not coded:
+        if self.length is not None:
             if spilled > self.length:
                 self.reusable = False
                 self._hfill = self._spill + self.length
@@ -164,9 +169,7 @@ class _Conn(asyncio.BufferedProtocol):
 
     def _fail(self, exc: DirectFailed) -> None:
         self.reusable = False
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        self._settle(exc)
         if self.transport is not None:
             self.transport.close()
 
@@ -279,28 +282,30 @@ class DirectPool:
         lines = [f"{method} {target} HTTP/1.1", f"User-Agent: {self._user_agent}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        where = (host, port, tls)
-        idle = self._idle.get(where, [])
-        while idle:
-            conn = idle.pop()
-            if conn.lost:
-                continue
+        while True:
+            conn = self._take_idle((host, port, tls))
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(host, port, tls)
             try:
                 await conn.send(request, stall, method == "HEAD")
             except DirectFailed:
                 conn.close()
-                continue  # closed while idle: a fresh connection (a GET may be sent again)
+                if reused:
+                    continue  # closed while idle: the next one, or a fresh one (a GET may be resent)
+                raise
             except BaseException:
                 conn.close()
                 raise
             return conn
-        conn = await self._connect(host, port, tls)
-        try:
-            await conn.send(request, stall, method == "HEAD")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+
+    def _take_idle(self, where: tuple[str, int, bool]) -> _Conn | None:
+        idle = self._idle.get(where, [])
+        while idle:
+            conn = idle.pop()
+            if not conn.lost:
+                return conn
+        return None
 
     def release(self, conn: _Conn) -> None:
         """Done with the answer: an intact connection is kept for the next GET."""

@@ -135,6 +135,19 @@ async def test_a_head_answer_has_no_body_whatever_its_content_length(scripted: A
     pool.close()
 
 
+async def test_a_transfer_coding_overrides_a_content_length(scripted: Any) -> None:
+    """Both headers at once (a server bug or a smuggling attempt): the body is chunk-framed,
+    so it is not read as plain bytes, and the connection is not kept."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+    chunked = head + b"5\r\nhello\r\n0\r\n\r\n"
+    srv = await scripted(lambda _h: [chunked])
+    pool = DirectPool(5.0, "test")
+    conn = await pool.get(srv.url, {}, stall=5.0)
+    assert conn.status == 200 and conn.length is None and not conn.reusable
+    conn.close()
+    pool.close()
+
+
 async def test_a_connection_dropped_mid_body_returns_what_came_then_fails(scripted: Any) -> None:
     body = os.urandom(10_000)
     srv = await scripted(lambda _h: [_ok(body)[:-4000], None])
