@@ -59,7 +59,7 @@ from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
 from syncengine.repo.blob_index import BlobIndex
 from syncengine.repo.file_cache import FileCache
 from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReader
-from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, read_blob
+from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, blob_mismatch, read_blob
 from syncengine.repo.records import VersionRecord
 from syncengine.repo.repository import Repository, UnsafePath, _obj_key, safe_target
 from syncengine.transfer import default_limits
@@ -684,6 +684,11 @@ def _names(dests: Sequence[tuple[_FileJob, int]]) -> str:
 _Gone = ObjectNotFound | ObjectChanged
 
 
+def _hashed_in_place(loc: IndexEntry) -> bool:
+    """A raw-stored blob: hashed and written piece by piece as it arrives."""
+    return loc.codec == CODEC_NONE and loc.stored == loc.raw
+
+
 def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -738,7 +743,7 @@ class _RangeSink:
                     continue
                 take = min(len(view), loc.offset + loc.stored - self._pos)
                 piece = view[:take]
-                if loc.codec == CODEC_NONE and loc.stored == loc.raw:
+                if _hashed_in_place(loc):
                     if self._hasher is None:
                         self._hasher = _blake3.blake3()
                     self._hasher.update(piece)
@@ -767,13 +772,10 @@ class _RangeSink:
     def _blob_done(self, loc: IndexEntry) -> None:
         d = self._d
         dests = d.dests[loc.digest]
-        if loc.codec == CODEC_NONE and loc.stored == loc.raw:
+        if _hashed_in_place(loc):
             hasher, self._hasher = self._hasher or _blake3.blake3(), None
             if hasher.digest() != loc.digest:
-                raise CorruptData(
-                    f"{_names(dests)}: blob {loc.digest.hex()} in pack {self._r.pack.hex()} "
-                    "is corrupted (BLAKE3 mismatch)"
-                )
+                raise CorruptData(f"{_names(dests)}: {blob_mismatch(loc.pack, loc)}")
         else:
             stored, self._buf = b"".join(self._buf), []
             try:

@@ -208,8 +208,13 @@ def read_blob(pack: bytes, stored: bytes | memoryview, loc: BlobLocation | Index
     else:
         raise CorruptData(f"blob {loc.digest.hex()} in pack {pack.hex()}: unknown codec {loc.codec}")
     if len(raw) != loc.raw or blob_digest(raw) != loc.digest:
-        raise CorruptData(f"blob {loc.digest.hex()} in pack {pack.hex()} is corrupted (BLAKE3 mismatch)")
+        raise blob_mismatch(pack, loc)
     return raw
+
+
+def blob_mismatch(pack: bytes, loc: BlobLocation | IndexEntry) -> CorruptData:
+    """The error for stored bytes that do not hash to the blob's digest."""
+    return CorruptData(f"blob {loc.digest.hex()} in pack {pack.hex()} is corrupted (BLAKE3 mismatch)")
 
 
 def encode_index(entries: Iterable[IndexEntry]) -> tuple[bytes, bytes]:
