@@ -485,7 +485,7 @@ def register_more(cli: click.Group) -> None:
             if project is None:
                 return projects
             if project not in projects:
-                raise await repo.no_project(check_name("project", project))
+                raise await repo.no_project(check_name("project", project), projects)
             out = []
             async for name in repo.artifacts(check_name("project", project)):
                 head = await repo.head(project, name)

@@ -1044,12 +1044,13 @@ class Repository:
         """What changed from version `a` to version `b` (reads only pages they do not share)."""
         return await diff_manifests(await self.manifest(a), await self.manifest(b))
 
-    async def no_project(self, project: str) -> ArtifactNotFound:
+    async def no_project(self, project: str, projects: list[str] | None = None) -> ArtifactNotFound:
         """The error for a project with no artifact: its runs if it has some, else the
-        projects there are (or that the repository is empty)."""
-        projects = await self.projects()
+        projects there are (``projects``, if the caller listed them already)."""
         async for _ in self.store.list(f"runs/{project}/"):
             return ArtifactNotFound(f"project {project!r} has runs but no artifacts yet")
+        if projects is None:
+            projects = await self.projects()
         known = f"; projects: {', '.join(projects[:10])}" if projects else "; the repository has no artifacts"
         return ArtifactNotFound(f"no project {project!r}{did_you_mean(project, projects)}{known}")
 
