@@ -59,7 +59,7 @@ from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
 from syncengine.repo.blob_index import BlobIndex
 from syncengine.repo.file_cache import FileCache
 from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReader
-from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, blob_mismatch, read_blob
+from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, blob_mismatch, check_bounds, read_blob
 from syncengine.repo.records import VersionRecord
 from syncengine.repo.repository import Repository, UnsafePath, _obj_key, safe_target
 from syncengine.transfer import default_limits
@@ -779,7 +779,7 @@ class _RangeSink:
         else:
             stored, self._buf = b"".join(self._buf), []
             try:
-                raw = read_blob(loc.pack, stored, loc)
+                raw = read_blob(loc.pack, stored, loc, d.repo.params.max_size)
             except CorruptData as e:
                 raise CorruptData(f"{_names(dests)}: {e}") from e
             for job, offset in dests:
@@ -1170,6 +1170,10 @@ class _Downloader(_Session):
                     raise CorruptData(
                         f"{e.path}: blob {d.hex()} is {loc.raw} bytes in the index, the manifest says {n}"
                     )
+                try:  # before any buffer or range is sized by it
+                    check_bounds(loc.pack, loc, self.repo.params.max_size)
+                except CorruptData as bad:
+                    raise CorruptData(f"{e.path}: {bad}") from None
                 dests[d].append((job, offset))
         self.dests = dests
         by_pack: dict[bytes, list[IndexEntry]] = defaultdict(list)

@@ -56,7 +56,7 @@ async def repack_packs(repo: Repository, packs: list[str], live: set[bytes]) -> 
     for pack in sorted(wanted):
         data = await store.get(_pack_key(pack))
         for e in wanted[pack]:
-            raw = read_blob(e.pack, data[e.offset : e.offset + e.stored], e)  # verified before copying
+            raw = read_blob(e.pack, data[e.offset : e.offset + e.stored], e, repo.params.max_size)  # verified
             writer.add(e.digest, raw)
             copied += e.stored
             if writer.size >= repo.config.pack_target:

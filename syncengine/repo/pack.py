@@ -78,7 +78,7 @@ class PackWriter:
     """Collects blobs into one pack.
 
     >>> w = PackWriter(); w.add(blob_digest(b"hi"), b"hi"); pid, data, locs = w.finish()
-    >>> read_blob(pid, data[locs[0].offset:locs[0].offset + locs[0].stored], locs[0])
+    >>> read_blob(pid, data[locs[0].offset:locs[0].offset + locs[0].stored], locs[0], max_raw=1 << 20)
     b'hi'
     """
 
@@ -190,23 +190,57 @@ def parse_pack(pack: bytes, data: bytes) -> list[BlobLocation]:
     return parse_trailer(pack, data[start : -_FOOT.size])
 
 
-def read_blob(pack: bytes, stored: bytes | memoryview, loc: BlobLocation | IndexEntry) -> bytes:
-    """The raw bytes of a blob from its stored bytes, verified against its digest."""
+def zstd_bound(raw: int) -> int:
+    """The most bytes zstd can take to store `raw` bytes (zstd's ZSTD_COMPRESSBOUND)."""
+    small = (128 * 1024 - raw) >> 11 if raw < 128 * 1024 else 0
+    return raw + (raw >> 8) + small
+
+
+def check_bounds(pack: bytes, loc: BlobLocation | IndexEntry, max_raw: int) -> None:
+    """Refuses a location no writer of this repository could have made: a blob over the
+    chunker's maximum (`max_raw`, the repository's ``max_size``), stored bytes that are not
+    its raw bytes (no codec) or more than zstd's bound for them, or an unknown codec. Read
+    before any buffer is sized by it, so a crafted index cannot make a reader allocate more
+    than one chunk's worth."""
+    what = f"blob {loc.digest.hex()} in pack {pack.hex()}"
+    if loc.raw > max_raw:
+        raise CorruptData(f"{what}: {loc.raw} bytes, more than the chunker's maximum of {max_raw}")
+    if loc.codec == CODEC_NONE:
+        if loc.stored != loc.raw:
+            raise CorruptData(f"{what}: stored as {loc.stored} bytes without a codec, but {loc.raw} raw")
+    elif loc.codec == CODEC_ZSTD:
+        if loc.stored > zstd_bound(loc.raw):
+            raise CorruptData(f"{what}: {loc.stored} stored bytes cannot encode {loc.raw} raw ones")
+    else:
+        raise CorruptData(f"{what}: unknown codec {loc.codec}")
+
+
+def read_blob(pack: bytes, stored: bytes | memoryview, loc: BlobLocation | IndexEntry, max_raw: int) -> bytes:
+    """The raw bytes of a blob from its stored bytes, verified against its digest; never more
+    than ``loc.raw`` (itself at most `max_raw`) bytes are decoded, whatever the frame says."""
+    check_bounds(pack, loc, max_raw)
     if len(stored) != loc.stored:
         raise CorruptData(
             f"blob {loc.digest.hex()} in pack {pack.hex()}: got {len(stored)} of {loc.stored} bytes"
         )
     if loc.codec == CODEC_NONE:
         raw = bytes(stored)
-    elif loc.codec == CODEC_ZSTD:
+    else:
         import zstandard
 
         try:
+            # python-zstandard allocates the size a frame header states and ignores
+            # max_output_size then: a 12 KiB frame stating 400 MiB is refused before decoding.
+            # Without a stated size, max_output_size caps the output (an error past it).
+            stated = zstandard.frame_content_size(stored)
+            if stated not in (-1, loc.raw):
+                raise CorruptData(
+                    f"blob {loc.digest.hex()} in pack {pack.hex()}: its zstd frame states {stated} "
+                    f"bytes, the index {loc.raw}"
+                )
             raw = _dctx().decompress(stored, max_output_size=loc.raw)
         except zstandard.ZstdError as e:
             raise CorruptData(f"blob {loc.digest.hex()} in pack {pack.hex()}: {e}") from e
-    else:
-        raise CorruptData(f"blob {loc.digest.hex()} in pack {pack.hex()}: unknown codec {loc.codec}")
     if len(raw) != loc.raw or blob_digest(raw) != loc.digest:
         raise blob_mismatch(pack, loc)
     return raw

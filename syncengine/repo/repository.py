@@ -1035,7 +1035,8 @@ class Repository:
                     continue
                 try:
                     span = (loc.offset, loc.offset + loc.stored)
-                    read_blob(loc.pack, await self.store.get(_obj_key("data", loc.pack), span), loc)
+                    data = await self.store.get(_obj_key("data", loc.pack), span)
+                    read_blob(loc.pack, data, loc, self.params.max_size)
                 except CorruptData as e:
                     problems.append(f"{where}: {e}")
         return problems

@@ -22,6 +22,7 @@ from syncengine.store.base import HashedParts
 from tests.conftest import native_module
 
 PARAMS = ChunkerParams(1024, 4096, 16384)
+MAX_RAW = PARAMS.max_size
 
 
 def _data(seed: int, n: int) -> bytes:
@@ -43,7 +44,7 @@ class Packs:
         for pid, data, locs in self.got:
             assert parse_pack(pid, data) == locs  # the id is BLAKE3 of the bytes
             for loc in locs:
-                out[loc.digest] = read_blob(pid, data[loc.offset : loc.offset + loc.stored], loc)
+                out[loc.digest] = read_blob(pid, data[loc.offset : loc.offset + loc.stored], loc, MAX_RAW)
         return out
 
 

@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from syncengine.hashing.params import DEFAULT_PARAMS
 from syncengine.repo.pack import (
     CODEC_NONE,
     CODEC_ZSTD,
+    BlobLocation,
     CorruptData,
     PackWriter,
     blob_digest,
@@ -21,7 +23,10 @@ from syncengine.repo.pack import (
     parse_trailer,
     read_blob,
     trailer_offset,
+    zstd_bound,
 )
+
+MAX_RAW = DEFAULT_PARAMS.max_size
 
 
 def make_pack(blobs: list[bytes], compression: str = "auto") -> tuple[bytes, bytes]:
@@ -40,7 +45,7 @@ def make_pack(blobs: list[bytes], compression: str = "auto") -> tuple[bytes, byt
 def test_round_trip(blobs: list[bytes], compression: str) -> None:
     pid, data = make_pack(blobs, compression)
     locs = parse_pack(pid, data)
-    assert [read_blob(pid, data[loc.offset : loc.offset + loc.stored], loc) for loc in locs] == blobs
+    assert [read_blob(pid, data[loc.offset : loc.offset + loc.stored], loc, MAX_RAW) for loc in locs] == blobs
     # the trailer alone (as a ranged read from a remote store would fetch it) gives the same table
     start = trailer_offset(pid, data[-16:])
     assert parse_trailer(pid, data[start:-16]) == locs
@@ -66,9 +71,9 @@ def test_corrupted_byte_is_detected_and_named() -> None:
         parse_pack(pid, bytes(bad))
     loc = locs[1]
     with pytest.raises(CorruptData, match=f"blob {loc.digest.hex()} in pack {pid.hex()}"):
-        read_blob(pid, bytes(bad[loc.offset : loc.offset + loc.stored]), loc)
+        read_blob(pid, bytes(bad[loc.offset : loc.offset + loc.stored]), loc, MAX_RAW)
     with pytest.raises(CorruptData, match="got 10 of"):
-        read_blob(pid, data[loc.offset : loc.offset + 10], loc)
+        read_blob(pid, data[loc.offset : loc.offset + 10], loc, MAX_RAW)
 
 
 def test_truncated_pack_is_refused() -> None:
@@ -121,7 +126,7 @@ def test_packs_are_written_and_read_from_many_threads_at_once() -> None:
     def read(seed: int) -> None:
         pid, body, locs, data = done[seed]
         for _ in range(5):
-            got = [read_blob(pid, body[loc.offset : loc.offset + loc.stored], loc) for loc in locs]  # type: ignore[attr-defined]
+            got = [read_blob(pid, body[loc.offset : loc.offset + loc.stored], loc, MAX_RAW) for loc in locs]  # type: ignore[attr-defined]
             assert got == data
         ok.append(seed)
 
@@ -147,5 +152,65 @@ def test_absorb_merges_packs_without_recompressing() -> None:
     pid, data, locs = a.finish()
     assert parse_pack(pid, data) == locs
     assert [loc.stored for loc in locs[2:]] == b_stored  # as stored, not compressed again
-    got = [read_blob(pid, data[loc.offset : loc.offset + loc.stored], loc) for loc in locs]
+    got = [read_blob(pid, data[loc.offset : loc.offset + loc.stored], loc, MAX_RAW) for loc in locs]
     assert got == blobs_a + blobs_b
+
+
+def _peak_rss_mib(reset: bool = False) -> float:
+    """This process's peak RSS since the last reset (Linux: /proc/self clear_refs and VmHWM)."""
+    import re
+
+    if reset:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read())[1]) / 1024  # type: ignore[index]
+
+
+def test_a_zstd_bomb_is_refused_before_it_inflates() -> None:
+    """A 12 KiB frame stating 400 MiB behind an index that says raw=16 KiB (so its stored
+    size is plausible): refused from the frame header, before python-zstandard allocates
+    what the header states (it ignores max_output_size then)."""
+    import zstandard
+
+    stored = zstandard.ZstdCompressor(level=3).compress(bytes(400 << 20))
+    assert len(stored) < 16 << 10
+    loc = BlobLocation(blob_digest(b"x"), 0, len(stored), 16 << 10, CODEC_ZSTD)
+    before = _peak_rss_mib(reset=True)
+    with pytest.raises(CorruptData, match="states 419430400 bytes, the index 16384"):
+        read_blob(b"p" * 32, stored, loc, MAX_RAW)
+    assert _peak_rss_mib() - before < 100
+
+
+def test_a_frame_without_a_stated_size_decodes_no_more_than_the_index_says() -> None:
+    import zstandard
+
+    stored = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(bytes(400 << 20))
+    loc = BlobLocation(blob_digest(b"x"), 0, len(stored), 16 << 10, CODEC_ZSTD)
+    before = _peak_rss_mib(reset=True)
+    with pytest.raises(CorruptData, match="did not decompress full frame"):
+        read_blob(b"p" * 32, stored, loc, MAX_RAW)
+    assert _peak_rss_mib() - before < 100
+
+
+@pytest.mark.parametrize(
+    ("stored", "raw", "codec", "why"),
+    [
+        (MAX_RAW + 1, MAX_RAW + 1, CODEC_NONE, "more than the chunker's maximum"),
+        (10, 11, CODEC_NONE, "without a codec"),
+        (zstd_bound(1000) + 1, 1000, CODEC_ZSTD, "cannot encode"),
+        (10, 10, 7, "unknown codec"),
+    ],
+)
+def test_locations_no_writer_makes_are_refused(stored: int, raw: int, codec: int, why: str) -> None:
+    loc = BlobLocation(b"d" * 32, 0, stored, raw, codec)
+    with pytest.raises(CorruptData, match=why):
+        read_blob(b"p" * 32, b"\0" * stored, loc, MAX_RAW)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=300_000))
+def test_zstd_bound_holds_for_what_the_writer_stores(raw: bytes) -> None:
+    import zstandard
+
+    assert len(zstandard.ZstdCompressor(level=3).compress(raw)) <= zstd_bound(len(raw))

@@ -1,0 +1,98 @@
+"""A repository others can write is untrusted input (docs/SECURITY.md): crafted objects, written
+with the project's own encoders, get a clear error, never harm.
+
+Each command runs as a child process that reports its own peak RSS, so a memory bound is the
+child's, not the test runner's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from syncengine.hashing.tree import Source
+from syncengine.repo import pack as pack_mod
+from syncengine.repo.pack import CODEC_ZSTD, PackWriter, blob_digest, encode_index, index_entries
+from syncengine.repo.repository import Repository
+from syncengine.store.local import LocalStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: Runs the CLI, then prints its peak RSS (MiB) as the last line of stderr. VmHWM, not
+#: getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forking test runner.
+_CLI_WITH_RSS = (
+    "import re, sys\n"
+    "from syncengine.cli.main import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "finally:\n"
+    "    status = open('/proc/self/status').read()\n"
+    "    print(int(re.search(r'VmHWM:\\s+(\\d+)', status)[1]) // 1024, file=sys.stderr)\n"
+)
+
+
+def cli(*args: str, cwd: Path) -> tuple[int, str, str, int]:
+    """(exit status, stdout, stderr without the RSS line, peak RSS MiB) of `syncengine ARGS`."""
+    p = subprocess.run(
+        [sys.executable, "-c", _CLI_WITH_RSS, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    *err, rss = p.stderr.rstrip("\n").split("\n")
+    return p.returncode, p.stdout, "\n".join(err), int(rss)
+
+
+async def _replace_every_pack_and_segment(
+    repo: Repository, data: bytes, segment: tuple[bytes, bytes]
+) -> None:
+    store = repo.store
+    for prefix in ("data/", "index/"):
+        keys = [info.key async for info in store.list(prefix)]
+        await store.delete(keys)
+    pid = pack_mod.blob_digest(data)
+    await store.put(f"data/{pid.hex()[:2]}/{pid.hex()}", data, if_none_match=True)
+    sid, seg = segment
+    await store.put(f"index/{sid.hex()}", seg, if_none_match=True)
+
+
+def test_a_zstd_bomb_in_a_pack_is_refused_by_get_and_check_without_inflating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 16 KiB file's blob replaced by a 12 KiB zstd frame that states (and holds) 400 MiB:
+    the index says raw=16384, so the stored size is plausible; `get` and `check --read-data`
+    must refuse it from the frame header, in a few tens of MiB."""
+    src = tmp_path / "src"
+    src.mkdir()
+    body = bytes(16 << 10)
+    (src / "a.bin").write_bytes(body)
+    repo_dir = tmp_path / "repo"
+
+    async def craft() -> None:
+        repo = await Repository.open(LocalStore(repo_dir))
+        await repo.log([Source(str(src))], project="p", name="d", type="dataset", stat_cache=False)
+        bomb = zstandard.ZstdCompressor(level=3).compress(bytes(400 << 20))
+        w = PackWriter("zstd")
+        monkeypatch.setattr(w, "_encode", lambda raw: (bomb, CODEC_ZSTD))
+        w.add(blob_digest(body), body)
+        pid, data, locs = w.finish()
+        await _replace_every_pack_and_segment(repo, data, encode_index(index_entries(pid, locs)))
+
+    asyncio.run(craft())
+    rc, _, err, rss = cli("get", "p/d:v0", "--root", "out", "--repo", str(repo_dir), cwd=tmp_path)
+    assert rc == 1 and "states 419430400 bytes" in err, err
+    assert rss < 250, f"get peaked at {rss} MiB"
+    assert not (tmp_path / "out" / "a.bin").exists()
+    rc, out, err, rss = cli("check", "--read-data", "--json", "--repo", str(repo_dir), cwd=tmp_path)
+    assert rc == 1, (out, err)
+    assert "states 419430400 bytes" in json.dumps(json.loads(out)), out
+    assert rss < 250, f"check --read-data peaked at {rss} MiB"
