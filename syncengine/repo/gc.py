@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from syncengine.errors import ObjectNotFound, SyncEngineError
+from syncengine.repo.gc_objects import collectable
 from syncengine.repo.lifecycle import expires_at
 from syncengine.repo.manifest import decode_manifest, decode_page
 from syncengine.repo.pack import IndexEntry
@@ -178,7 +179,7 @@ async def survey(
             report.unindexed_packs += 1
             report.unindexed_bytes += size
             old = unindexed_before is not None and pack_keys[pack].mtime < unindexed_before
-            if candidates is not None and old:
+            if candidates is not None and old and collectable(pack_keys[pack].key):
                 candidates.add(pack_keys[pack].key)
             continue
         live_bytes = 0
@@ -194,7 +195,7 @@ async def survey(
         if live_bytes == 0:
             report.dead_packs += 1
             report.dead_pack_bytes += size
-            if candidates is not None:
+            if candidates is not None and collectable(pack_keys[pack].key):
                 candidates.add(pack_keys[pack].key)
         elif live_bytes < REPACK_BELOW * size:
             report.repack.append(pack)
@@ -209,7 +210,7 @@ async def survey(
         if key not in live_objects:
             report.dead_manifest_objects += 1
             report.dead_manifest_bytes += size
-            if candidates is not None:
+            if candidates is not None and collectable(key):
                 candidates.add(key)
     return report
 

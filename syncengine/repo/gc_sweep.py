@@ -302,9 +302,14 @@ async def _sweep(repo: Repository, mid: str, mark: g.Mark, claim: _Claim) -> GcR
         doomed = []
         for key in sorted(set(mark.candidates) - kept):
             # Still garbage, or gone (a sweeper before us deleted it): the done record lists it.
-            if key in still or key not in listed:
+            # Only packs and manifest objects, whatever a (possibly planted) mark names.
+            if g.collectable(key) and (key in still or key not in listed):
                 doomed.append(key)
-        repack = sorted((set(mark.repack) - kept - set(doomed)) & {_pack_key(p) for p in fresh.repack})
+        repack = sorted(
+            k
+            for k in (set(mark.repack) - kept - set(doomed)) & {_pack_key(p) for p in fresh.repack}
+            if g.collectable(k)
+        )
         if repack:
             from syncengine.repo.gc_repack import repack_packs
 

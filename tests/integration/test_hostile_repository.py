@@ -96,3 +96,46 @@ def test_a_zstd_bomb_in_a_pack_is_refused_by_get_and_check_without_inflating(
     assert rc == 1, (out, err)
     assert "states 419430400 bytes" in json.dumps(json.loads(out)), out
     assert rss < 250, f"check --read-data peaked at {rss} MiB"
+
+
+def test_gc_sweeps_only_packs_and_manifests_whatever_a_planted_mark_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone who can write gc/marks/ can plant a mark; the victim's own `gc` must not delete
+    the repository's config, heads, version records or a stray file under data/ for it."""
+    import secrets
+
+    from syncengine.repo import gc_objects as g
+    from syncengine.repo.gc_sweep import collect
+
+    monkeypatch.setenv("SYNCENGINE_GC_MIN_GRACE", "0")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(50_000))
+    store = LocalStore(tmp_path / "repo")
+
+    async def go() -> None:
+        repo = await Repository.open(store)
+        await repo.log([Source(str(src))], project="p", name="d", type="dataset", stat_cache=False)
+        await store.put("data/ab/notes.txt", b"not ours", if_none_match=True)
+        keys = sorted([i.key async for i in store.list("")])
+        precious = [k for k in keys if not k.startswith(("data/", "manifests/", "index/"))]
+        assert {"config", "artifacts/p/d/head", "artifacts/p/d/versions/v0"} <= set(precious)
+        planted = g.Mark(
+            format=1,
+            repository=repo.config.id,
+            created="2020-01-01T00:00:00+00:00",
+            grace=0.0,
+            candidates=sorted([*precious, "data/ab/notes.txt", "data/../config"]),
+        )
+        await store.put(f"{g.MARKS}{secrets.token_hex(16)}", g.encode(planted), if_none_match=True)
+        run = await collect(repo, grace=0.0)
+        assert run.phase == "swept", run
+        assert run.deleted == []
+        after = {i.key async for i in store.list("")}
+        assert set(precious) - after == set(), sorted(set(precious) - after)
+        assert "data/ab/notes.txt" in after
+        fresh = await Repository.open(LocalStore(tmp_path / "repo"))
+        assert await fresh.check(read_data=True) == []
+
+    asyncio.run(go())
