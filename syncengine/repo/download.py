@@ -54,11 +54,11 @@ from syncengine._loop import gather_all
 from syncengine.durable import NoSyncBatch, SyncBatch, start_writeback
 from syncengine.errors import FileChangedError, ObjectChanged, ObjectNotFound, SyncEngineError
 from syncengine.hashing import backend
-from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunks
+from syncengine.hashing.digests import Chunk, FileDigest
 from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
 from syncengine.repo.blob_index import BlobIndex
 from syncengine.repo.file_cache import FileCache
-from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReader
+from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReader, check_entry
 from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, blob_mismatch, check_bounds, read_blob
 from syncengine.repo.records import VersionRecord
 from syncengine.repo.repository import Repository, UnsafePath, _obj_key, safe_target
@@ -218,20 +218,6 @@ def _under(path: str, prefix: str) -> bool:
 
 def _within(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _check_entry(e: ManifestEntry) -> None:
-    """An entry whose sizes and digests agree: then blobs that match their digests can only
-    assemble into a file with the entry's digest."""
-    if e.size < 0:
-        raise ManifestError(f"{e.path}: manifest entry has a negative size")
-    if e.chunks:
-        if sum(n for n, _ in e.chunks) != e.size or any(n <= 0 for n, _ in e.chunks):
-            raise ManifestError(f"{e.path}: manifest entry's chunk lengths do not add up to its size")
-        if file_digest_from_chunks(Chunk(0, n, d) for n, d in e.chunks) != e.digest:
-            raise ManifestError(f"{e.path}: manifest entry's chunk list does not give its digest")
-    elif e.size == 0 and e.digest != _EMPTY_DIGEST:
-        raise ManifestError(f"{e.path}: manifest entry of an empty file has another digest")
 
 
 async def _entries(reader: ManifestReader, prefix: str) -> AsyncIterator[ManifestEntry]:
@@ -1358,7 +1344,7 @@ class _Downloader(_Session):
                 res.references.append(e.path)
                 res.reference_entries.append(e)
                 continue
-            _check_entry(e)
+            check_entry(e)
             jobs.append(_FileJob(e, parts, self.root, self._seq, self.writer))
             self._seq += 1
         # Opened before any write: see syncengine.durable.

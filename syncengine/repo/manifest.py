@@ -14,6 +14,7 @@ This module does no I/O: builders return the pages to store, readers take a page
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Final
 
@@ -21,7 +22,7 @@ import blake3 as _blake3
 import msgspec
 
 from syncengine.errors import SyncEngineError
-from syncengine.hashing.digests import TreeDigest
+from syncengine.hashing.digests import Chunk, TreeDigest, file_digest_from_chunks
 
 FORMAT: Final = 1
 #: A page ends after an entry whose boundary hash is below 2^32 / FANOUT: ~FANOUT items a page.
@@ -31,6 +32,7 @@ _LEVEL_KEY = tuple(
     _blake3.blake3(f"syncengine manifest page boundary level {i}".encode()).digest() for i in range(16)
 )
 _THRESHOLD: Final = (1 << 32) // FANOUT
+_EMPTY_DIGEST: Final = _blake3.blake3(b"").digest()
 
 
 class ManifestError(SyncEngineError):
@@ -107,6 +109,43 @@ def decode_page(pid: bytes, data: bytes) -> Page:
         return _page_decoder.decode(data)
     except msgspec.DecodeError as e:
         raise ManifestError(f"manifest page {pid.hex()} cannot be read: {e}") from e
+
+
+def check_entry(e: ManifestEntry) -> None:
+    """An entry whose sizes and digests agree: then blobs that match their digests can only
+    assemble into a file with the entry's digest."""
+    if e.size < 0:
+        raise ManifestError(f"{e.path}: manifest entry has a negative size")
+    if e.chunks:
+        if sum(n for n, _ in e.chunks) != e.size or any(n <= 0 for n, _ in e.chunks):
+            raise ManifestError(f"{e.path}: manifest entry's chunk lengths do not add up to its size")
+        if file_digest_from_chunks(Chunk(0, n, d) for n, d in e.chunks) != e.digest:
+            raise ManifestError(f"{e.path}: manifest entry's chunk list does not give its digest")
+    elif e.size == 0 and e.digest != _EMPTY_DIGEST:
+        raise ManifestError(f"{e.path}: manifest entry of an empty file has another digest")
+
+
+def check_page(pid: bytes, page: Page, level: int, first: str | None) -> None:
+    """The shape every writer gives a page: the `level` its parent expects, keys strictly
+    increasing within it, interior pages not empty, and its first key the one its parent's
+    ref names (`first`; None for the root). With the order checked across pages as a
+    reader walks, no page can appear twice in one tree: a repeated child (three tiny pages
+    naming each other K times expand to K^height entries) is refused at its first repeat."""
+    where = f"manifest page {pid.hex()}"
+    if page.level != level:
+        raise ManifestError(f"{where}: level {page.level} where level {level} belongs")
+    if level == 0:
+        keys = [e.path.encode() for e in page.entries]
+        if page.refs or (not keys and first is not None):
+            raise ManifestError(f"{where}: a leaf page must hold entries only, and some")
+    else:
+        keys = [r.first.encode() for r in page.refs]
+        if page.entries or not keys:
+            raise ManifestError(f"{where}: an interior page must hold refs only, and some")
+    if any(a >= b for a, b in itertools.pairwise(keys)):
+        raise ManifestError(f"{where}: keys out of order or repeated")
+    if first is not None and keys[0] != first.encode():
+        raise ManifestError(f"{where}: starts at {keys[0]!r}, its parent says {first!r}")
 
 
 def encode_manifest(m: Manifest) -> bytes:
@@ -215,26 +254,47 @@ class ManifestReader:
         self.manifest = manifest
         self._load = load
 
-    async def page(self, pid: bytes) -> Page:
-        return decode_page(pid, await self._load(pid))
+    async def page(self, pid: bytes, level: int | None = None, first: str | None = None) -> Page:
+        """A page, checked against its name and, given the `level` (and `first` key) its
+        parent expects, against the shape writers give pages (`check_page`)."""
+        page = decode_page(pid, await self._load(pid))
+        if level is not None:
+            check_page(pid, page, level, first)
+        return page
 
     async def entries(self, prefix: str = "") -> AsyncIterator[ManifestEntry]:
-        """Every entry in path order (only subtrees that can hold `prefix` are read)."""
-        stack = [self.manifest.root]
+        """Every entry in strictly increasing path order (only subtrees that can hold `prefix`
+        are read); a tree out of order, with a repeated page or (read whole) with another
+        entry count than its manifest states raises `ManifestError` (every reader: get,
+        check, ls, diff, gc)."""
+        m = self.manifest
+        if not 1 <= m.height <= len(_LEVEL_KEY):
+            raise ManifestError(f"manifest height {m.height} is out of range")
+        stack: list[tuple[bytes, int, str | None]] = [(m.root, m.height - 1, None)]
+        last: bytes | None = None
+        count = 0
         while stack:
-            page = await self.page(stack.pop())
-            if page.level == 0:
+            pid, level, first = stack.pop()
+            page = await self.page(pid, level, first)
+            if level == 0:
                 for e in page.entries:
+                    key = e.path.encode()
+                    if last is not None and key <= last:
+                        raise ManifestError(f"manifest entries out of order or repeated: {e.path!r}")
+                    last = key
+                    count += 1
                     if e.path.startswith(prefix):
                         yield e
                 continue
             refs = page.refs
             keep = [
-                r.page
+                (r.page, level - 1, r.first)
                 for i, r in enumerate(refs)
                 if not prefix or _may_hold(prefix, r.first, refs[i + 1].first if i + 1 < len(refs) else None)
             ]
             stack.extend(reversed(keep))
+        if not prefix and count != m.entries:
+            raise ManifestError(f"manifest states {m.entries} entries, its pages hold {count}")
 
     async def get(self, path: str) -> ManifestEntry | None:
         """One entry by path, reading one page per level."""
@@ -279,6 +339,9 @@ async def diff(a: ManifestReader, b: ManifestReader) -> list[Change]:
     not shared by both trees (a shared page id means an identical subtree)."""
     if a.manifest.root == b.manifest.root:
         return []
+    for m in (a.manifest, b.manifest):
+        if not 1 <= m.height <= len(_LEVEL_KEY):
+            raise ManifestError(f"manifest height {m.height} is out of range")
     side_a: list[tuple[int, bytes]] = [(a.manifest.height - 1, a.manifest.root)]
     side_b: list[tuple[int, bytes]] = [(b.manifest.height - 1, b.manifest.root)]
     loaded: dict[bytes, Page] = {}
@@ -304,8 +367,13 @@ async def _expand(
         if lv < level:
             out.append((lv, pid))
             continue
-        page = loaded.get(pid) or await r.page(pid)
+        page = loaded.get(pid) or await r.page(pid, lv)
         out.extend((lv - 1, ref.page) for ref in page.refs)
+    seen: set[bytes] = set()
+    for _, pid in out:  # no page appears twice in one well-formed tree
+        if pid in seen:
+            raise ManifestError(f"manifest page {pid.hex()} is named twice in one tree")
+        seen.add(pid)
     return out
 
 
@@ -313,10 +381,12 @@ async def _leaf_entries(
     r: ManifestReader, side: list[tuple[int, bytes]], loaded: dict[bytes, Page]
 ) -> list[ManifestEntry]:
     out: list[ManifestEntry] = []
-    for _, pid in side:
-        page = loaded.get(pid) or await r.page(pid)
+    for lv, pid in side:
+        page = loaded.get(pid) or await r.page(pid, lv)
         out.extend(page.entries)
     out.sort(key=lambda e: e.path.encode())
+    if any(x.path == y.path for x, y in itertools.pairwise(out)):
+        raise ManifestError("manifest entries repeated")
     return out
 
 

@@ -44,6 +44,7 @@ from syncengine.repo.manifest import (
     ManifestBuilder,
     ManifestEntry,
     ManifestReader,
+    check_entry,
     decode_manifest,
     encode_manifest,
 )
@@ -1013,6 +1014,7 @@ class Repository:
                     continue
                 reader = await self.manifest(record)
                 async for entry in reader.entries():
+                    check_entry(entry)  # the rules get applies: check approves what get accepts
                     if entry.ref is not None:
                         continue  # a reference stores no blob
                     blobs = [d for _, d in entry.chunks] if entry.chunks else [entry.digest]

@@ -139,3 +139,69 @@ def test_gc_sweeps_only_packs_and_manifests_whatever_a_planted_mark_names(
         assert await fresh.check(read_data=True) == []
 
     asyncio.run(go())
+
+
+def _swap_manifest(repo_dir: Path, build: object) -> None:
+    """Replaces version p/d:v0's manifest by what `build(leaf_pid, leaf_page)` returns:
+    (pages to store, Manifest); the record is rewritten to point at it, as anyone who can
+    write the folder can."""
+    from syncengine.repo.manifest import encode_manifest, encode_page
+    from syncengine.repo.records import decode_version, encode_record
+
+    async def go() -> None:
+        store = LocalStore(repo_dir)
+        key = "artifacts/p/d/versions/v0"
+        record = decode_version(await store.get(key))
+        repo = await Repository.open(store)
+        reader = await repo.manifest(record)
+        leaf = await reader.page(reader.manifest.root)
+        pages, m = build(reader.manifest.root, leaf)  # type: ignore[operator]
+        for page in pages:
+            pid, data = encode_page(page)
+            await store.put(f"manifests/{pid.hex()[:2]}/{pid.hex()}", data)
+        mdata = encode_manifest(m)
+        mkey = f"manifests/x/{pack_mod.blob_digest(mdata).hex()}"
+        await store.put(mkey, mdata)
+        import msgspec
+
+        await store.put(key, encode_record(msgspec.structs.replace(record, manifest=mkey)))
+
+    asyncio.run(go())
+
+
+def test_a_manifest_repeating_its_pages_is_refused_by_every_reader(tmp_path: Path) -> None:
+    """Interior pages that name one leaf K times under different keys expand to K^2 entries
+    from three tiny pages; get already refused the repeats, check reported "ok". Every
+    reader now refuses the tree at its first repeated page."""
+    from syncengine.repo.manifest import FORMAT, Manifest, Page, PageRef, encode_page
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"x" * 100)
+    repo_dir = tmp_path / "repo"
+
+    async def log() -> None:
+        repo = await Repository.open(LocalStore(repo_dir))
+        await repo.log([Source(str(src))], project="p", name="d", type="dataset", stat_cache=False)
+        (src / "b").write_bytes(b"y")
+        await repo.log([Source(str(src))], project="p", name="d", type="dataset", stat_cache=False)
+
+    asyncio.run(log())
+    k = 300
+
+    def build(leaf_pid: bytes, leaf: object) -> tuple[list[Page], Manifest]:
+        mid = Page(FORMAT, 1, refs=tuple(PageRef(f"a{i:04}", leaf_pid, 1, 100) for i in range(k)))
+        mid_pid, _ = encode_page(mid)
+        root = Page(FORMAT, 2, refs=tuple(PageRef(f"a{i:04}", mid_pid, k, 100 * k) for i in range(k)))
+        root_pid, _ = encode_page(root)
+        return [mid, root], Manifest(FORMAT, root_pid, 3, k * k, 100 * k * k, b"\0" * 32)
+
+    _swap_manifest(repo_dir, build)
+    repo = str(repo_dir)
+    readers = (["show", "p/d:v0", "--files"], ["get", "p/d:v0", "--root", "o"], ["diff", "p/d:v1", "p/d:v0"])
+    for args in readers:
+        rc, out, err, _ = cli(*args, "--repo", repo, cwd=tmp_path)
+        assert rc == 1 and "manifest page" in err and "internal error" not in err, (args, out[:300], err)
+        assert out.count("\n") < k, args
+    rc, out, err, _ = cli("check", "--json", "--repo", repo, cwd=tmp_path)
+    assert rc == 1 and "manifest page" in out, (out, err)
