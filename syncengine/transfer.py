@@ -46,6 +46,7 @@ import msgspec
 
 from syncengine import _sqlite
 from syncengine._loop import gather_all
+from syncengine.durable import fsync_dir
 from syncengine.errors import (
     BodySizeMismatch,
     ConfigError,
@@ -494,17 +495,6 @@ def _hash_file_range(path: str, offset: int, length: int) -> str:
     finally:
         os.close(fd)
     return str(h.hexdigest())
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
 
 
 # ---- the journal ------------------------------------------------------------------------------
@@ -1174,7 +1164,7 @@ def _unlink_quiet(path: str) -> None:
 def _finish(fd: int, temp: str, dest: str) -> None:
     os.fsync(fd)
     os.rename(temp, dest)
-    _fsync_dir(os.path.dirname(dest))
+    fsync_dir(os.path.dirname(dest))
 
 
 async def download(
