@@ -13,6 +13,7 @@ This module imports nothing from the rest of syncengine, so any layer may use it
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from fractions import Fraction
@@ -156,15 +157,15 @@ def format_duration(seconds: float) -> str:
         return f"{ms:.3g}ms" if ms >= 1 else f"{ms:.3f}".rstrip("0").rstrip(".") + "ms"
     if seconds < 59.95:
         return f"{seconds:.3g}s"
-    for i, (_, size) in enumerate(_SHOWN[:-1]):
-        if seconds >= size - _SHOWN[i + 1][1] / 2:
-            step = _SHOWN[i + 1][1]
-            rest = round(seconds / step) * step
+    # Round to the unit below the largest one reached (59m 45s and up round to 1h), so at
+    # most two parts are left; from 59.95 s on the minute row always matches.
+    rest = round(seconds)
+    for (_, big), (_, small) in itertools.pairwise(_SHOWN):
+        if seconds >= big - small / 2:
+            rest = round(seconds / small) * small
             break
-    else:
-        rest = round(seconds)
     parts: list[str] = []
-    for unit, size in _SHOWN:  # rounded to the unit below the largest: two parts at most
+    for unit, size in _SHOWN:
         count, rest = divmod(rest, size)
         if count:
             parts.append(f"{count}{unit}")
