@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Final
 
-__all__ = ["NoSyncBatch", "SyncBatch", "fsync_dirs", "fsync_path", "start_writeback"]
+__all__ = ["NoSyncBatch", "SyncBatch", "fsync_dir", "fsync_dirs", "fsync_path", "start_writeback"]
 
 #: Threads used for per-file fsync when syncfs cannot be used (concurrent fsyncs share
 #: journal commits on ext4/xfs).
@@ -127,17 +127,41 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+#: Errors of fsync on a directory that mean only "this filesystem cannot sync a directory":
+#: its entries are then as durable as the filesystem makes them, and nothing better can be
+#: done. EINVAL and EROFS are what fsync(2) documents for a file that "does not support
+#: synchronization" (seen on some FUSE and network filesystems); EBADF comes from systems
+#: that refuse fsync on a descriptor opened read-only, the only way to open a directory
+#: (PostgreSQL's fsync_fname tolerates EBADF and EINVAL on directories for these reasons);
+#: ENOTSUP/EOPNOTSUPP from filesystems without the operation. Any other error (EIO, ENOSPC,
+#: EDQUOT …) says that entries written may be lost, and is raised.
+DIR_FSYNC_UNSUPPORTED: Final = frozenset(
+    {errno.EINVAL, errno.EROFS, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP}
+)
+
+
+def fsync_dir(path: str) -> None:
+    """fsync the directory ``path``, so that the entries created, renamed or removed in it are
+    on stable storage; a no-op where the filesystem cannot sync a directory
+    (:data:`DIR_FSYNC_UNSUPPORTED`). Other errors raise ``OSError``."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in DIR_FSYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
+
+
 def fsync_dirs(dirs: Iterable[str]) -> None:
-    """fsync directories (their entries: creations, renames); missing ones are skipped."""
+    """`fsync_dir` each of ``dirs``; a directory that no longer exists is skipped (nothing in
+    it is left to make durable)."""
     for d in dirs:
         try:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
+            fsync_dir(d)
+        except FileNotFoundError:
             continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class SyncBatch:

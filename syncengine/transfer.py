@@ -31,7 +31,6 @@ import errno
 import fcntl
 import functools
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -46,6 +45,7 @@ import msgspec
 
 from syncengine import _sqlite
 from syncengine._loop import gather_all
+from syncengine.durable import fsync_dir
 from syncengine.errors import (
     BodySizeMismatch,
     ConfigError,
@@ -56,6 +56,7 @@ from syncengine.errors import (
     SyncEngineError,
     UploadNotFound,
 )
+from syncengine.settings import env_size
 from syncengine.store.base import (
     Body,
     FileSlice,
@@ -128,24 +129,6 @@ class TransferInProgress(SyncEngineError, BlockingIOError):
 
 # ---- settings ---------------------------------------------------------------------------------
 
-_SIZE_RE = re.compile(r"\s*(\d+)\s*(?:([kmgt])(?:i?b)?|b)?\s*\Z", re.IGNORECASE)
-_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def _env_size(name: str, default: int, *, minimum: int = 0) -> int:
-    """A byte count from the environment: ``1048576``, ``256M``, ``1GiB`` (units are binary)."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    m = _SIZE_RE.match(raw)
-    if m is None:
-        raise ConfigError(f"{name}={raw!r} is not a size; use bytes or a number with K, M, G or T (binary)")
-    value = int(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} is too small: at least {minimum} is needed")
-    return value
-
-
 #: Memory a put may hold in finished packs waiting for or being uploaded.
 DEFAULT_PUT_BUFFER: Final = 128 * MiB
 
@@ -153,7 +136,7 @@ DEFAULT_PUT_BUFFER: Final = 128 * MiB
 def put_buffer() -> int:
     """Bytes of finished packs one put keeps in memory at most (plus the pack being filled):
     ``$SYNCENGINE_PUT_BUFFER`` or 128 MiB; at least one pack is always allowed."""
-    return _env_size("SYNCENGINE_PUT_BUFFER", DEFAULT_PUT_BUFFER, minimum=1)
+    return env_size("SYNCENGINE_PUT_BUFFER", DEFAULT_PUT_BUFFER, minimum=1)
 
 
 def _env_int(name: str, default: int, *, minimum: int) -> int:
@@ -171,12 +154,12 @@ def _env_int(name: str, default: int, *, minimum: int) -> int:
 
 def multipart_threshold() -> int:
     """Objects larger than this go multipart: ``$SYNCENGINE_MULTIPART_THRESHOLD`` or 64 MiB."""
-    return _env_size("SYNCENGINE_MULTIPART_THRESHOLD", DEFAULT_THRESHOLD)
+    return env_size("SYNCENGINE_MULTIPART_THRESHOLD", DEFAULT_THRESHOLD)
 
 
 def default_part_size() -> int:
     """Preferred part / range size: ``$SYNCENGINE_PART_SIZE`` or 16 MiB."""
-    return _env_size("SYNCENGINE_PART_SIZE", DEFAULT_PART_SIZE, minimum=1)
+    return env_size("SYNCENGINE_PART_SIZE", DEFAULT_PART_SIZE, minimum=1)
 
 
 def state_dir() -> Path:
@@ -260,7 +243,7 @@ class TransferLimits:
                 else max_requests
             ),
             max_inflight=(
-                _env_size("SYNCENGINE_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT, minimum=1)
+                env_size("SYNCENGINE_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT, minimum=1)
                 if max_inflight is None
                 else max_inflight
             ),
@@ -494,17 +477,6 @@ def _hash_file_range(path: str, offset: int, length: int) -> str:
     finally:
         os.close(fd)
     return str(h.hexdigest())
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
 
 
 # ---- the journal ------------------------------------------------------------------------------
@@ -1174,7 +1146,7 @@ def _unlink_quiet(path: str) -> None:
 def _finish(fd: int, temp: str, dest: str) -> None:
     os.fsync(fd)
     os.rename(temp, dest)
-    _fsync_dir(os.path.dirname(dest))
+    fsync_dir(os.path.dirname(dest))
 
 
 async def download(

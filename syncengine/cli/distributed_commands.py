@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import msgspec
 
-from syncengine.cli.progress import human_bytes, progress_bar
+from syncengine.cli.progress import progress_bar
 from syncengine.cli.reference_commands import reference_options
 from syncengine.cli.repo_commands import (
     _record_json,
@@ -21,6 +21,7 @@ from syncengine.cli.repo_commands import (
 )
 from syncengine.hashing.tree import sources_for
 from syncengine.repo.records import ArtifactRef, check_name, parse_ref
+from syncengine.units import format_size
 
 if TYPE_CHECKING:
     from syncengine.aio_runs import Run
@@ -149,7 +150,7 @@ def register(cli: click.Group) -> None:
             return
         by = f" by run {part.run}" if part.run else ""
         click.echo(
-            f"upserted {part.files} files ({human_bytes(part.size)}) into {ref} "
+            f"upserted {part.files} files ({format_size(part.size)}) into {ref} "
             f"(distributed id {distributed_id}) as part {part.writer}{by}; no version yet: "
             f"`syncengine distributed finish {ref} -t {type_} -D {distributed_id}` commits every part"
         )
@@ -225,7 +226,7 @@ def register(cli: click.Group) -> None:
         what = "already finished as" if again else "finished" if created else "finished as the identical"
         click.echo(
             f"{what} {_ref(record)} from {n_parts} part(s) of distributed id {distributed_id} "
-            f"({record.files} files, {human_bytes(record.size)}); upserts into it are refused from now on"
+            f"({record.files} files, {format_size(record.size)}); upserts into it are refused from now on"
         )
 
     @distributed.command("status")
@@ -252,7 +253,7 @@ def register(cli: click.Group) -> None:
         click.echo(f"{ref} distributed id {distributed_id}: {state}, {len(s.parts)} part(s)")
         for p in s.parts:
             who = ", ".join(x for x in (f"run {p.run}" if p.run else "", p.created_by.get("host", "")) if x)
-            click.echo(f"  {p.writer}: {p.files} files, {human_bytes(p.size)}{f' ({who})' if who else ''}")
+            click.echo(f"  {p.writer}: {p.files} files, {format_size(p.size)}{f' ({who})' if who else ''}")
 
 
 def _url(repo_url: str | None) -> str:

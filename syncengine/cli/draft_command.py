@@ -21,6 +21,7 @@ from syncengine.cli.repo_commands import (
     repo_option,
 )
 from syncengine.repo.records import parse_ref
+from syncengine.units import format_duration, format_size
 
 if TYPE_CHECKING:
     from syncengine.repo.repository import PutResult, Repository
@@ -138,6 +139,7 @@ def register(cli: click.Group) -> None:
         what = "logged" if result.created else "unchanged, same content as"
         click.echo(
             f"{what} {r.project}/{r.name}:v{r.version} from v{base_version} ({result.files} files added, "
-            f"{len(removes)} removed; {r.files} files, {r.size} bytes; {result.new_bytes} new bytes in "
-            f"{result.packs} packs, {seconds:.2f} s)"
+            f"{len(removes)} removed; {r.files} files, {format_size(r.size)}; "
+            f"{format_size(result.new_bytes)} new in "
+            f"{result.packs} packs, {format_duration(seconds)})"
         )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
+from syncengine.cli.params import duration
 from syncengine.cli.repo_commands import (
     MetadataError,
     _record_json,
@@ -17,11 +18,11 @@ from syncengine.cli.repo_commands import (
     json_object,
     json_option,
     json_value,
-    parse_duration,
     repo_option,
 )
 from syncengine.errors import SyncEngineError
 from syncengine.repo.records import VersionRecord, parse_ref
+from syncengine.units import format_duration
 
 if TYPE_CHECKING:
     from syncengine.repo.repository import Repository
@@ -222,7 +223,7 @@ def register(cli: click.Group) -> None:
             updates[k] = json_value(v, f"--set {k}", bare_word_ok=True)
         ttl_s: int | None = None
         if ttl is not None and ttl.strip().lower() != "none":
-            ttl_s = max(1, int(parse_duration(ttl)))
+            ttl_s = max(1, int(duration(ttl, "--ttl")))
         if description is None and replace is None and not updates and not unset_keys and ttl is None:
             raise click.UsageError("nothing to change: give -d, -m, --set, --unset or --ttl")
 
@@ -276,9 +277,4 @@ def _record_changes(old: VersionRecord, new: VersionRecord) -> list[str]:
 
 
 def _ttl_text(seconds: int | None) -> str:
-    if seconds is None:
-        return "none"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return "none" if seconds is None else format_duration(seconds)

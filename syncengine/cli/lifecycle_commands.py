@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from syncengine.cli.progress import human_bytes
+from syncengine.cli.params import DURATION, SIZE
 from syncengine.cli.repo_commands import _run, json_option, repo_option
 from syncengine.repo.records import parse_ref
+from syncengine.units import format_size
 
 if TYPE_CHECKING:
     from syncengine.repo.gc import GcReport
@@ -38,7 +39,7 @@ def _deletion_line(d: Deletion) -> str:
     if d.aliases and d.dry_run:
         extra = f", with aliases {', '.join(d.aliases)}"
     why = "" if d.reason == "requested" else f" [{d.reason}]"
-    return f"{verb} {d.ref} ({d.files} files, {human_bytes(d.size)}{extra}){why}"
+    return f"{verb} {d.ref} ({d.files} files, {format_size(d.size)}{extra}){why}"
 
 
 def register_lifecycle(cli: click.Group) -> None:
@@ -100,7 +101,7 @@ def register_lifecycle(cli: click.Group) -> None:
         _echo_expiry(result.deleted, result.kept_aliased, "kept")
         verb = "would delete" if dry_run else "deleted"
         click.echo(
-            f"{verb} {len(result.deleted)} version(s) of {r.full_name} ({human_bytes(result.bytes)} of files)"
+            f"{verb} {len(result.deleted)} version(s) of {r.full_name} ({format_size(result.bytes)} of files)"
         )
 
     @cli.group("cache")
@@ -118,15 +119,15 @@ def register_lifecycle(cli: click.Group) -> None:
             click.echo(json.dumps(i.to_json()))
             return
         click.echo(
-            f"{i.location}: {i.files} files, {human_bytes(i.bytes)} of {human_bytes(i.bound)} "
+            f"{i.location}: {i.files} files, {format_size(i.bytes)} of {format_size(i.bound)} "
             "(SYNCENGINE_FILE_CACHE_SIZE sets the bound)"
         )
 
     @cache.command("cleanup")
-    @click.argument("target", default="0")
+    @click.argument("target", type=SIZE, default="0")
     @_dry_run
     @json_option
-    def cache_cleanup(target: str, dry_run: bool, as_json: bool) -> None:
+    def cache_cleanup(target: int, dry_run: bool, as_json: bool) -> None:
         """Delete least recently used cache files until at most TARGET remain (1GB, 500MB;
         0, the default, empties it). Downloads in progress and hard-linked checkouts are safe."""
         from syncengine.repo.local_cache import cache_cleanup as clean
@@ -137,29 +138,32 @@ def register_lifecycle(cli: click.Group) -> None:
             return
         verb = "would remove" if dry_run else "removed"
         click.echo(
-            f"{verb} {c.files_removed} files ({human_bytes(c.bytes_freed)}); "
-            f"{c.files} files, {human_bytes(c.bytes)} {'would remain' if dry_run else 'remain'}"
+            f"{verb} {c.files_removed} files ({format_size(c.bytes_freed)}); "
+            f"{c.files} files, {format_size(c.bytes)} {'would remain' if dry_run else 'remain'}"
         )
 
     @cli.command("gc")
     @_dry_run
     @repo_option
     @json_option
-    @click.option("--grace", default="24h", show_default=True, help="Grace period between mark and sweep.")
-    def gc(dry_run: bool, repo_url: str | None, as_json: bool, grace: str) -> None:
+    @click.option(
+        "--grace",
+        type=DURATION,
+        default="24h",
+        show_default=True,
+        help="Grace period between mark and sweep.",
+    )
+    def gc(dry_run: bool, repo_url: str | None, as_json: bool, grace: float) -> None:
         """Delete versions past their TTL (not aliased ones), then reclaim packs and manifest
         objects no live version uses, in two runs: the first marks candidates, a run after
         the grace period deletes those still dead and repacks packs under half live
         (docs/GC.md). --dry-run only reports."""
         if not dry_run:
-            from syncengine.repo.gc_sweep import parse_duration
-
-            seconds = parse_duration(grace)
 
             async def run(repo: Repository) -> Any:
                 from syncengine.repo.gc_sweep import collect
 
-                return await collect(repo, grace=seconds)
+                return await collect(repo, grace=grace)
 
             g = _run(repo_url, run)
             if as_json:
@@ -186,26 +190,26 @@ def register_lifecycle(cli: click.Group) -> None:
         _echo_expiry(expiry.deleted, expiry.kept_aliased, "would keep")
         click.echo(f"{r.versions} live version(s), {r.deleted_versions} deleted")
         click.echo(
-            f"{r.packs} pack(s), {human_bytes(r.pack_bytes)}: {human_bytes(r.live_bytes)} live in "
-            f"{r.live_blobs} blob(s), {human_bytes(r.dead_bytes)} in {r.dead_blobs} blob(s) "
+            f"{r.packs} pack(s), {format_size(r.pack_bytes)}: {format_size(r.live_bytes)} live in "
+            f"{r.live_blobs} blob(s), {format_size(r.dead_bytes)} in {r.dead_blobs} blob(s) "
             "no live version uses"
         )
         click.echo(
-            f"would delete {r.dead_packs} pack(s) with no live blob ({human_bytes(r.dead_pack_bytes)})"
+            f"would delete {r.dead_packs} pack(s) with no live blob ({format_size(r.dead_pack_bytes)})"
         )
         click.echo(
-            f"would repack {len(r.repack)} pack(s) under half live: copy {human_bytes(r.repack_copy_bytes)} "
-            f"live, reclaim {human_bytes(r.repack_bytes)}"
+            f"would repack {len(r.repack)} pack(s) under half live: copy {format_size(r.repack_copy_bytes)} "
+            f"live, reclaim {format_size(r.repack_bytes)}"
         )
         if r.unindexed_packs:
             click.echo(
-                f"{r.unindexed_packs} pack(s) no index names ({human_bytes(r.unindexed_bytes)}): "
+                f"{r.unindexed_packs} pack(s) no index names ({format_size(r.unindexed_bytes)}): "
                 "left by interrupted puts, or a put still running; collected after the grace period"
             )
         click.echo(
             f"would delete {r.dead_manifest_objects} manifest object(s) "
-            f"({human_bytes(r.dead_manifest_bytes)})"
+            f"({format_size(r.dead_manifest_bytes)})"
         )
         for p in r.problems:
             click.echo(f"problem: {p}", err=True)
-        click.echo(f"reclaimable: {human_bytes(r.reclaimable_bytes)} (dry run: nothing deleted)")
+        click.echo(f"reclaimable: {format_size(r.reclaimable_bytes)} (dry run: nothing deleted)")

@@ -16,41 +16,19 @@ from syncengine._version import __version__
 from syncengine.cli.draft_command import register as register_draft_command
 from syncengine.cli.lifecycle_commands import register_lifecycle
 from syncengine.cli.lineage_commands import register as register_lineage_commands
-from syncengine.cli.progress import human_bytes, progress_bar
+from syncengine.cli.params import SIZE, size
+from syncengine.cli.progress import progress_bar
 from syncengine.cli.repo_commands import register as register_repo_commands
 from syncengine.cli.repo_commands import register_more as register_more_repo_commands
 from syncengine.cli.watch_command import register as register_watch_command
 from syncengine.errors import SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import TreeDigest
-from syncengine.hashing.params import ChunkerParams, KiB, MiB
+from syncengine.hashing.params import ChunkerParams
 from syncengine.hashing.stat_cache import StatCache
 from syncengine.hashing.tree import TreeHasher, TreeStats, sources_for
 from syncengine.scan import ScanWarning
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": KiB,
-    "kb": 1000,
-    "kib": KiB,
-    "m": MiB,
-    "mb": 1000**2,
-    "mib": MiB,
-    "g": 1 << 30,
-    "gb": 1000**3,
-    "gib": 1 << 30,
-}
-
-
-def parse_size(text: str) -> int:
-    """'1MiB' -> 1048576, '256k' -> 262144, '1GB' -> 10**9."""
-    t = text.strip().lower().replace(" ", "")
-    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(num) :]
-    if unit not in _UNITS or not num:
-        raise click.BadParameter(f"{text!r} is not a size (try 256KiB, 1MiB, 4M)")
-    return int(float(num) * _UNITS[unit])
+from syncengine.units import format_duration, format_size
 
 
 def implementation_label() -> str:
@@ -171,11 +149,11 @@ def run_tree(
 
 @cli.command("hash")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--avg-chunk-size", default="1MiB", show_default=True, help="Average chunk size.")
+@click.option("--avg-chunk-size", type=SIZE, default="1MiB", show_default=True, help="Average chunk size.")
 @tree_options
-def hash_cmd(paths: tuple[str, ...], avg_chunk_size: str, as_json: bool, **opts: Any) -> None:
+def hash_cmd(paths: tuple[str, ...], avg_chunk_size: int, as_json: bool, **opts: Any) -> None:
     """Hash files and directories: files, bytes, tree digest, throughput."""
-    params = params_for(parse_size(avg_chunk_size))
+    params = params_for(avg_chunk_size)
     start = time.perf_counter()
     with progress_bar(not as_json) as progress:
         hasher, results = run_tree(paths, params, opts, progress)
@@ -203,10 +181,10 @@ def hash_cmd(paths: tuple[str, ...], avg_chunk_size: str, as_json: bool, **opts:
             click.echo(f"error: {path}: {msg}", err=True)
     else:
         report_problems(st)
-        rate = human_bytes(st.bytes / seconds) + "/s" if seconds > 0 else "-"
+        rate = format_size(st.bytes / seconds) + "/s" if seconds > 0 else "-"
         click.echo(
-            f"{st.files} files, {human_bytes(st.bytes)}, {seconds:.3f} s ({rate}); "
-            f"{st.cache_hits} unchanged, {human_bytes(st.bytes_read)} read"
+            f"{st.files} files, {format_size(st.bytes)}, {format_duration(seconds)} ({rate}); "
+            f"{st.cache_hits} unchanged, {format_size(st.bytes_read)} read"
         )
         click.echo(f"tree digest {tree.hexdigest()}")
     if st.errors:
@@ -227,7 +205,7 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
 
     Inputs are taken in the order given; `per_input` shows what each adds beyond the ones before.
     """
-    sizes = [parse_size(s) for s in chunk_sizes.split(",") if s.strip()]
+    sizes = [size(s, "--chunk-sizes") for s in chunk_sizes.split(",") if s.strip()]
     if not sizes:
         raise click.BadParameter("give at least one chunk size", param_hint="--chunk-sizes")
     report: dict[str, Any] = {"inputs": list(paths), "settings": []}
@@ -276,22 +254,22 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
         def pct(n: int) -> str:
             return f"{100 * (1 - n / total):.1f}% saved" if total else "-"
 
-        click.echo(f"{len(paths)} input(s), {human_bytes(total)} in all")
+        click.echo(f"{len(paths)} input(s), {format_size(total)} in all")
         click.echo(
-            f"  whole-file dedup: {human_bytes(report['file_unique_bytes'])} unique "
+            f"  whole-file dedup: {format_size(report['file_unique_bytes'])} unique "
             f"({pct(report['file_unique_bytes'])})"
         )
         for s in report["settings"]:
             click.echo(
-                f"  chunks ~{human_bytes(s['avg_chunk_size'])}: "
-                f"{human_bytes(s['chunk_unique_bytes'])} unique ({pct(s['chunk_unique_bytes'])}), "
+                f"  chunks ~{format_size(s['avg_chunk_size'])}: "
+                f"{format_size(s['chunk_unique_bytes'])} unique ({pct(s['chunk_unique_bytes'])}), "
                 f"{s['unique_blobs']} blobs"
             )
         first = report["settings"][0]
-        click.echo(f"  added by each input (chunks ~{human_bytes(first['avg_chunk_size'])}):")
+        click.echo(f"  added by each input (chunks ~{format_size(first['avg_chunk_size'])}):")
         for row in first["per_input"]:
             click.echo(
-                f"    {row['path']}: {human_bytes(row['new_bytes'])} new of {human_bytes(row['bytes'])}"
+                f"    {row['path']}: {format_size(row['new_bytes'])} new of {format_size(row['bytes'])}"
             )
     if problems.errors:
         sys.exit(1)

@@ -9,16 +9,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from syncengine.units import format_size
+
 if TYPE_CHECKING:
     from syncengine.hashing.tree import Source
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 class Bar:
@@ -94,11 +88,11 @@ class Bar:
                 return
             self._last = now
         elapsed = max(now - self._start, 1e-9)
-        rate = human_bytes(self._bytes / elapsed) + "/s"
+        rate = format_size(self._bytes / elapsed) + "/s"
         sent = ""
         if self._sent:
             sent = (
-                f" | sent {human_bytes(self._sent)} ({human_bytes(self._sent / elapsed)}/s), "
+                f" | sent {format_size(self._sent)} ({format_size(self._sent / elapsed)}/s), "
                 f"{self._in_flight} in flight"
             )
         of = ""
@@ -110,7 +104,7 @@ class Bar:
             # the progress before that (sent bytes are new bytes, at most the total).
             completed=max(self._bytes, self._sent),
             files=f"{self._files}{of}",
-            size=human_bytes(self._bytes),
+            size=format_size(self._bytes),
             rate=rate,
             sent=sent,
             refresh=True,

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from syncengine.units import format_size
+
 if TYPE_CHECKING:  # the repository stack loads only when a command runs
     from syncengine.repo.records import ArtifactRef
     from syncengine.repo.references import Reference
@@ -71,4 +73,4 @@ def show_files(
         click.echo(json.dumps({"ref": name, "files": rows}))
         return
     for r in rows:
-        click.echo(f"{r['path']}  {r['size']}" + (f"  -> {r['ref']}" if "ref" in r else ""))
+        click.echo(f"{r['path']}  {format_size(r['size'])}" + (f"  -> {r['ref']}" if "ref" in r else ""))

@@ -15,12 +15,14 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 import click
 import msgspec
 
+from syncengine.cli.params import DURATION
 from syncengine.cli.progress import progress_bar
 from syncengine.cli.reference_commands import reference_options
 from syncengine.errors import SyncEngineError
 from syncengine.hashing.tree import sources_for
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
 from syncengine.store import local_path, read_local_object
+from syncengine.units import format_duration, format_size
 
 if TYPE_CHECKING:  # the repository stack (asyncio, stores) loads only when a command runs
     from syncengine.repo.manifest import Change
@@ -191,7 +193,13 @@ def register(cli: click.Group) -> None:
     @click.option("-d", "--description", default=None)
     @click.option("-m", "--metadata", default=None, help="JSON object of metadata.")
     @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
-    @click.option("--ttl", default=None, metavar="30d", help="Time to live from creation (docs/DELETION.md).")
+    @click.option(
+        "--ttl",
+        type=DURATION,
+        default=None,
+        metavar="30d",
+        help="Time to live from creation (docs/DELETION.md).",
+    )
     @click.option("--include", multiple=True)
     @click.option("--exclude", multiple=True)
     @click.option(
@@ -213,7 +221,7 @@ def register(cli: click.Group) -> None:
         description: str | None,
         metadata: str | None,
         tags: tuple[str, ...],
-        ttl: str | None,
+        ttl: float | None,
         include: tuple[str, ...],
         exclude: tuple[str, ...],
         references: tuple[str, ...],
@@ -223,7 +231,7 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Log PATHS as the next version of PROJECT/NAME (or find the identical existing one)."""
-        ttl_s = None if ttl is None else max(1, int(parse_duration(ttl)))
+        ttl_s = None if ttl is None else max(1, int(ttl))
         ref = parse_ref(full_name)
         if not paths and not references:
             raise click.UsageError("give PATHS to log, or --reference URI")
@@ -294,8 +302,8 @@ def register(cli: click.Group) -> None:
             return
         what = "logged" if result.created else "unchanged, same content as"
         click.echo(
-            f"{what} {r.project}/{r.name}:v{r.version} ({r.files} files, {r.size} bytes; "
-            f"{result.new_bytes} new bytes in {result.packs} packs, {seconds:.2f} s)"
+            f"{what} {r.project}/{r.name}:v{r.version} ({r.files} files, {format_size(r.size)}; "
+            f"{format_size(result.new_bytes)} new in {result.packs} packs, {format_duration(seconds)})"
         )
         click.echo(f"repository: {repo_location(repo_url)}")
 
@@ -410,7 +418,9 @@ def register(cli: click.Group) -> None:
             return
         for r in records:
             names = sorted(by_version.get(r.version, []))
-            click.echo(f"v{r.version}  {r.created}  {r.files} files  {r.size} bytes  {' '.join(names)}")
+            click.echo(
+                f"v{r.version}  {r.created}  {r.files} files  {format_size(r.size)}  {' '.join(names)}"
+            )
 
     @cli.command("verify")
     @click.argument("ref")
@@ -548,6 +558,7 @@ def register_more(cli: click.Group) -> None:
     @cli.command("abort-uploads")
     @click.option(
         "--older-than",
+        type=DURATION,
         default="24h",
         show_default=True,
         help="Only uploads started before this (30m, 24h, 7d).",
@@ -555,14 +566,13 @@ def register_more(cli: click.Group) -> None:
     @click.option("--dry-run", is_flag=True, help="List them; abort nothing.")
     @repo_option
     @json_option
-    def abort_uploads(older_than: str, dry_run: bool, repo_url: str | None, as_json: bool) -> None:
+    def abort_uploads(older_than: float, dry_run: bool, repo_url: str | None, as_json: bool) -> None:
         """Abort multipart uploads left behind by interrupted transfers (after a grace period)."""
-        seconds = parse_duration(older_than)
 
         async def job(repo: Repository) -> list[Any]:
             from syncengine.transfer import abort_stale_uploads
 
-            return await abort_stale_uploads(repo.store, older_than=seconds, dry_run=dry_run)
+            return await abort_stale_uploads(repo.store, older_than=older_than, dry_run=dry_run)
 
         found = _run(repo_url, job)
         if as_json:
@@ -580,7 +590,7 @@ def register_more(cli: click.Group) -> None:
         verb = "would abort" if dry_run else "aborted"
         for u in found:
             click.echo(f"{verb} {u.key} (upload {u.upload_id[:16]}…, started {_ago(u.initiated)} ago)")
-        click.echo(f"{verb} {len(found)} upload(s) older than {older_than}")
+        click.echo(f"{verb} {len(found)} upload(s) older than {format_duration(older_than)}")
 
     @cli.command("check")
     @click.option("--read-data", is_flag=True, help="Also read every blob and verify its BLAKE3.")
@@ -639,27 +649,8 @@ def _get_dry_run(
     click.echo(f"{_ref(record)} -> {os.path.abspath(target)}: would write {len(write)} file(s){tail}")
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``30s``, ``15m``, ``24h``, ``7d`` → seconds (a usage error otherwise)."""
-    t = text.strip().lower()
-    try:
-        value = float(t[:-1]) * _UNITS[t[-1]] if t and t[-1] in _UNITS else float(t)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected a duration like 90s, 30m, 24h or 7d") from None
-    if value < 0:
-        raise click.BadParameter(f"{text!r}: a duration cannot be negative")
-    return value
-
-
 def _ago(ts: float) -> str:
-    s = max(0.0, time.time() - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s / size:.1f}{unit}"
-    return f"{s:.0f}s"
+    return format_duration(max(0.0, time.time() - ts))
 
 
 class MetadataError(click.UsageError):

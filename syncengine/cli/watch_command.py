@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
-from typing import Any
 
 import click
 
+from syncengine.cli.params import DURATION
 from syncengine.cli.repo_commands import repo_location, repo_option
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
-_SCALE = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """'30s' -> 30.0, '500ms' -> 0.5, '2m' -> 120.0, '1.5' -> 1.5 (seconds)."""
-    m = _DURATION.match(text.lower())
-    if m is None:
-        raise click.BadParameter(f"{text!r} is not a duration (try 30s, 500ms, 2m)")
-    return float(m.group(1)) * _SCALE[m.group(2)]
-
-
-class _Duration(click.ParamType):  # type: ignore[type-arg]
-    name = "DURATION"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        return parse_duration(str(value))
 
 
 def register(cli: click.Group) -> None:
@@ -41,7 +20,7 @@ def register(cli: click.Group) -> None:
     @click.option("-t", "--type", "type_", default="model", show_default=True, help="Artifact type.")
     @click.option(
         "--settle",
-        type=_Duration(),
+        type=DURATION,
         default="30s",
         show_default=True,
         help="Quiet time that makes a checkpoint final.",
@@ -64,12 +43,10 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--best-mode", type=click.Choice(["min", "max"]), default="min", show_default=True)
     @click.option("--skip-intermediate", is_flag=True, help="When several wait, log only the newest.")
-    @click.option(
-        "--rescan", type=_Duration(), default="60s", show_default=True, help="Full rescan interval."
-    )
+    @click.option("--rescan", type=DURATION, default="60s", show_default=True, help="Full rescan interval.")
     @click.option(
         "--stop-timeout",
-        type=_Duration(),
+        type=DURATION,
         default="30s",
         show_default=True,
         help="On SIGTERM/SIGINT, how long the current upload may take to finish.",

@@ -136,11 +136,11 @@ def default_file_cache_dir() -> Path:
 
 
 def default_max_bytes() -> int:
-    """``$SYNCENGINE_FILE_CACHE_SIZE`` (``1073741824``, ``500M``, ``20GiB``; ``0`` caches
-    nothing), else :data:`DEFAULT_MAX_BYTES`. ``ConfigError`` for anything else."""
-    from syncengine.transfer import _env_size  # the one parser of size variables
+    """``$SYNCENGINE_FILE_CACHE_SIZE`` (``1073741824``, ``500MB``, ``20GiB``; ``0`` caches
+    nothing; README.md, "Units"), else :data:`DEFAULT_MAX_BYTES`. ``ConfigError`` for anything else."""
+    from syncengine.settings import env_size
 
-    return _env_size(SIZE_ENV, DEFAULT_MAX_BYTES)
+    return env_size(SIZE_ENV, DEFAULT_MAX_BYTES)
 
 
 def link_mode(link: str | None) -> LinkMode:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from syncengine.errors import ObjectNotFound, PreconditionFailed, SyncEngineErro
 from syncengine.repo import gc_objects as g
 from syncengine.repo.manifest import decode_manifest, decode_page
 from syncengine.repo.pack import decode_index, encode_index
+from syncengine.settings import env_duration
+from syncengine.units import format_duration, format_size
 
 if TYPE_CHECKING:
     from syncengine.repo.gc import GcReport
@@ -36,15 +37,15 @@ _DELETE_BATCH: Final = 1000
 
 def min_grace() -> float:
     """The shortest grace period a collection may use; a writer commits within half of it
-    after its check (§4). ``SYNCENGINE_GC_MIN_GRACE`` (seconds) lowers it for tests."""
-    return float(os.environ.get("SYNCENGINE_GC_MIN_GRACE", "3600"))
+    after its check (§4). ``SYNCENGINE_GC_MIN_GRACE`` (a duration) lowers it for tests."""
+    return env_duration("SYNCENGINE_GC_MIN_GRACE", 3600.0)
 
 
 def sweep_timeout() -> float:
     """``S``: a sweep intent not renewed for this long (store clock) belongs to a sweeper that
     stopped; a later `gc` takes it over. A sweeper deletes only within ``S/2`` (its own clock)
-    of its last renewal. ``SYNCENGINE_GC_SWEEP_TIMEOUT`` (seconds) changes it (default 15 min)."""
-    return float(os.environ.get("SYNCENGINE_GC_SWEEP_TIMEOUT", "900"))
+    of its last renewal. ``SYNCENGINE_GC_SWEEP_TIMEOUT`` (a duration) changes it (default 15 min)."""
+    return env_duration("SYNCENGINE_GC_SWEEP_TIMEOUT", 900.0)
 
 
 class GcConflict(SyncEngineError):
@@ -95,21 +96,22 @@ class GcRun:
     def summary(self) -> str:
         if self.phase == "marked" and self.report is not None:
             return (
-                f"marked {self.report.reclaimable_bytes} reclaimable bytes (mark {self.mark}); "
+                f"marked {format_size(self.report.reclaimable_bytes)} reclaimable (mark {self.mark}); "
                 "run `syncengine gc` again after the grace period to delete them"
             )
         if self.phase == "waiting" and self.waiting_for == "sweeper":
             return (
                 f"another gc is sweeping mark {self.mark}: if it stopped, `gc` takes it over "
-                f"in {self.wait_seconds:.0f}s"
+                f"in {format_duration(self.wait_seconds)}"
             )
         if self.phase == "waiting":
-            return f"mark {self.mark} is in its grace period: run `gc` again in {self.wait_seconds:.0f}s"
+            wait = format_duration(self.wait_seconds)
+            return f"mark {self.mark} is in its grace period: run `gc` again in {wait}"
         if self.phase == "swept":
             over = " (took over a sweep another gc left unfinished)" if self.took_over else ""
             return (
-                f"deleted {len(self.deleted)} object(s), {self.deleted_bytes} bytes; repacked "
-                f"{len(self.repacked)} pack(s) ({self.repacked_bytes} live bytes copied); "
+                f"deleted {len(self.deleted)} object(s), {format_size(self.deleted_bytes)}; repacked "
+                f"{len(self.repacked)} pack(s) ({format_size(self.repacked_bytes)} live copied); "
                 f"kept {self.kept}{over}"
             )
         return "nothing to collect"
@@ -142,7 +144,8 @@ async def collect(repo: Repository, *, grace: float = DEFAULT_GRACE) -> GcRun:
 
     if grace < min_grace():
         raise SyncEngineError(
-            f"grace period {grace:g}s is below the minimum {min_grace():g}s writers assume (docs/GC.md §4)"
+            f"grace period {format_duration(grace)} is below the minimum {format_duration(min_grace())} "
+            "writers assume (docs/GC.md §4)"
         )
     expiry = await expire(repo)
     pruned = await prune(repo.store)
@@ -461,17 +464,3 @@ async def _guard(repo: Repository, mkey: str) -> float:
     if time.monotonic() > deadline:
         raise GcConflict("the garbage-collection check took too long; run the put again")
     return deadline
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``30m``, ``24h``, ``7d`` or plain seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip().lower()
-    try:
-        if t and t[-1] in units:
-            return float(t[:-1]) * units[t[-1]]
-        return float(t)
-    except ValueError:
-        raise SyncEngineError(
-            f"grace period {text!r} is not a duration: use e.g. 90s, 30m, 24h, 7d"
-        ) from None

@@ -10,42 +10,15 @@ those inodes, so its files stay whole (both tested, docs/DELETION.md).
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from syncengine.errors import ConfigError
 from syncengine.repo.file_cache import FileCache, default_file_cache_dir, default_max_bytes
+from syncengine.units import UnitError, parse_size
 
 #: Opening a FileCache evicts down to its bound; these tools pass one that never does.
 _NO_BOUND: Final = 1 << 62
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*\Z", re.IGNORECASE)
-_UNITS: Final = {
-    "": 1, "b": 1,
-    "k": 1 << 10, "kb": 1000, "kib": 1 << 10,
-    "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20,
-    "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30,
-    "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40,
-}  # fmt: skip
-
-
-def parse_size(value: str | int) -> int:
-    """``"1GB"`` → 10**9, ``"1GiB"`` / ``"1G"`` → 2**30, ``"500MB"``, ``0``; ints are bytes.
-
-    >>> parse_size("1GB"), parse_size("2G"), parse_size(5)
-    (1000000000, 2147483648, 5)
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ConfigError(f"a size is bytes or text like '1GB', not {type(value).__name__}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"a size cannot be negative ({value})")
-        return value
-    m = _SIZE.match(value)
-    unit = m.group(2).lower() if m else ""
-    if m is None or unit not in _UNITS:
-        raise ConfigError(f"{value!r} is not a size: try 1GB, 500MB, 2GiB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[unit])
 
 
 @dataclass
@@ -80,8 +53,12 @@ def cache_info(path: str | None = None) -> CacheInfo:
 
 
 def cache_cleanup(target: str | int, *, dry_run: bool = False, path: str | None = None) -> CacheCleanup:
-    """Deletes least recently used cache files until at most ``target`` bytes remain."""
-    limit = parse_size(target)
+    """Deletes least recently used cache files until at most ``target`` remain: bytes, or
+    text like ``"1GB"`` or ``"500MiB"`` (README.md, "Units"; ``ConfigError`` otherwise)."""
+    try:
+        limit = parse_size(target)
+    except UnitError as e:
+        raise ConfigError(f"cache cleanup: {e}") from None
     with FileCache(path, max_bytes=_NO_BOUND) as c:
         before_files, before = len(c), c.total_bytes()
         if dry_run:

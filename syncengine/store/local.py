@@ -37,6 +37,7 @@ from typing import Final, NamedTuple, ParamSpec, TypeVar
 import blake3
 import msgspec
 
+from syncengine.durable import fsync_dir
 from syncengine.errors import (
     BodySizeMismatch,
     ConfigError,
@@ -175,17 +176,6 @@ def _hash_fd(fd: int, size: int) -> str:
         h.update(b)
         pos += len(b)
     return h.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno != errno.EINVAL:  # some filesystems cannot fsync directories
-            raise
-    finally:
-        os.close(fd)
 
 
 def _unlink_quiet(path: str) -> None:
@@ -356,7 +346,7 @@ class LocalStore(StoreContext):
             return
         except NotADirectoryError:
             raise self._overlap(key) from None
-        _fsync_dir(parent)
+        fsync_dir(parent)
 
     def _write_temp(self, d: str, body: Body, key: str, *, make_dir: bool) -> _Written:
         """Write ``body`` to a fresh temp file in ``d`` and fsync it."""
@@ -512,7 +502,7 @@ class LocalStore(StoreContext):
                 self._write_sidecar(key, (w.ino, w.size, w.mtime_ns, w.etag))
         finally:
             _unlink_quiet(w.path)  # the link case (or a failure) leaves the temp name behind
-        _fsync_dir(os.path.dirname(final))
+        fsync_dir(os.path.dirname(final))
         return ObjectInfo(key, w.size, w.etag, w.mtime_ns / 1e9)
 
     def _link_new(self, key: str, tmp: str, final: str) -> None:
@@ -598,7 +588,7 @@ class LocalStore(StoreContext):
                     break
                 d = os.path.dirname(d)
             with contextlib.suppress(FileNotFoundError):
-                _fsync_dir(d)
+                fsync_dir(d)
 
     async def delete(self, keys: Sequence[str]) -> None:
         if isinstance(keys, str):
@@ -695,12 +685,12 @@ class LocalStore(StoreContext):
         try:
             w = self._write_temp(tmp, _encode_meta(_UploadMeta(key, time.time())), key, make_dir=False)
             os.rename(w.path, f"{tmp}/{_UPLOAD_META}")
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, f"{self._multipart}/{upload_id}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self._multipart)
+        fsync_dir(self._multipart)
         return upload_id
 
     async def create_multipart(self, key: str) -> str:
@@ -738,7 +728,7 @@ class LocalStore(StoreContext):
         except FileNotFoundError:  # aborted (or completed) meanwhile
             _unlink_quiet(w.path)
             raise UploadNotFound(key, upload_id) from None
-        _fsync_dir(d)
+        fsync_dir(d)
         # Uploading a part number again replaces it: drop older versions (the newest by
         # (mtime, name) wins, also when two uploads of one number race).
         mine = (w.mtime_ns, name)
@@ -840,7 +830,7 @@ class LocalStore(StoreContext):
             os.rename(d, trash)
         except FileNotFoundError:
             return
-        _fsync_dir(self._multipart)
+        fsync_dir(self._multipart)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _abort_sync(self, key: str, upload_id: str) -> None:

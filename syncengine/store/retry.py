@@ -33,6 +33,7 @@ from typing import Any, Final
 import msgspec
 
 from syncengine.errors import ConfigError, StoreUnavailable
+from syncengine.settings import env_duration
 
 __all__ = [
     "ENV_PREFIX",
@@ -156,11 +157,13 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
             raw = env.get(var)
             if raw is None or raw.strip() == "":
                 continue
+            if name != "max_attempts":  # the times: a duration (README.md, "Units")
+                values[name] = env_duration(var, 0.0, environ=env)
+                continue
             try:
-                values[name] = int(raw) if name == "max_attempts" else float(raw)
+                values[name] = int(raw)
             except ValueError:
-                kind = "an integer" if name == "max_attempts" else "a number of seconds"
-                raise ConfigError(f"{var}={raw!r} is not {kind}") from None
+                raise ConfigError(f"{var}={raw!r} is not an integer") from None
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 

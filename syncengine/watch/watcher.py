@@ -31,6 +31,7 @@ from syncengine.errors import ConfigError, FileChangedError, HashingFailed, Sync
 from syncengine.hashing.tree import Source
 from syncengine.repo.records import parse_ref
 from syncengine.repo.repository import ArtifactNotFound, PutResult, Repository, TypeMismatch
+from syncengine.units import format_duration, format_size
 from syncengine.watch.journal import JournalRow, WatchJournal
 from syncengine.watch.markers import (
     Signature,
@@ -73,13 +74,25 @@ class WatchEvent:
         return out
 
     def to_text(self) -> str:
+        """The line for a person: sizes and times in units (``bytes='10.40 KiB'``,
+        ``seconds=2.35s``); `to_json` keeps the numbers."""
         parts = [self.time, self.event]
         if self.checkpoint is not None:
             parts.append(f"checkpoint={self.checkpoint}")
         for k, v in self.fields.items():
             text = str(v)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if k in _SIZE_FIELDS:
+                    text = format_size(v)
+                elif k in _DURATION_FIELDS:
+                    text = format_duration(v)
             parts.append(f"{k}={text!r}" if (" " in text or not text) else f"{k}={text}")
         return " ".join(parts)
+
+
+#: Fields of events that are bytes, or seconds (`WatchEvent.to_text` shows them in units).
+_SIZE_FIELDS: Final = frozenset({"bytes", "new_bytes"})
+_DURATION_FIELDS: Final = frozenset({"seconds", "delay", "settle", "retry_in"})
 
 
 @dataclass
@@ -339,7 +352,10 @@ class Watcher:
                         self._dirty.add(top)
                 self._tick.set()
         except Exception as e:  # no inotify, too many watches …: the rescans still find everything
-            self._emit("error", detail=f"file events unavailable, rescanning every {self.rescan:g} s: {e}")
+            self._emit(
+                "error",
+                detail=f"file events unavailable, rescanning every {format_duration(self.rescan)}: {e}",
+            )
 
     async def _scheduler(self) -> None:
         assert self._stop is not None
@@ -422,7 +438,7 @@ class Watcher:
         if marker is not None and cand.trust_marker:
             why = f"marker {marker}"
         elif settled:
-            why = f"unchanged for {self.settle:g} s"
+            why = f"unchanged for {format_duration(self.settle)}"
         else:
             return
         del self._cands[name]

@@ -32,8 +32,8 @@ from syncengine.hashing.tree import Source
 from syncengine.repo.download import download, verify
 from syncengine.repo.records import VersionRecord
 from syncengine.repo.repository import Repository
+from syncengine.settings import env_size
 from syncengine.store.local import LocalStore
-from syncengine.transfer import _env_size
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -121,7 +121,7 @@ def wait_for_marker(child: subprocess.Popen[bytes], marker: Path) -> dict[str, A
 def test_kill_9_mid_download_then_the_same_download_completes_resumes_and_leaves_no_temp_files(
     tmp_path: Path,
 ) -> None:
-    big_size = _env_size("SYNCENGINE_KILL_TEST_SIZE", 64 * MiB, minimum=8 * MiB)
+    big_size = env_size("SYNCENGINE_KILL_TEST_SIZE", 64 * MiB, minimum=8 * MiB)
     pause_after = big_size * 3 // 8
     old = {BIG: blake3.blake3(b"old").digest(length=4 * MiB)}
     files = corpus(big_size)

@@ -441,9 +441,9 @@ def test_cli_put_reference_show_files_and_get(tmp_path: Path) -> None:
     r = cli("show", "p/refs", "--files", "--repo", repo)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
-        f"ext/a.txt  5  -> {file_url(src / 'a.txt')}",
-        f"ext/sub/big.bin  600000  -> {file_url(src / 'sub' / 'big.bin')}",
-        "x.txt  1",
+        f"ext/a.txt  5 B  -> {file_url(src / 'a.txt')}",
+        f"ext/sub/big.bin  585.94 KiB  -> {file_url(src / 'sub' / 'big.bin')}",
+        "x.txt  1 B",
     ]
     shown = json.loads(cli("show", "p/refs", "--files", "--json", "--repo", repo).stdout)
     assert shown["files"][0]["ref"] == file_url(src / "a.txt") and "blake3" in shown["files"][0]["extra"]
@@ -498,7 +498,7 @@ def test_cli_s3_reference_with_a_local_repository(s3_server: S3TestServer, tmp_p
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["files"] == 1
     r = run_cli("show", "p/m", "--files", "--repo", repo)
-    assert r.stdout.strip() == f"model.bin  7  -> s3://{src}/w/model.bin"
+    assert r.stdout.strip() == f"model.bin  7 B  -> s3://{src}/w/model.bin"
     r = run_cli("get", "p/m", "--root", str(tmp_path / "out"), "--repo", repo)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "model.bin").read_bytes() == b"weights"

@@ -29,8 +29,8 @@ import blake3
 
 from syncengine.repo.records import parse_ref
 from syncengine.repo.repository import Repository
+from syncengine.settings import env_size
 from syncengine.store.s3 import S3Store
-from syncengine.transfer import _env_size
 from tests.faultproxy import Delay, FaultProxy, RequestRecord
 from tests.s3server import S3TestServer
 
@@ -301,7 +301,7 @@ async def stored_packs(server: S3TestServer, bucket: str, prefix: str) -> dict[s
 def test_kill_9_during_a_large_put_then_the_rerun_sends_only_the_rest(
     tmp_path: Path, s3_server: S3TestServer, s3_bucket: str
 ) -> None:
-    size = _env_size("SYNCENGINE_KILL_TEST_SIZE", 256 * MiB, minimum=192 * MiB)
+    size = env_size("SYNCENGINE_KILL_TEST_SIZE", 256 * MiB, minimum=192 * MiB)
     data = tmp_path / "data"
     digests = make_large_corpus(data, size)
     state_dir = Path(os.environ["SYNCENGINE_STATE_DIR"])

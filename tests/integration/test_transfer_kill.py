@@ -21,9 +21,10 @@ from pathlib import Path
 import blake3
 import pytest
 
+from syncengine.settings import env_size
 from syncengine.store import LocalStore, ObjectStore
 from syncengine.store.s3 import S3Store
-from syncengine.transfer import UploadJournal, _env_size, plan_parts
+from syncengine.transfer import UploadJournal, plan_parts
 from tests.integration.transfer_child import ChildSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -101,8 +102,8 @@ async def stored_blake3(store: ObjectStore, key: str) -> str:
 async def test_kill_9_midway_then_resume_sends_only_missing_parts(
     tmp_path: Path, store_setup: tuple[Callable[[], ObjectStore], str]
 ) -> None:
-    size = _env_size("SYNCENGINE_KILL_TEST_SIZE", 256 * MiB, minimum=1)
-    part_size = _env_size("SYNCENGINE_KILL_TEST_PART_SIZE", 8 * MiB, minimum=5 * MiB)
+    size = env_size("SYNCENGINE_KILL_TEST_SIZE", 256 * MiB, minimum=1)
+    part_size = env_size("SYNCENGINE_KILL_TEST_PART_SIZE", 8 * MiB, minimum=5 * MiB)
     factory, store_id = store_setup
     source = tmp_path / "source.bin"
     digest = make_source(source, size)

@@ -146,3 +146,75 @@ def test_durable_needs_no_extension(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path / "f")], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == str(sys.platform.startswith("linux"))
+
+
+# ---- directory fsync: one helper, one list of tolerated errors ----------------------------------
+
+
+def _dir_fsync_fails(monkeypatch: pytest.MonkeyPatch, err: int) -> list[str]:
+    """os.fsync raises ``err`` for directories (files still sync); returns the dirs tried."""
+    import stat
+
+    real = os.fsync
+    tried: list[str] = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            tried.append(os.readlink(f"/proc/self/fd/{fd}"))
+            raise OSError(err, os.strerror(err))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return tried
+
+
+@pytest.mark.parametrize("err", sorted(durable.DIR_FSYNC_UNSUPPORTED), ids=errno.errorcode.get)
+def test_fsync_dir_tolerates_filesystems_that_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    tried = _dir_fsync_fails(monkeypatch, err)
+    durable.fsync_dir(str(tmp_path))
+    durable.fsync_dirs([str(tmp_path), str(tmp_path / "gone")])  # a vanished folder is skipped
+    assert tried == [str(tmp_path)] * 2
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC, errno.EDQUOT], ids=errno.errorcode.get)
+def test_fsync_dir_raises_errors_that_lose_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    _dir_fsync_fails(monkeypatch, err)
+    for call in (lambda: durable.fsync_dir(str(tmp_path)), lambda: durable.fsync_dirs([str(tmp_path)])):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == err
+    with pytest.raises(FileNotFoundError):  # one folder named that is missing is an error
+        durable.fsync_dir(str(tmp_path / "gone"))
+
+
+@pytest.mark.parametrize("err", [errno.EINVAL, errno.EROFS])
+def test_every_directory_fsync_uses_the_one_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    """The local store, a transfer's download and a batch of downloads agreed on nothing before
+    (EINVAL tolerated by two, nothing by the third): now each tolerates the same errors."""
+    import asyncio
+
+    from syncengine.store.local import LocalStore
+    from syncengine.transfer import download
+
+    async def main() -> None:
+        store = LocalStore(tmp_path / "repo")
+        try:
+            await store.put("a/b/key", b"data")
+            await download(store, "a/b/key", str(tmp_path / "out" / "key"))
+        finally:
+            await store.close()
+
+    (tmp_path / "out").mkdir()
+    tried = _dir_fsync_fails(monkeypatch, err)
+    asyncio.run(main())
+    assert (tmp_path / "out" / "key").read_bytes() == b"data"
+    with SyncBatch(str(tmp_path)) as batch:
+        batch.use_syncfs = False
+        batch.flush_dirs([str(tmp_path / "out")])
+    assert str(tmp_path / "out") in tried and any(t.startswith(str(tmp_path / "repo")) for t in tried)
