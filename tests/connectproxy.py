@@ -99,6 +99,8 @@ class ConnectProxy(_Served):
         self.authorization = authorization
         self.tunnels: list[str] = []
         self.forwarded: list[str] = []
+        #: (method, absolute URL, body) of each forwarded request.
+        self.requests: list[tuple[str, str, bytes]] = []
         self.refused = 0
         self._start(self._handle)
 
@@ -167,8 +169,9 @@ class ConnectProxy(_Served):
             if name.strip().lower() == "content-length":
                 length = int(value)
             assert name.strip().lower() != "transfer-encoding", "chunked bodies are not relayed"
-        if length:
-            up.write(await reader.readexactly(length))
+        body = await reader.readexactly(length) if length else b""
+        self.requests.append((method, target, body))
+        up.write(body)
         await up.drain()
 
 

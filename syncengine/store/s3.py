@@ -1133,8 +1133,9 @@ class S3Store(StoreContext):
             return StoreAccessDenied(f"{what}: {self._denied_reason(code or str(status))} ({where})")
         if code == "NoSuchBucket":
             return BucketNotFound(
-                f"{what}: bucket {self.bucket!r} does not exist at {self.endpoint}; create it, or check "
-                "the bucket name and the endpoint (AWS_ENDPOINT_URL / endpoint_url)"
+                f"{what}: bucket {self.bucket!r} does not exist at {self.endpoint}; create it "
+                f"(syncengine init s3://{self.bucket}/{self.prefix} --create-bucket), or check the "
+                "bucket name and the endpoint (AWS_ENDPOINT_URL / endpoint_url)"
             )
         if status in (301, 307) or code in _REGION_CODES:
             region = headers.get("x-amz-bucket-region") or "its region"
@@ -1870,6 +1871,36 @@ class S3Store(StoreContext):
             key_marker, id_marker = nk, ni
         out.sort(key=lambda u: (u.key.encode("utf-8"), u.initiated, u.upload_id))
         return out
+
+    # ---- the bucket ------------------------------------------------------------------------
+
+    async def create_bucket(self) -> bool:
+        """Creates the store's bucket (``CreateBucket``; in the store's region, named in a
+        ``LocationConstraint`` unless it is ``us-east-1``, as S3 requires). True when created;
+        False when it exists already and is yours (``BucketAlreadyOwnedByYou``), so calling
+        it again is harmless. A name another account holds raises `StoreRequestFailed`."""
+        await self._setup()
+        what = f"CreateBucket {self.bucket!r} at {self.endpoint}"
+        payload = None
+        if self.region and self.region != "us-east-1":
+            xml = (
+                f'{_XML_DECL}<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                f"<LocationConstraint>{xml_escape(self.region)}</LocationConstraint></CreateBucketConfiguration>"
+            )
+            payload = _Payload(self, xml.encode(), what=what)
+            await payload.prepare()
+        try:
+            await self._send("PUT", "", what=what, payload=payload)
+        except _HttpError as e:
+            if e.code == "BucketAlreadyOwnedByYou":
+                return False
+            if e.code == "BucketAlreadyExists":
+                raise StoreRequestFailed(
+                    f"{what}: the name {self.bucket!r} is taken (by another account: bucket names are "
+                    "global on AWS); choose another"
+                ) from None
+            raise self._unexpected(e, what) from None
+        return True
 
     # ---- capability probe -----------------------------------------------------------------
 
