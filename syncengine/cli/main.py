@@ -14,6 +14,7 @@ import click
 
 from syncengine._version import __version__
 from syncengine.cli.draft_command import register as register_draft_command
+from syncengine.cli.init_command import register as register_init_command
 from syncengine.cli.lifecycle_commands import register_lifecycle
 from syncengine.cli.lineage_commands import register as register_lineage_commands
 from syncengine.cli.params import SIZE, size
@@ -275,6 +276,7 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
         sys.exit(1)
 
 
+register_init_command(cli)
 register_repo_commands(cli)
 register_more_repo_commands(cli)
 register_lineage_commands(cli)

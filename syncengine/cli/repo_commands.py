@@ -159,10 +159,12 @@ _repo = click.option(
 _endpoint = click.option(
     "--endpoint-url",
     default=None,
-    envvar="AWS_ENDPOINT_URL",
+    # No envvar: the store reads AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL and the AWS profile in
+    # botocore's order (store/aws_env.py); an option fed from one of them would beat the others.
     expose_value=False,
     callback=_endpoint_callback,
-    help="S3-compatible endpoint for s3:// repositories (also AWS_ENDPOINT_URL).",
+    help="S3-compatible endpoint for s3:// repositories [AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, "
+    "or the AWS profile's endpoint_url].",
 )
 
 

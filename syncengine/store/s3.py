@@ -26,10 +26,11 @@ import itertools
 import logging
 import os
 import re
+import ssl
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
@@ -52,7 +53,15 @@ from syncengine.errors import (
     StoreRequestFailed,
     UploadNotFound,
 )
-from syncengine.store.aws_env import StaticCredentials, settings, static_resolution
+from syncengine.store.aws_env import (
+    Proxy,
+    StaticCredentials,
+    configured,
+    proxy_for,
+    settings,
+    static_resolution,
+    tls_context,
+)
 from syncengine.store.base import (
     RESERVED_PREFIX,
     S3_SIZE_LIMITS,
@@ -180,6 +189,8 @@ class _Resolved(NamedTuple):
     provider: Any  # botocore Credentials / RefreshableCredentials, or None
     source: str
     addressing: Addressing  # from the profile's ``s3 = addressing_style = ...``, else "auto"
+    proxy: Proxy | None  # HTTP(S)_PROXY / NO_PROXY for the endpoint
+    tls: ssl.SSLContext | None  # an https endpoint's (AWS_CA_BUNDLE / ca_bundle)
 
 
 class _CredentialCache:
@@ -220,6 +231,38 @@ class _CredentialCache:
                 force, self._force = self._force and self._frozen is not None, False
                 self._frozen = await self._run(self._fetch, force)
         return self._frozen
+
+
+def _network(endpoint: str, ca_bundle: str | None) -> tuple[Proxy | None, ssl.SSLContext | None]:
+    """The proxy and the TLS context of the connections to ``endpoint`` (aws_env's rules)."""
+    tls = tls_context(ca_bundle) if endpoint.startswith("https:") else None
+    return proxy_for(endpoint), tls
+
+
+def _proxy_auth(proxy: Proxy | None) -> aiohttp.BasicAuth | None:
+    import aiohttp
+
+    if proxy is None or proxy.authorization is None:
+        return None
+    return aiohttp.BasicAuth.decode(proxy.authorization)
+
+
+async def _no_hidden_resend(
+    req: aiohttp.ClientRequest, handler: Callable[[aiohttp.ClientRequest], Awaitable[aiohttp.ClientResponse]]
+) -> aiohttp.ClientResponse:
+    """aiohttp resends an idempotent request (PUT included) once, unseen, when a kept-alive
+    connection drops. The retry policy must see every attempt: a hidden resend of a
+    conditional PUT would hide that its first try may have been applied (docs/S3.md,
+    "Retried conditional writes"). A drop re-raised as a plain ``ClientConnectionError``
+    is not one aiohttp resends; a failed connect (nothing sent) stays what it is."""
+    import aiohttp
+
+    try:
+        return await handler(req)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
+        raise aiohttp.ClientConnectionError(f"{type(e).__name__}: {e}") from e
 
 
 # ---- XML ---------------------------------------------------------------------------------
@@ -778,6 +821,8 @@ class S3Store(StoreContext):
         self._addressing: Literal["path", "virtual"] = "path"
         self._flat_listing = False
         self._setup_lock: asyncio.Lock | None = None
+        self._proxy: Proxy | None = None
+        self._tls: ssl.SSLContext | None = None
         self._uploads: dict[str, _UploadState] = {}
 
     def __repr__(self) -> str:
@@ -823,7 +868,14 @@ class S3Store(StoreContext):
         if static is None:
             return None
         creds = static.credentials
-        return _Resolved(static.region, static.endpoint, creds, creds.method, "auto")
+        return _Resolved(
+            static.region,
+            static.endpoint,
+            creds,
+            creds.method,
+            "auto",
+            *_network(static.endpoint, static.ca_bundle),
+        )
 
     def _resolve_sync(self) -> _Resolved:
         """Region, endpoint and the credential provider: may read files or the network."""
@@ -842,11 +894,14 @@ class S3Store(StoreContext):
                 provider = Credentials(akid, secret.value, token.value if token else None, method="explicit")
             else:
                 provider = session.get_credentials()
+            conf = configured(self._known, session.get_scoped_config(), session.full_config)
+        except ConfigError:
+            raise
         except Exception as e:  # botocore's ProfileNotFound, config parse errors, ...
             raise StoreAccessDenied(
                 f"cannot load AWS credentials or settings for {self._display('')}: {type(e).__name__}: {e}"
             ) from None
-        endpoint = self._endpoint_arg or default_endpoint(region)
+        endpoint = conf.endpoint or default_endpoint(region)
         source = getattr(provider, "method", "") if provider is not None else ""
         style: Addressing = "auto"
         if self._addressing_arg == "auto":
@@ -854,10 +909,12 @@ class S3Store(StoreContext):
                 s3_config = session.get_scoped_config().get("s3")
             except Exception:  # a missing profile was reported above
                 s3_config = None
-            configured = s3_config.get("addressing_style") if isinstance(s3_config, dict) else None
-            if configured is not None:
-                style = _addressing_setting(configured, "the AWS config's s3.addressing_style")
-        return _Resolved(region, endpoint, provider, source or "unknown", style)
+            set_style = s3_config.get("addressing_style") if isinstance(s3_config, dict) else None
+            if set_style is not None:
+                style = _addressing_setting(set_style, "the AWS config's s3.addressing_style")
+        return _Resolved(
+            region, endpoint, provider, source or "unknown", style, *_network(endpoint, conf.ca_bundle)
+        )
 
     async def _setup(self) -> None:
         """Region, endpoint, credentials and the direct connection pool, once per event loop
@@ -888,6 +945,7 @@ class S3Store(StoreContext):
                 )
             self.region, self.endpoint = r.region, r.endpoint
             self._cred_source = r.source
+            self._proxy, self._tls = r.proxy, r.tls
             wanted = self._addressing_arg if self._addressing_arg != "auto" else r.addressing
             self._addressing = choose_addressing(r.endpoint, self.bucket, wanted)
             host = urlsplit(r.endpoint).hostname or ""
@@ -897,7 +955,9 @@ class S3Store(StoreContext):
             )
             self._loop = loop
             if self.direct_reads:
-                self._direct = DirectPool(self.retry_policy.connect_timeout, f"syncengine/{__version__}")
+                self._direct = DirectPool(
+                    self.retry_policy.connect_timeout, f"syncengine/{__version__}", tls=r.tls, proxy=r.proxy
+                )
             self._creds = _CredentialCache(r.provider, self._run)
 
     async def _ready(self) -> aiohttp.ClientSession:
@@ -910,6 +970,7 @@ class S3Store(StoreContext):
         import aiohttp
 
         connector = aiohttp.TCPConnector(
+            ssl=self._tls if self._tls is not None else True,
             limit=self._max_connections,
             limit_per_host=0,
             ttl_dns_cache=300,
@@ -925,13 +986,10 @@ class S3Store(StoreContext):
             auto_decompress=False,
             read_bufsize=1 << 20,
             cookie_jar=aiohttp.DummyCookieJar(),
+            proxy=self._proxy.url if self._proxy is not None else None,
+            proxy_auth=_proxy_auth(self._proxy),
+            middlewares=(_no_hidden_resend,),
         )
-        # aiohttp silently resends an idempotent request (PUT included) once when a
-        # kept-alive connection drops. The retry policy must see every attempt: a
-        # hidden resend of a conditional PUT would hide that its first try may have
-        # been applied (docs/S3.md, "Retried conditional writes").
-        if hasattr(session, "_retry_connection"):
-            session._retry_connection = False
         self._session = session
         return session
 
@@ -1075,8 +1133,9 @@ class S3Store(StoreContext):
             return StoreAccessDenied(f"{what}: {self._denied_reason(code or str(status))} ({where})")
         if code == "NoSuchBucket":
             return BucketNotFound(
-                f"{what}: bucket {self.bucket!r} does not exist at {self.endpoint}; create it, or check "
-                "the bucket name and the endpoint (AWS_ENDPOINT_URL / endpoint_url)"
+                f"{what}: bucket {self.bucket!r} does not exist at {self.endpoint}; create it "
+                f"(syncengine init s3://{self.bucket}/{self.prefix} --create-bucket), or check the "
+                "bucket name and the endpoint (AWS_ENDPOINT_URL / endpoint_url)"
             )
         if status in (301, 307) or code in _REGION_CODES:
             region = headers.get("x-amz-bucket-region") or "its region"
@@ -1812,6 +1871,36 @@ class S3Store(StoreContext):
             key_marker, id_marker = nk, ni
         out.sort(key=lambda u: (u.key.encode("utf-8"), u.initiated, u.upload_id))
         return out
+
+    # ---- the bucket ------------------------------------------------------------------------
+
+    async def create_bucket(self) -> bool:
+        """Creates the store's bucket (``CreateBucket``; in the store's region, named in a
+        ``LocationConstraint`` unless it is ``us-east-1``, as S3 requires). True when created;
+        False when it exists already and is yours (``BucketAlreadyOwnedByYou``), so calling
+        it again is harmless. A name another account holds raises `StoreRequestFailed`."""
+        await self._setup()
+        what = f"CreateBucket {self.bucket!r} at {self.endpoint}"
+        payload = None
+        if self.region and self.region != "us-east-1":
+            xml = (
+                f'{_XML_DECL}<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                f"<LocationConstraint>{xml_escape(self.region)}</LocationConstraint></CreateBucketConfiguration>"
+            )
+            payload = _Payload(self, xml.encode(), what=what)
+            await payload.prepare()
+        try:
+            await self._send("PUT", "", what=what, payload=payload)
+        except _HttpError as e:
+            if e.code == "BucketAlreadyOwnedByYou":
+                return False
+            if e.code == "BucketAlreadyExists":
+                raise StoreRequestFailed(
+                    f"{what}: the name {self.bucket!r} is taken (by another account: bucket names are "
+                    "global on AWS); choose another"
+                ) from None
+            raise self._unexpected(e, what) from None
+        return True
 
     # ---- capability probe -----------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Final, cast
@@ -27,14 +29,78 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
+from syncengine.store.aws_env import Proxy
+
 #: The status line and headers must fit in this many bytes (S3 answers use about 600).
 HEAD_MAX: Final = 64 << 10
 #: Idle connections kept per endpoint.
 MAX_IDLE: Final = 64
+#: What no header name or value may hold (RFC 9110 §5.5: a field value never holds CR, LF or NUL).
+_FORBIDDEN_IN_HEADER: Final = re.compile(r"[\r\n\x00]")
+
+
+#: RFC 9112 §4: HTTP-version SP 3DIGIT SP [reason] (ASCII digits only).
+_STATUS_LINE: Final = re.compile(r"(HTTP/1\.[01]) ([0-9]{3})(?: [^\r\n\x00]*)?\Z")
+#: RFC 9112 §5: token ":" OWS value OWS. No whitespace before the colon; a line starting
+#: with whitespace (obs-fold) fails to match, as does a bare CR, a LF or NUL anywhere.
+_FIELD_LINE: Final = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\r\n\x00]*)\Z")
+
+
+def _content_length(values: list[str]) -> int | None:
+    """The body length the ``Content-Length`` fields state (None: none), or ``ValueError``:
+    anything but ASCII digits (``int()`` would take ``+5``, `` 5_0`` or ``٣``), or fields,
+    or list members, that disagree (RFC 9110 §8.6; equal duplicates are one value)."""
+    found = {v.strip(" \t") for value in values for v in value.split(",")}
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ValueError(f"the answer states different lengths: Content-Length {', '.join(sorted(found))}")
+    (length,) = found
+    if not re.fullmatch(r"[0-9]{1,18}", length):
+        raise ValueError(f"a malformed Content-Length: {length[:40]!r}")
+    return int(length)
 
 
 class DirectFailed(Exception):
     """This read cannot, or can no longer, be served by a direct connection."""
+
+
+async def _tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
+    """A socket to ``proxy`` through which a ``CONNECT host:port`` is established, for TLS to
+    run over. The proxy's answer is read byte by byte up to its blank line, so that not one
+    byte of the tunnel is consumed here."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+        except OSError as e:
+            sock.close()
+            last = e
+            continue
+        try:
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+            if proxy.authorization is not None:
+                lines.append(f"Proxy-Authorization: {proxy.authorization}")
+            await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            answer = bytearray()
+            while not answer.endswith(b"\r\n\r\n"):
+                byte = await loop.sock_recv(sock, 1)
+                if not byte or len(answer) >= HEAD_MAX:
+                    raise OSError("the proxy closed the connection or sent no end of its answer")
+                answer += byte
+            status = answer.split(b"\r\n", 1)[0].split(b" ", 2)
+            if len(status) < 2 or status[1] != b"200":
+                raise OSError(f"the proxy refused CONNECT {authority}: {bytes(answer[:80])!r}")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise last or OSError(f"cannot resolve the proxy {proxy.host}")
 
 
 class _Conn(asyncio.BufferedProtocol):
@@ -131,22 +197,24 @@ class _Conn(asyncio.BufferedProtocol):
                 self._fail(DirectFailed(f"the answer's head is larger than {HEAD_MAX} bytes"))
             return
         lines = bytes(self._head[:end]).decode("latin-1").split("\r\n")
-        try:
-            version, code = lines[0].split(" ", 2)[:2]
-            self.status = int(code)
-        except ValueError:
+        status = _STATUS_LINE.match(lines[0])
+        if status is None:
             self._fail(DirectFailed(f"not an HTTP status line: {lines[0][:80]!r}"))
             return
+        version, self.status = status[1], int(status[2])
         headers: CIMultiDict[str] = CIMultiDict()
         for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
+            field = _FIELD_LINE.match(line)
+            if field is None:  # a bare CR or LF, NUL, obs-fold, space before the colon ...
                 self._fail(DirectFailed(f"a malformed header line: {line[:80]!r}"))
                 return
-            headers.add(name.strip(), value.strip())
+            headers.add(field[1], field[2].strip(" \t"))
         self.headers = headers
-        length = headers.get("Content-Length")
-        self.length = int(length) if length is not None and length.isdigit() else None
+        try:
+            self.length = _content_length(headers.getall("Content-Length", []))
+        except ValueError as e:
+            self._fail(DirectFailed(str(e)))
+            return
         if "Transfer-Encoding" in headers:  # it overrides any Content-Length (RFC 9112 §6.3)
             self.length = None
         if self._head_only or self.status in (204, 304):
@@ -243,26 +311,51 @@ class _Conn(asyncio.BufferedProtocol):
 
 
 class DirectPool:
-    """The direct connections of one store (one event loop), kept alive between GETs."""
+    """The direct connections of one store (one event loop), kept alive between GETs: TLS
+    checked with ``tls`` (else the system's trust store), through ``proxy`` when one is
+    given (``aws_env.proxy_for``: an https endpoint through a CONNECT tunnel, an http one by
+    absolute-form requests, as botocore's urllib3 does)."""
 
-    def __init__(self, connect_timeout: float, user_agent: str) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        user_agent: str,
+        *,
+        tls: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
+    ) -> None:
         self._connect_timeout = connect_timeout
         self._user_agent = user_agent
         self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = tls
+        self._proxy = proxy
         self._closed = False
 
     async def _connect(self, host: str, port: int, tls: bool) -> _Conn:
         loop = asyncio.get_running_loop()
         if tls and self._ssl is None:
             self._ssl = ssl.create_default_context()
+        proxy = self._proxy
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    _Conn, host, port, ssl=self._ssl if tls else None, server_hostname=host if tls else None
-                )
+                if proxy is None:
+                    _, conn = await loop.create_connection(
+                        _Conn,
+                        host,
+                        port,
+                        ssl=self._ssl if tls else None,
+                        server_hostname=host if tls else None,
+                    )
+                elif tls:
+                    sock = await _tunnel(proxy, host, port)
+                    _, conn = await loop.create_connection(
+                        _Conn, sock=sock, ssl=self._ssl, server_hostname=host
+                    )
+                else:
+                    _, conn = await loop.create_connection(_Conn, proxy.host, proxy.port)
         except (OSError, TimeoutError, ssl.SSLError) as e:
-            raise DirectFailed(f"cannot connect to {host}:{port}: {e}") from e
+            via = f" through the proxy {proxy.url}" if proxy is not None else ""
+            raise DirectFailed(f"cannot connect to {host}:{port}{via}: {e}") from e
         conn.where = (host, port, tls)
         return conn
 
@@ -280,7 +373,15 @@ class DirectPool:
             target += "?" + parts.query
         assert method in ("GET", "HEAD")
         lines = [f"{method} {target} HTTP/1.1", f"User-Agent: {self._user_agent}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if self._proxy is not None and not tls:  # a plain request goes to the proxy: absolute-form
+            lines[0] = f"{method} {parts.scheme}://{parts.netloc}{target} HTTP/1.1"
+            if self._proxy.authorization is not None:
+                lines.append(f"Proxy-Authorization: {self._proxy.authorization}")
+        for k, v in headers.items():
+            if _FORBIDDEN_IN_HEADER.search(f"{k}{v}") or not k or ":" in k:
+                # An injected header is never the server's doing: no fallback, a clear error.
+                raise ValueError(f"header {k!r} cannot be sent: CR, LF or NUL in it, or a colon in its name")
+            lines.append(f"{k}: {v}")
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         while True:
             conn = self._take_idle((host, port, tls))

@@ -7,10 +7,10 @@ path signs GET requests with ``sigv4.sign_v4`` (S3Store's signer too) over one
 ``http.client`` connection, and is used only where it
 resolves exactly what ``S3Store`` would: credentials from the environment
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``[/``AWS_SESSION_TOKEN``], the first provider
-of the AWS chain) with no profile selected, the region from ``AWS_REGION`` /
-``AWS_DEFAULT_REGION``, and no ``s3`` settings in the default profile of the AWS config
-file. Anything else — or any failure — gives None or raises, and the caller takes the full
-path, which reports errors properly.
+of the AWS chain), the region known and no ``s3`` settings in the selected profile of the
+AWS config file (`aws_env.static_resolution`); the endpoint, CA bundle and proxy are the
+store's own (`aws_env`). Anything else — or any failure — gives None or raises, and the
+caller takes the full path, which reports errors properly.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from __future__ import annotations
 import http.client
 from urllib.parse import urlsplit
 
-from syncengine.store.aws_env import StaticCredentials, settings, static_resolution
+from syncengine.store.aws_env import (
+    Proxy,
+    StaticCredentials,
+    proxy_for,
+    settings,
+    static_resolution,
+    tls_context,
+)
 from syncengine.store.s3_urls import choose_addressing, object_url
 from syncengine.store.sigv4 import sign_v4
 
@@ -30,10 +37,20 @@ class QuickReader:
     one keep-alive connection; 404 → None; any other answer raises ``OSError``."""
 
     def __init__(
-        self, endpoint: str, bucket: str, prefix: str, region: str, addressing: str, creds: StaticCredentials
+        self,
+        endpoint: str,
+        bucket: str,
+        prefix: str,
+        region: str,
+        addressing: str,
+        creds: StaticCredentials,
+        ca_bundle: str | None = None,
     ) -> None:
         self.endpoint, self.bucket, self.prefix, self.region = endpoint, bucket, prefix, region
         self.addressing = choose_addressing(endpoint, bucket, addressing)  # type: ignore[arg-type]
+        self.ca_bundle = ca_bundle
+        #: HTTP(S)_PROXY / NO_PROXY, as for S3Store's connections (aws_env.proxy_for).
+        self.proxy: Proxy | None = proxy_for(endpoint)
         self._creds = creds
         self._conn: http.client.HTTPConnection | None = None
 
@@ -41,8 +58,23 @@ class QuickReader:
         if self._conn is None:
             parts = urlsplit(url)
             assert parts.hostname is not None
-            cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(parts.hostname, parts.port, timeout=_TIMEOUT)
+            proxy = self.proxy
+            if parts.scheme == "https":
+                ctx = tls_context(self.ca_bundle)
+                if proxy is None:
+                    self._conn = http.client.HTTPSConnection(
+                        parts.hostname, parts.port, timeout=_TIMEOUT, context=ctx
+                    )
+                else:  # TLS to the endpoint through a CONNECT tunnel
+                    self._conn = http.client.HTTPSConnection(
+                        proxy.host, proxy.port, timeout=_TIMEOUT, context=ctx
+                    )
+                    auth = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+                    self._conn.set_tunnel(parts.hostname, parts.port, headers=auth)
+            elif proxy is None:
+                self._conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=_TIMEOUT)
+            else:  # plain requests go to the proxy in absolute-form (see __call__)
+                self._conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=_TIMEOUT)
         return self._conn
 
     def __call__(self, key: str) -> bytes | None:
@@ -54,7 +86,12 @@ class QuickReader:
         )  # fmt: skip
         conn = self._connection(url)
         parts = urlsplit(url)
-        conn.request("GET", parts.path, headers=headers)
+        target = parts.path
+        if self.proxy is not None and parts.scheme == "http":
+            target = url
+            if self.proxy.authorization:
+                headers["Proxy-Authorization"] = self.proxy.authorization
+        conn.request("GET", target, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
         if resp.status == 200:
@@ -89,4 +126,5 @@ def quick_reader(url: str, endpoint_url: str | None = None) -> QuickReader | Non
         static.region,
         known.addressing,
         static.credentials,
+        static.ca_bundle,
     )

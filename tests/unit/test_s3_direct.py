@@ -253,3 +253,101 @@ def test_an_https_endpoint_is_read_over_tls_into_the_buffer(
         factory = asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(scenario())
+
+
+# ---- what an HTTP/1.1 client must reject (RFC 9110, RFC 9112) -------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\x00b"], ids=["crlf", "lf", "cr", "nul"]
+)
+async def test_a_header_value_with_cr_lf_or_nul_is_never_sent(scripted: Any, value: str) -> None:
+    """A value that would end its line early (an etag echoed into If-Match, say) would let
+    whoever chose it add headers or a request: refused before any byte goes out."""
+    srv = await scripted(lambda _h: [_ok(b"x")])
+    pool = DirectPool(5.0, "test")
+    with pytest.raises(ValueError, match="cannot be sent"):
+        await pool.get(srv.url, {"host": "x", "If-Match": value}, stall=5.0)
+    with pytest.raises(ValueError, match="cannot be sent"):
+        await pool.get(srv.url, {"host": "x", f"X{value}": "v"}, stall=5.0)
+    assert srv.connections == 0 and not srv.requests
+    pool.close()
+
+
+_MALFORMED = {
+    "bare-cr-in-value": b"X-A: a\rb\r\n",
+    "bare-lf-in-value": b"X-A: a\nX-B: b\r\n",
+    "obs-fold": b"X-A: a\r\n  folded\r\n",
+    "space-before-colon": b"X-A : a\r\n",
+    "nul-in-value": b"X-A: a\x00b\r\n",
+    "empty-name": b": a\r\n",
+    "no-colon": b"X-A a\r\n",
+    "length-plus": b"Content-Length: +5\r\n",
+    "length-hex": b"Content-Length: 0x10\r\n",
+    "length-arabic-indic": "Content-Length: \u0663\r\n".encode(),  # int() takes it
+    "length-superscript": b"Content-Length: \xb2\r\n",  # latin-1 '²': isdigit() says yes
+    "length-underscore": b"Content-Length: 1_0\r\n",  # int() takes it
+    "length-negative": b"Content-Length: -1\r\n",
+    "length-empty": b"Content-Length: \r\n",
+    "lengths-differ": b"Content-Length: 5\r\nContent-Length: 7\r\n",
+    "length-list-differs": b"Content-Length: 5, 7\r\n",
+    "status-non-ascii-digits": None,
+}
+
+
+@pytest.mark.parametrize("case", list(_MALFORMED))
+async def test_a_malformed_answer_head_fails_over(scripted: Any, case: str) -> None:
+    """Each of these is an answer an HTTP/1.1 client must not trust (a bare CR, obs-fold,
+    field-name whitespace: RFC 9112 §2.2, §5.1, §5.2; a Content-Length that is not one
+    run of ASCII digits, or fields that disagree: RFC 9110 §8.6). Reading it anyway could
+    take the body for a different length than the server meant (a smuggled answer): the
+    direct connection gives up (DirectFailed: the caller retries through aiohttp)."""
+    extra = _MALFORMED[case]
+    if extra is None:
+        head = "HTTP/1.1 2\u0660\u0660 OK\r\nContent-Length: 5\r\n\r\n".encode()
+    else:
+        head = (
+            b"HTTP/1.1 200 OK\r\n" + extra + (b"" if b"Content-Length" in extra else b"Content-Length: 5\r\n")
+        )
+        head += b"\r\n"
+    srv = await scripted(lambda _h: [head + b"hello"])
+    pool = DirectPool(5.0, "test")
+    with pytest.raises(DirectFailed):
+        await pool.get(srv.url, {"host": "x"}, stall=5.0)
+    pool.close()
+
+
+@pytest.mark.parametrize(
+    "lengths", [b"Content-Length: 5\r\nContent-Length: 5\r\n", b"Content-Length: 5, 5\r\n"]
+)
+async def test_equal_content_lengths_are_one_length(scripted: Any, lengths: bytes) -> None:
+    srv = await scripted(lambda _h: [b"HTTP/1.1 200 OK\r\n" + lengths + b"\r\nhello"])
+    pool = DirectPool(5.0, "test")
+    conn, got = await _read_all(pool, srv.url)
+    assert got == b"hello" and conn.length == 5
+    pool.close()
+
+
+async def test_through_a_proxy_a_plain_request_goes_in_absolute_form_with_its_credentials(
+    scripted: Any,
+) -> None:
+    from syncengine.store.aws_env import proxy_for
+    from tests.connectproxy import ConnectProxy
+
+    srv = await scripted(lambda _h: [_ok(b"hello")])
+    with ConnectProxy(authorization="Basic dTpw") as proxy:  # u:p
+        port = proxy.port
+        pool = DirectPool(
+            5.0, "test", proxy=proxy_for(srv.url, {"HTTP_PROXY": f"http://u:p@127.0.0.1:{port}"})
+        )
+        _conn, got = await _read_all(pool, srv.url)
+        assert got == b"hello" and proxy.forwarded == [srv.url.split("/")[2]]
+        assert b"proxy-authorization" not in srv.requests[0].lower()  # the proxy's, not passed on
+        pool.close()
+        wrong = DirectPool(
+            5.0, "test", proxy=proxy_for(srv.url, {"HTTP_PROXY": f"http://u:x@127.0.0.1:{port}"})
+        )
+        refused = await wrong.get(srv.url, {"host": "x"}, stall=5.0)  # the proxy's own answer
+        assert refused.status == 407
+        wrong.close()
+        assert proxy.refused == 1 and len(srv.requests) == 1

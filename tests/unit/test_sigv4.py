@@ -139,9 +139,12 @@ def test_static_credentials_never_show_the_secret() -> None:
     assert env_credentials(
         {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t"}
     ) == (StaticCredentials("a", "s", "t", "env"))
-    assert (
-        env_credentials({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s", "AWS_PROFILE": "p"}) is None
-    )
+    expiring = {
+        "AWS_ACCESS_KEY_ID": "a",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_CREDENTIAL_EXPIRATION": "2030-01-01",
+    }
+    assert env_credentials(expiring) is None  # botocore re-reads them (tests/unit/test_aws_env.py)
 
 
 RESOLVE = """
@@ -174,19 +177,23 @@ def test_s3store_takes_environment_credentials_without_importing_botocore(tmp_pa
         "endpoint": "http://127.0.0.1:9",
         "botocore": False,
     }
-    # Where the chain decides (a profile; the region from the config file), botocore does,
-    # with the same answer for the environment's credentials.
+    # The region from the profile in the config file: read there (aws_env.load_config), the
+    # same answer as botocore's (tests/unit/test_aws_env.py).
     (tmp_path / "c").write_text("[default]\nregion = ap-south-1\n[profile team]\nregion = us-west-2\n")
     got = _resolve(base)
     assert got == {
         "region": "ap-south-1",
         "source": "env",
         "endpoint": "http://127.0.0.1:9",
-        "botocore": True,
+        "botocore": False,
     }
-    (tmp_path / "creds").write_text("[team]\naws_access_key_id = T\naws_secret_access_key = TS\n")
-    got = _resolve({**base, "AWS_PROFILE": "team", "AWS_REGION": "eu-west-1"})
-    assert got["botocore"] is True and got["source"] != "unknown"
+    # Where the chain decides (a profile only the credentials file knows), botocore does.
+    (tmp_path / "creds").write_text("[crew]\naws_access_key_id = T\naws_secret_access_key = TS\n")
+    got = _resolve({**base, "AWS_PROFILE": "crew", "AWS_REGION": "eu-west-1"})
+    assert got["botocore"] is True and got["source"] == "env"
+    # A profile of the config file: the environment's keys still come first in the chain.
+    got = _resolve({**base, "AWS_PROFILE": "team"})
+    assert (got["botocore"], got["source"], got["region"]) == (False, "env", "us-west-2")
 
 
 @pytest.mark.parametrize("virtual", [False, True])
