@@ -136,6 +136,13 @@ class StoreAccessDenied(StoreError, PermissionError):
     never contains a secret."""
 
 
+class LinkInRepository(StoreError, PermissionError):
+    """A folder or object inside a local repository is a symbolic link. A local store never
+    follows one: anyone who can write a shared repository folder could otherwise point
+    ``data/xx`` or ``artifacts/p`` anywhere and make a reader write, read or delete there
+    (docs/SECURITY.md)."""
+
+
 class BucketNotFound(StoreError, FileNotFoundError):
     """The bucket does not exist at the endpoint (or these credentials cannot see it)."""
 

@@ -43,6 +43,7 @@ from syncengine.errors import (
     ConfigError,
     InvalidKey,
     InvalidPart,
+    LinkInRepository,
     ObjectNotFound,
     PreconditionFailed,
     StoreClosed,
@@ -300,7 +301,32 @@ class LocalStore(StoreContext):
             self._ready = True
 
     def _path(self, key: str) -> str:
-        return f"{self.root}/{key}"
+        """The file of `key`, once every folder between the root and it is checked to be a
+        real folder (`_refuse_links`)."""
+        path = f"{self.root}/{key}"
+        self._refuse_links(path)
+        return path
+
+    def _refuse_links(self, path: str, *, itself: bool = False) -> None:
+        """Raises ``LinkInRepository`` if a folder between the root and `path` (and, with
+        `itself`, `path`) is a symbolic link; the root itself may be one (the user chose it).
+        Missing folders end the check: what mkdir makes next is a real folder. An lstat per
+        level (2-4 for a key); a link planted between this check and the use is not caught
+        (docs/SECURITY.md, "What remains")."""
+        rel = path[len(self.root) + 1 :].split("/")
+        cur = self.root
+        for part in rel if itself else rel[:-1]:
+            cur = f"{cur}/{part}"
+            try:
+                st = os.lstat(cur)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            if stat.S_ISLNK(st.st_mode):
+                raise LinkInRepository(
+                    f"{cur} is a symbolic link inside the repository {self.root}; a local repository "
+                    "never follows one (a shared folder's writer could point it anywhere). Replace it "
+                    "with a real folder, or open the repository at its real path"
+                )
 
     @staticmethod
     def _key_hash(key: str) -> str:
@@ -317,6 +343,7 @@ class LocalStore(StoreContext):
     def _key_lock(self, key: str) -> Iterator[None]:
         """Exclusive flock on the key's stripe: serializes every mutation of the key on this host."""
         path = f"{self._internal}/locks/{self._key_hash(key)[:2]}"
+        self._refuse_links(path, itself=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released by close (or by the kernel if we die)
@@ -378,7 +405,9 @@ class LocalStore(StoreContext):
 
     def _sidecar_path(self, key: str) -> str:
         h = self._key_hash(key)
-        return f"{self._internal}/etags/{h[:2]}/{h[2:]}"
+        path = f"{self._internal}/etags/{h[:2]}/{h[2:]}"
+        self._refuse_links(path)
+        return path
 
     def _read_sidecar(self, key: str) -> _Sidecar | None:
         try:
@@ -424,9 +453,13 @@ class LocalStore(StoreContext):
 
     def _open_object(self, key: str) -> tuple[int, os.stat_result]:
         try:
-            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(key, repr(self)) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # the object itself is a link
+                self._refuse_links(self._path(key), itself=True)
+            raise
         try:
             st = os.fstat(fd)
         except BaseException:
@@ -622,6 +655,8 @@ class LocalStore(StoreContext):
             return iter(found)
 
         start = f"{self.root}/{head}" if head else self.root
+        if head:
+            self._refuse_links(start, itself=True)
         stack = [(start, f"{head}/" if head else "", children(start, partial))]
         while stack:
             d, key_prefix, it = stack[-1]
@@ -664,6 +699,7 @@ class LocalStore(StoreContext):
         if not isinstance(upload_id, str) or not _UPLOAD_ID.match(upload_id):
             raise UploadNotFound(key, str(upload_id))
         d = f"{self._multipart}/{upload_id}"
+        self._refuse_links(d, itself=True)
         try:
             fd = os.open(f"{d}/{_UPLOAD_META}", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

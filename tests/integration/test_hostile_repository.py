@@ -205,3 +205,52 @@ def test_a_manifest_repeating_its_pages_is_refused_by_every_reader(tmp_path: Pat
         assert out.count("\n") < k, args
     rc, out, err, _ = cli("check", "--json", "--repo", repo, cwd=tmp_path)
     assert rc == 1 and "manifest page" in out, (out, err)
+
+
+def test_a_link_planted_inside_a_local_repository_is_never_followed(tmp_path: Path) -> None:
+    """`artifacts/q -> elsewhere` made a victim's put write heads and version records there;
+    `data/ab -> elsewhere` made gc and get read (and a sweep delete) through it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(10_000))
+    repo_dir = tmp_path / "repo"
+    rc, out, err, _ = cli(
+        "put", "-n", "p/d", "-t", "dataset", str(src), "--repo", str(repo_dir), cwd=tmp_path
+    )
+    assert rc == 0, (out, err)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (repo_dir / "artifacts" / "q").symlink_to(elsewhere)
+    rc, out, err = cli("put", "-n", "q/x", "-t", "dataset", str(src), "--repo", str(repo_dir), cwd=tmp_path)[
+        :3
+    ]
+    assert rc == 1 and "symbolic link inside the repository" in err, (out, err)
+    assert list(elsewhere.iterdir()) == []
+    # A pack folder swapped for a link to a folder holding a file named like a pack.
+    (repo_dir / "artifacts" / "q").unlink()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    bait = victim / ("ab" + "0" * 62)
+    bait.write_bytes(b"precious")
+    (repo_dir / "data" / "ab").symlink_to(victim)
+
+    async def sweep_and_list() -> list[str]:
+        from syncengine.repo.gc_sweep import collect
+
+        store = LocalStore(repo_dir)
+        with pytest.raises(Exception, match="symbolic link"):
+            await store.delete([f"data/ab/{bait.name}"])
+        with pytest.raises(Exception, match="symbolic link"):
+            await store.get(f"data/ab/{bait.name}")
+        repo = await Repository.open(store)
+        for _ in range(2):
+            await collect(repo, grace=0.0)
+        return [i.key async for i in store.list("data/")]
+
+    os.environ["SYNCENGINE_GC_MIN_GRACE"] = "0"
+    try:
+        keys = asyncio.run(sweep_and_list())
+    finally:
+        del os.environ["SYNCENGINE_GC_MIN_GRACE"]
+    assert not [k for k in keys if k.startswith("data/ab/")]
+    assert bait.read_bytes() == b"precious"
