@@ -127,7 +127,7 @@ def register(cli: click.Group) -> None:
             from syncengine.repo import distributed as dist
 
             async def work(run: Run | None) -> Any:
-                with progress_bar(not as_json, "upserting", count=(sources, (), ())) as progress:
+                with progress_bar(not as_json, "upserting", count=(sources, (), (), False)) as progress:
                     return await dist.upsert(
                         core,
                         sources,

@@ -130,6 +130,9 @@ _tree_options = [
     click.option("--include", multiple=True, help="Only files matching this glob (repeatable)."),
     click.option("--exclude", multiple=True, help="Leave out paths matching this glob (repeatable)."),
     click.option("--no-follow-symlinks", is_flag=True, help="Skip symlinks instead of following them."),
+    click.option(
+        "--include-vcs", is_flag=True, help="Also read version-control folders (.git, .hg, .svn …)."
+    ),
     click.option("--threads", type=click.IntRange(1, 256), default=None, help="Hashing threads [cores]."),
     click.option("--no-stat-cache", is_flag=True, help="Read every file even if unchanged."),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
@@ -156,6 +159,7 @@ def run_tree(
         include=opts["include"],
         exclude=opts["exclude"],
         follow_symlinks=not opts["no_follow_symlinks"],
+        include_vcs=opts["include_vcs"],
         on_progress=progress,
     )
 

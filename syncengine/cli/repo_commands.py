@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 
@@ -17,6 +16,7 @@ import msgspec
 
 from syncengine.cli.progress import progress_bar
 from syncengine.cli.reference_commands import reference_options
+from syncengine.cli.suspect_folders import suspect_folders
 from syncengine.errors import SyncEngineError
 from syncengine.hashing.tree import sources_for
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
@@ -69,30 +69,6 @@ def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
     from syncengine._loop import run
 
     return run(go())
-
-
-_DOWNLOAD_DIR = re.compile(r".+-v[0-9]+")
-
-
-def _downloads_logged(paths: Sequence[str], exclude: Sequence[str]) -> list[str]:
-    """Folders `get` writes by default (``artifacts/<name>-v<N>``, the W&B layout) inside the
-    folders being logged: usually logged by mistake by a `put .` after a `get`, so named."""
-    if any("artifacts" in pattern for pattern in exclude):
-        return []
-    found: list[str] = []
-    for p in paths:
-        parent = os.path.join(p, "artifacts")
-        try:
-            names = sorted(n for n in os.listdir(parent) if _DOWNLOAD_DIR.fullmatch(n))
-        except OSError:
-            continue
-        found += [
-            f"logged {os.path.join(parent, n)}, a folder `syncengine get` writes downloads to by "
-            "default; --exclude 'artifacts/' leaves such folders out"
-            for n in names
-            if os.path.isdir(os.path.join(parent, n))
-        ]
-    return found
 
 
 class _Unchanged(NamedTuple):
@@ -192,8 +168,20 @@ def register(cli: click.Group) -> None:
     @click.option("-m", "--metadata", default=None, help="JSON object of metadata.")
     @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
     @click.option("--ttl", default=None, metavar="30d", help="Time to live from creation (docs/DELETION.md).")
-    @click.option("--include", multiple=True)
-    @click.option("--exclude", multiple=True)
+    @click.option(
+        "--include", multiple=True, metavar="GLOB", help="Only files matching this glob (repeatable)."
+    )
+    @click.option(
+        "--exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave out files and folders matching this glob, e.g. 'build/' (repeatable).",
+    )
+    @click.option(
+        "--include-vcs",
+        is_flag=True,
+        help="Also log version-control folders (.git, .hg, .svn …), left out by default.",
+    )
     @click.option(
         "--reference",
         "references",
@@ -216,6 +204,7 @@ def register(cli: click.Group) -> None:
         ttl: str | None,
         include: tuple[str, ...],
         exclude: tuple[str, ...],
+        include_vcs: bool,
         references: tuple[str, ...],
         no_checksum: bool,
         max_objects: int | None,
@@ -246,10 +235,12 @@ def register(cli: click.Group) -> None:
                 tags=tags,
                 include=include,
                 exclude=exclude,
+                include_vcs=include_vcs,
             )
         if result is None:
             sources = sources_for(list(paths)) if paths else []
-            with progress_bar(not as_json, "logging", count=(sources, include, exclude)) as progress:
+            count = (sources, include, exclude, include_vcs)
+            with progress_bar(not as_json, "logging", count=count) as progress:
                 result = _run(
                     repo_url,
                     lambda repo: repo.log(
@@ -263,6 +254,7 @@ def register(cli: click.Group) -> None:
                         tags=tags,
                         include=include,
                         exclude=exclude,
+                        include_vcs=include_vcs,
                         on_progress=progress,
                         on_upload=progress.upload if progress is not None else None,
                         references=refs,
@@ -275,7 +267,7 @@ def register(cli: click.Group) -> None:
             set_ttl = lambda rec: msgspec.structs.replace(rec, ttl_seconds=ttl_s)  # noqa: E731
             r = _run(repo_url, lambda repo: repo.update_version(ref.project, ref.name, v, set_ttl))
         seconds = time.perf_counter() - start
-        for w in [*result.warnings, *_downloads_logged(paths, exclude)]:
+        for w in [*result.warnings, *suspect_folders(paths, include, exclude)]:
             click.echo(f"warning: {w}", err=True)
         if as_json:
             click.echo(

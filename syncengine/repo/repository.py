@@ -60,7 +60,7 @@ from syncengine.repo.pack import (
     read_blob,
 )
 from syncengine.repo.put_journal import PutJournal
-from syncengine.repo.put_memo import Fingerprint, Memo, PutMemo, memo_key
+from syncengine.repo.put_memo import Fingerprint, Memo, PutMemo, memo_key, walk_key
 from syncengine.repo.records import (
     FORMAT,
     ArtifactHead,
@@ -326,6 +326,7 @@ class Repository:
         tags: Sequence[str] = (),
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
+        include_vcs: bool = False,
         stat_cache: bool = True,
         threads: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
@@ -341,6 +342,7 @@ class Repository:
         ``logged_by`` ("project/run-id") and ``ttl_seconds`` go into a version this call
         creates, in the record's one create-if-absent write.
         `references` (syncengine.repo.references) become entries holding only metadata.
+        Version-control folders (`.git` …) are left out unless ``include_vcs``.
         ``before_commit()`` runs once everything is stored, right before the version record
         is written: if it raises, no version is recorded (the uploaded packs are indexed, so
         a retry sends nothing again). The watch daemon re-checks its files' stat there."""
@@ -364,17 +366,13 @@ class Repository:
         memo: PutMemo | None = None
         key = b""
         if stat_cache:
-            walk = [
-                sorted((os.path.realpath(s.root), s.prefix) for s in sources),
-                list(include),
-                list(exclude),
-            ]
+            walk = walk_key(sources, include, exclude, include_vcs)
             extra_key = [references_key(refs)] if refs else []  # same references: same key
             key = memo_key(self.config.id, project, name, type, [*walk, self.params.label, *extra_key])
             memo = await loop.run_in_executor(None, PutMemo)
         try:
             if memo is not None and head is not None:
-                scanner = TreeHasher(self.params, include=include, exclude=exclude)
+                scanner = TreeHasher(self.params, include=include, exclude=exclude, include_vcs=include_vcs)
                 recalled = await loop.run_in_executor(None, _recall, memo, key, scanner, sources)
                 if recalled is not None and head.digests.get(recalled.content_digest) == recalled.version:
                     if before_commit is not None:
@@ -395,6 +393,7 @@ class Repository:
                 stat_cache=cache,
                 include=include,
                 exclude=exclude,
+                include_vcs=include_vcs,
                 on_progress=on_progress,
             )
             journal = await loop.run_in_executor(None, PutJournal, self.config.id)

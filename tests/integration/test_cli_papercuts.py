@@ -1,0 +1,81 @@
+"""What a new user meets in the first hour (issue 14, part 5): each test names the papercut."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from syncengine.cli.main import cli as command
+
+
+def run(*args: str, repo: Path, cwd: Path | None = None, **env: str) -> Result:
+    """The command in-process (click's runner), on the repository `repo`."""
+    runner = CliRunner(env={"SYNCENGINE_REPO": str(repo), **env})
+    if cwd is None:
+        return runner.invoke(command, list(args))
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(cwd)
+        return runner.invoke(command, list(args))
+
+
+def ok_json(*args: str, repo: Path, cwd: Path | None = None) -> Any:
+    r = run(*args, "--json", repo=repo, cwd=cwd)
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+# --- `put .` in a fresh clone -------------------------------------------------------------
+
+
+def test_put_of_a_clone_leaves_out_vcs_folders_and_include_vcs_logs_them(tmp_path: Path) -> None:
+    work = tree(
+        tmp_path / "work",
+        {"data.csv": b"a,b\n", ".gitignore": b"build/\n", ".git/HEAD": b"ref", ".git/objects/ab": b"x",
+         "sub/.hg/store": b"y", "sub/x.txt": b"z"},
+    )  # fmt: skip
+    repo = tmp_path / "repo"
+    out = ok_json("put", "-n", "p/d", "-t", "dataset", str(work), repo=repo)
+    assert out["files"] == 3  # data.csv, .gitignore, sub/x.txt
+    files = run("show", "--files", "p/d:v0", repo=repo).stdout
+    assert ".git/" not in files and ".hg/" not in files and ".gitignore" in files
+    assert ok_json("put", "-n", "p/d", "-t", "dataset", str(work), "--include-vcs", repo=repo)["files"] == 6
+    assert ok_json("hash", str(work), repo=repo)["files"] == 3  # the same scan
+    assert ok_json("hash", str(work), "--include-vcs", repo=repo)["files"] == 6
+    assert "--include-vcs" in run("put", "--help", repo=repo).stdout
+
+
+def test_put_warns_about_build_output_and_environments_it_logs(tmp_path: Path) -> None:
+    work = tree(
+        tmp_path / "work",
+        {"setup.py": b"", "build/lib/m.py": b"", "dist/m.whl": b"", "m.egg-info/PKG-INFO": b"",
+         "env/pyvenv.cfg": b"home = /usr", "__pycache__/m.pyc": b"", "src/m.py": b""},
+    )  # fmt: skip
+    repo = tmp_path / "repo"
+    r = run("put", "-n", "p/d", "-t", "code", str(work), repo=repo)
+    assert r.exit_code == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning: logged")]
+    for name in ("build", "dist", "m.egg-info", "env", "__pycache__"):
+        assert any(f"{work / name}," in w and f"--exclude '{name}/'" in w for w in warned), (name, r.stderr)
+    assert len(warned) == 5  # src/ is not suspect
+    r = run("put", "-n", "p/d", "-t", "code", str(work), "--exclude", "build/", "--exclude", "*.egg-info",
+            repo=repo)  # fmt: skip
+    assert r.exit_code == 0 and "'build/'" not in r.stderr and "egg-info" not in r.stderr, r.stderr
+    assert "--exclude 'dist/'" in r.stderr
+    r = run("put", "-n", "p/d", "-t", "code", str(work), "--include", "src/**", repo=repo)
+    assert r.exit_code == 0 and "warning" not in r.stderr  # the files were chosen
+
+
+def test_put_help_explains_include_and_exclude(tmp_path: Path) -> None:
+    text = " ".join(run("put", "--help", repo=tmp_path).stdout.split())
+    assert "--include GLOB Only files matching" in text and "--exclude GLOB Leave out" in text
