@@ -15,25 +15,19 @@ from syncengine.cli.repo_commands import (
     _record_json,
     _ref,
     _run,
+    artifact_name,
     json_object,
     json_option,
     repo_option,
 )
 from syncengine.hashing.tree import sources_for
-from syncengine.repo.records import ArtifactRef, check_name, parse_ref
+from syncengine.repo.records import check_name
 
 if TYPE_CHECKING:
     from syncengine.aio_runs import Run
     from syncengine.repo.repository import Repository
 
 T = TypeVar("T")
-
-
-def _artifact(text: str) -> ArtifactRef:
-    ref = parse_ref(text)
-    if ref.version is not None or ref.alias is not None:
-        raise click.BadParameter("give PROJECT/NAME without :alias or :vN", param_hint="NAME")
-    return ref
 
 
 async def _in_run(
@@ -114,7 +108,7 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Upload PATHS as this writer's part of PROJECT/NAME under --distributed-id; no
         version exists until `finish`. Upserting after the finish is an error."""
-        ref = _artifact(name)
+        ref = artifact_name(name, "NAME")
         check_name("type", type_)
         check_name("distributed id", distributed_id)
         if not paths and not references:
@@ -180,7 +174,7 @@ def register(cli: click.Group) -> None:
         """Commit every part upserted into PROJECT/NAME under --distributed-id as one version
         (run it once, after every upsert returned). Finishing again prints the same version;
         the same path upserted with different content is an error naming both writers."""
-        ref = _artifact(name)
+        ref = artifact_name(name, "NAME")
         check_name("type", type_)
         check_name("distributed id", distributed_id)
         meta = json_object(metadata, "-m") if metadata is not None else None
@@ -236,7 +230,7 @@ def register(cli: click.Group) -> None:
     def status(name: str, distributed_id: str, repo_url: str | None, as_json: bool) -> None:
         """The parts upserted into PROJECT/NAME under --distributed-id, and whether it is open,
         sealed (a finish began: run finish again) or finished (and as which version)."""
-        ref = _artifact(name)
+        ref = artifact_name(name, "NAME")
         check_name("distributed id", distributed_id)
 
         async def job(core: Repository) -> Any:

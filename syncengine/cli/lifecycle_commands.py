@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from syncengine.cli.progress import human_bytes
-from syncengine.cli.repo_commands import _run, json_option, repo_option
+from syncengine.cli.repo_commands import _run, artifact_name, json_option, repo_option
 from syncengine.repo.records import parse_ref
 
 if TYPE_CHECKING:
@@ -84,9 +84,7 @@ def register_lifecycle(cli: click.Group) -> None:
     def cleanup(name: str, keep_last: int, dry_run: bool, repo_url: str | None, as_json: bool) -> None:
         """Delete the versions of PROJECT/NAME that hold no alias (besides latest) and are
         older than the newest --keep-last or past their TTL."""
-        r = parse_ref(name)
-        if r.version is not None or r.alias is not None:
-            raise click.BadParameter("give PROJECT/NAME without :alias or :vN", param_hint="NAME")
+        r = artifact_name(name, "NAME")
 
         async def job(repo: Repository) -> Cleanup:
             from syncengine.repo.lifecycle import cleanup as run_cleanup

@@ -26,6 +26,7 @@ from syncengine.hashing.digests import TreeDigest
 from syncengine.hashing.params import ChunkerParams, KiB, MiB
 from syncengine.hashing.stat_cache import StatCache
 from syncengine.hashing.tree import TreeHasher, TreeStats, sources_for
+from syncengine.repo.records import InvalidName
 from syncengine.scan import ScanWarning
 
 _UNITS = {
@@ -84,6 +85,9 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except InvalidName as e:  # a name or reference given on the command line: a usage error
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
         except SyncEngineError as e:
             fail(str(e))
         except KeyboardInterrupt:

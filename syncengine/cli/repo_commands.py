@@ -19,7 +19,7 @@ from syncengine.cli.reference_commands import reference_options
 from syncengine.cli.suspect_folders import suspect_folders
 from syncengine.errors import SyncEngineError
 from syncengine.hashing.tree import sources_for
-from syncengine.repo.records import VersionRecord, check_name, parse_ref
+from syncengine.repo.records import ArtifactRef, VersionRecord, check_name, parse_ref
 from syncengine.store import local_path, read_local_object
 
 if TYPE_CHECKING:  # the repository stack (asyncio, stores) loads only when a command runs
@@ -158,6 +158,17 @@ def _ref(r: VersionRecord) -> str:
     return f"{r.project}/{r.name}:v{r.version}"
 
 
+def artifact_name(text: str, hint: str, selector_help: str = "") -> ArtifactRef:
+    """PROJECT/NAME given on the command line, without :ALIAS or :vN; anything else is a
+    usage error (exit status 2) saying what the option takes."""
+    head, sep, _ = text.partition(":")
+    if head.count("/") != 1:
+        raise click.BadParameter(f"expected PROJECT/NAME (e.g. vision/mnist), not {text!r}", param_hint=hint)
+    if sep:
+        raise click.BadParameter(f"give PROJECT/NAME without :alias or :vN{selector_help}", param_hint=hint)
+    return parse_ref(text)  # a bad character: InvalidName, also a usage error (cli.main._Group)
+
+
 def register(cli: click.Group) -> None:
     @cli.command("put")
     @click.argument("paths", nargs=-1, type=click.Path(exists=True))
@@ -213,14 +224,10 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Log PATHS as the next version of PROJECT/NAME (or find the identical existing one)."""
         ttl_s = None if ttl is None else max(1, int(parse_duration(ttl)))
-        ref = parse_ref(full_name)
+        ref = artifact_name(full_name, "-n", " (use -a to set aliases)")
         if not paths and not references:
             raise click.UsageError("give PATHS to log, or --reference URI")
         refs = reference_options(references, checksum=not no_checksum, max_objects=max_objects)
-        if ref.version is not None or ref.alias is not None:
-            raise click.BadParameter(
-                "give PROJECT/NAME without :alias (use -a to set aliases)", param_hint="-n"
-            )
         meta = json_object(metadata, "-m") if metadata is not None else None
         start = time.perf_counter()
         result: PutResult | _Unchanged | None = None

@@ -13,6 +13,7 @@ import click
 import pytest
 
 from syncengine.hashing.digests import TreeDigest
+from tests.children import default_sigint
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -213,7 +214,7 @@ def test_ls_diff_alias_and_check(tmp_path: Path) -> None:
     listing = json.loads(cli("versions", "p/a", "--json", env=env).stdout)
     assert [v["aliases"] for v in listing] == [[], ["latest", "prod"]]
     bad_alias = cli("alias", "add", "p/a:v1", "a:b", env=env)
-    assert bad_alias.returncode == 1 and "invalid alias" in bad_alias.stderr
+    assert bad_alias.returncode == 2 and "invalid alias" in bad_alias.stderr  # a usage error
 
     assert json.loads(cli("check", "--read-data", "--json", env=env).stdout) == {"ok": True, "problems": []}
     packs = sorted(p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file())
@@ -285,7 +286,7 @@ def test_tag_and_edit_after_logging(tmp_path: Path) -> None:
     r = cli("tag", "rm", "p/d", "nightly", env=env)  # latest
     assert r.returncode == 0 and "tags: gold" in r.stdout
     r = cli("tag", "add", "p/d:v0", "bad tag", env=env)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "invalid tag 'bad tag'" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid tag 'bad tag'" in r.stderr
 
     r = cli(
         "edit",
@@ -393,6 +394,7 @@ def test_ctrl_c_during_put_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     packs = tmp_path / "repo" / "data"

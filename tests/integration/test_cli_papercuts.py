@@ -79,3 +79,30 @@ def test_put_warns_about_build_output_and_environments_it_logs(tmp_path: Path) -
 def test_put_help_explains_include_and_exclude(tmp_path: Path) -> None:
     text = " ".join(run("put", "--help", repo=tmp_path).stdout.split())
     assert "--include GLOB Only files matching" in text and "--exclude GLOB Leave out" in text
+
+
+# --- usage errors exit 2 --------------------------------------------------------------------
+
+
+def test_a_malformed_name_or_reference_is_a_usage_error(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    data = tree(tmp_path / "data", {"x.txt": b"x"})
+    r = run("put", "-n", "vision", "-t", "dataset", str(data), repo=repo)
+    assert r.exit_code == 2, r.stderr
+    assert "expected PROJECT/NAME (e.g. vision/mnist), not 'vision'" in r.stderr and "ALIAS" not in r.stderr
+    r = run("put", "-n", "vision/mnist:best", "-t", "dataset", str(data), repo=repo)
+    assert r.exit_code == 2 and "use -a to set aliases" in r.stderr
+    assert run("put", "-n", "vision/mnist", "-t", "dataset", str(data), repo=repo).exit_code == 0
+    for args in (
+        ["get", "vision"],
+        ["show", "vision/mnist:"],
+        ["verify", "a/b/c"],
+        ["put", "-n", "vision/mn ist", "-t", "dataset", str(data)],
+        ["alias", "add", "vision/mnist:v0", "a:b"],
+        ["tag", "add", "vision/mnist:v0", "bad tag"],
+        ["cleanup", "vision"],
+        ["runs", "../x"],
+    ):
+        r = run(*args, repo=repo)
+        assert r.exit_code == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and "rror:" in r.stderr, (args, r.stderr)

@@ -183,4 +183,4 @@ def test_conflicting_writers_and_usage_errors(tmp_path: Path) -> None:
     r = run(
         env, "distributed", "upsert", "p/ds", str(tmp_path / "c0"), "-t", "d", "-D", "a b", "--repo", repo
     )
-    assert r.returncode == 1 and "invalid distributed id 'a b'" in r.stderr
+    assert r.returncode == 2 and "invalid distributed id 'a b'" in r.stderr  # a usage error
