@@ -19,7 +19,7 @@ from syncengine.cli.reference_commands import reference_options
 from syncengine.cli.suspect_folders import suspect_folders
 from syncengine.errors import SyncEngineError
 from syncengine.hashing.tree import sources_for
-from syncengine.repo.records import ArtifactRef, VersionRecord, check_name, parse_ref
+from syncengine.repo.records import ArtifactHead, ArtifactRef, VersionRecord, check_name, parse_ref
 from syncengine.store import local_path, read_local_object
 
 if TYPE_CHECKING:  # the repository stack (asyncio, stores) loads only when a command runs
@@ -156,6 +156,12 @@ def _record_json(r: VersionRecord) -> dict[str, Any]:
 
 def _ref(r: VersionRecord) -> str:
     return f"{r.project}/{r.name}:v{r.version}"
+
+
+def folder_option(root: str | None) -> None:
+    """--root naming a file is a usage error, said as such before any work."""
+    if root is not None and os.path.lexists(root) and not os.path.isdir(root):
+        raise click.BadParameter(f"{root} is a file, not a folder", param_hint="--root")
 
 
 def artifact_name(text: str, hint: str, selector_help: str = "") -> ArtifactRef:
@@ -339,6 +345,7 @@ def register(cli: click.Group) -> None:
         Without --root the files go to ./artifacts/<name>-v<N> (as in the Python API); the
         folder written is printed. SYNCENGINE_FILE_CACHE_SIZE bounds the file cache."""
         parsed = parse_ref(ref)
+        folder_option(root)
         if dry_run:
             _get_dry_run(repo_url, parsed, root, path_prefix, checkout, as_json)
             return
@@ -383,37 +390,24 @@ def register(cli: click.Group) -> None:
         """The versions of PROJECT/NAME with their aliases."""
         ref = parse_ref(name)
 
-        async def job(repo: Repository) -> tuple[list[VersionRecord], dict[str, int]]:
+        async def job(repo: Repository) -> tuple[list[VersionRecord], ArtifactHead]:
             head = await repo.head(ref.project, ref.name)
-            return await repo.versions(ref.project, ref.name), head.aliases
+            return await repo.versions(ref.project, ref.name), head
 
-        records, aliases = _run(repo_url, job)
-        by_version: dict[int, list[str]] = {}
-        for a, v in aliases.items():
-            by_version.setdefault(v, []).append(a)
-        latest = max((r.version for r in records), default=None)
-        if latest is not None:
-            by_version.setdefault(latest, []).append("latest")
+        records, head = _run(repo_url, job)
         if as_json:
-            click.echo(
-                json.dumps(
-                    [
-                        {
-                            **_record_json(r),
-                            "aliases": sorted(by_version.get(r.version, [])),
-                        }
-                        for r in records
-                    ]
-                )
-            )
+            rows = [{**_record_json(r), "aliases": head.aliases_of(r.version)} for r in records]
+            click.echo(json.dumps(rows))
             return
         for r in records:
-            names = sorted(by_version.get(r.version, []))
+            names = head.aliases_of(r.version)
             click.echo(f"v{r.version}  {r.created}  {r.files} files  {r.size} bytes  {' '.join(names)}")
 
     @cli.command("verify")
     @click.argument("ref")
-    @click.option("--root", required=True, help="The folder to compare with the version.")
+    @click.option(
+        "--root", default=None, help="The folder to compare with the version [./artifacts/<name>-v<N>]."
+    )
     @click.option(
         "--references",
         "check_references",
@@ -423,17 +417,24 @@ def register(cli: click.Group) -> None:
     )
     @repo_option
     @json_option
-    def verify(ref: str, root: str, check_references: bool, repo_url: str | None, as_json: bool) -> None:
+    def verify(
+        ref: str, root: str | None, check_references: bool, repo_url: str | None, as_json: bool
+    ) -> None:
         """Exit 0 if --root holds exactly the version, else list missing/extra/changed files
-        (and exit 1). Reference entries are skipped unless --references."""
-        from syncengine.repo.download import Difference
+        (and exit 1). Reference entries are skipped unless --references. Without --root, the
+        folder `get` writes by default."""
+        from syncengine.repo.download import Difference, default_root
         from syncengine.repo.download import verify as verify_root
 
-        async def job(repo: Repository) -> tuple[VersionRecord, list[Difference]]:
-            record = await repo.resolve(parse_ref(ref))
-            return record, await verify_root(repo, record, root, references=check_references)
+        parsed = parse_ref(ref)
+        folder_option(root)
 
-        record, differences = _run(repo_url, job)
+        async def job(repo: Repository) -> tuple[VersionRecord, str, list[Difference]]:
+            record = await repo.resolve(parsed)
+            target = root if root is not None else default_root(record)
+            return record, target, await verify_root(repo, record, target, references=check_references)
+
+        record, root, differences = _run(repo_url, job)
         if as_json:
             click.echo(
                 json.dumps(
@@ -467,8 +468,14 @@ def register(cli: click.Group) -> None:
 
             show_files(lambda job: _run(repo_url, job), parse_ref(ref), as_json)
             return
-        record = _run(repo_url, lambda repo: repo.resolve(parse_ref(ref)))
-        click.echo(json.dumps(_record_json(record), indent=None if as_json else 1))
+        parsed = parse_ref(ref)
+
+        async def job(repo: Repository) -> dict[str, Any]:
+            record = await repo.resolve(parsed)
+            head = await repo.head(record.project, record.name)
+            return {**_record_json(record), "aliases": head.aliases_of(record.version)}
+
+        click.echo(json.dumps(_run(repo_url, job), indent=None if as_json else 1))
 
 
 def register_more(cli: click.Group) -> None:

@@ -106,3 +106,61 @@ def test_a_malformed_name_or_reference_is_a_usage_error(tmp_path: Path) -> None:
         r = run(*args, repo=repo)
         assert r.exit_code == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and "rror:" in r.stderr, (args, r.stderr)
+
+
+# --- aliases shown, verify's default folder, --root a file, runs of an unknown project ------
+
+
+def _logged(tmp_path: Path) -> tuple[Path, Path]:
+    repo = tmp_path / "repo"
+    data = tree(tmp_path / "data", {"x.txt": b"x", "sub/y.txt": b"y"})
+    assert (
+        run("put", "-n", "vision/mnist", "-t", "dataset", str(data), "-a", "best", repo=repo).exit_code == 0
+    )
+    return repo, data
+
+
+def test_alias_rm_and_show_name_every_alias_the_version_holds(tmp_path: Path) -> None:
+    repo, _ = _logged(tmp_path)
+    assert run("alias", "rm", "vision/mnist:v0", "best", repo=repo).exit_code == 0
+    r = run("alias", "rm", "vision/mnist:v0", "best", repo=repo)
+    assert r.exit_code == 1 and "(its aliases: latest)" in r.stderr, r.stderr
+    assert run("tag", "add", "vision/mnist:v0", "gold", repo=repo).exit_code == 0
+    assert run("alias", "add", "vision/mnist:v0", "prod", repo=repo).exit_code == 0
+    shown = ok_json("show", "vision/mnist:v0", repo=repo)
+    assert shown["aliases"] == ["latest", "prod"] and shown["tags"] == ["gold"]
+    assert json.loads(run("show", "vision/mnist:prod", repo=repo).stdout)["aliases"] == ["latest", "prod"]
+
+
+def test_verify_without_root_checks_the_folder_get_writes_by_default(tmp_path: Path) -> None:
+    repo, _ = _logged(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    got = ok_json("get", "vision/mnist:best", repo=repo, cwd=work)
+    assert got["root"] == str(work / "artifacts" / "mnist-v0")
+    r = run("verify", "vision/mnist:best", repo=repo, cwd=work)
+    assert r.exit_code == 0 and "artifacts/mnist-v0 matches" in r.stdout, r.stderr
+    (work / "artifacts" / "mnist-v0" / "x.txt").write_bytes(b"changed")
+    assert run("verify", "vision/mnist:best", repo=repo, cwd=work).exit_code == 1
+    assert run("verify", "vision/mnist:best", repo=repo, cwd=tmp_path).exit_code == 1  # nothing there
+
+
+def test_get_into_a_file_says_the_root_is_a_file(tmp_path: Path) -> None:
+    repo, data = _logged(tmp_path)
+    for args in (["get", "vision/mnist", "--root", str(data / "x.txt")],
+                 ["get", "vision/mnist", "--dry-run", "--root", str(data / "x.txt")],
+                 ["verify", "vision/mnist", "--root", str(data / "x.txt")]):  # fmt: skip
+        r = run(*args, repo=repo)
+        assert r.exit_code == 2 and f"{data / 'x.txt'} is a file, not a folder" in r.stderr, (args, r.stderr)
+    r = run("get", "vision/mnist", "--root", str(data / "x.txt" / "out"), repo=repo)
+    assert r.exit_code == 1 and f"{data / 'x.txt'} is a file, not a folder" in r.stderr, r.stderr
+    assert data.joinpath("x.txt").read_bytes() == b"x"
+
+
+def test_runs_of_an_unknown_project_is_an_error_and_of_a_known_one_an_empty_list(tmp_path: Path) -> None:
+    repo, _ = _logged(tmp_path)
+    r = run("runs", "vison", repo=repo)
+    assert r.exit_code == 1 and "no project 'vison' (did you mean 'vision'?)" in r.stderr, r.stderr
+    r = run("runs", "vision", repo=repo)
+    assert r.exit_code == 0 and r.stdout.strip() == "project 'vision' has no runs", r.stdout
+    assert ok_json("runs", "vision", repo=repo) == []

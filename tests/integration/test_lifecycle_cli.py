@@ -143,7 +143,7 @@ def test_alias_tag_edit_and_unlink_dry_run_and_say_what_they_did(tmp_path: Path)
 
     r = cli("alias", "rm", "p/m:v0", "bets", env=env)  # a typo: an error, nothing removed
     assert r.returncode == 1 and r.stderr.strip() == (
-        "error: p/m:v0 holds no alias 'bets' (did you mean 'best'?) (its aliases: best, prod); "
+        "error: p/m:v0 holds no alias 'bets' (did you mean 'best'?) (its aliases: best, latest, prod); "
         "nothing was removed"
     )
     r = cli("tag", "rm", "p/m:v0", "gld", env=env)
@@ -215,8 +215,8 @@ def test_unknown_names_suggest_the_closest_in_every_command(tmp_path: Path) -> N
         assert (r.returncode, r.stderr.strip()) == (1, message), args
     r = cli("alias", "add", "vision/mnist:v3", "prod", env=env)
     assert r.stderr.strip() == "error: vision/mnist has no version v3 (the newest is v0)"
-    r = cli("runs", "visoin", env=env)
-    assert r.stdout.strip() == "project 'visoin' has no runs (did you mean 'vision'?)"
+    r = cli("runs", "visoin", env=env)  # an unknown project, as everywhere else
+    assert r.returncode == 1 and r.stderr.startswith("error: no project 'visoin' (did you mean 'vision'?)")
     # Bad names, aliases and types: one clear line before any work, in every command taking them.
     bad = {
         ("put", str(src), "-n", "vision/mnist", "-t", "data set"): "error: invalid type 'data set'",
