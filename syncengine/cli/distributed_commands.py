@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import msgspec
 
-from syncengine.cli.progress import human_bytes, progress_bar
+from syncengine.cli.progress import human_bytes, plural, progress_bar
 from syncengine.cli.reference_commands import reference_options
 from syncengine.cli.repo_commands import (
     _record_json,
@@ -143,7 +143,7 @@ def register(cli: click.Group) -> None:
             return
         by = f" by run {part.run}" if part.run else ""
         click.echo(
-            f"upserted {part.files} files ({human_bytes(part.size)}) into {ref} "
+            f"upserted {plural(part.files, 'file')} ({human_bytes(part.size)}) into {ref} "
             f"(distributed id {distributed_id}) as part {part.writer}{by}; no version yet: "
             f"`syncengine distributed finish {ref} -t {type_} -D {distributed_id}` commits every part"
         )
@@ -218,8 +218,9 @@ def register(cli: click.Group) -> None:
             return
         what = "already finished as" if again else "finished" if created else "finished as the identical"
         click.echo(
-            f"{what} {_ref(record)} from {n_parts} part(s) of distributed id {distributed_id} "
-            f"({record.files} files, {human_bytes(record.size)}); upserts into it are refused from now on"
+            f"{what} {_ref(record)} from {plural(n_parts, 'part')} of distributed id {distributed_id} "
+            f"({plural(record.files, 'file')}, {human_bytes(record.size)}); "
+            "upserts into it are refused from now on"
         )
 
     @distributed.command("status")
@@ -243,10 +244,12 @@ def register(cli: click.Group) -> None:
             click.echo(json.dumps(msgspec.to_builtins(s)))
             return
         state = s.state + (f" as {ref}:v{s.finished.version}" if s.finished is not None else "")
-        click.echo(f"{ref} distributed id {distributed_id}: {state}, {len(s.parts)} part(s)")
+        click.echo(f"{ref} distributed id {distributed_id}: {state}, {plural(len(s.parts), 'part')}")
         for p in s.parts:
             who = ", ".join(x for x in (f"run {p.run}" if p.run else "", p.created_by.get("host", "")) if x)
-            click.echo(f"  {p.writer}: {p.files} files, {human_bytes(p.size)}{f' ({who})' if who else ''}")
+            click.echo(
+                f"  {p.writer}: {plural(p.files, 'file')}, {human_bytes(p.size)}{f' ({who})' if who else ''}"
+            )
 
 
 def _url(repo_url: str | None) -> str:

@@ -165,7 +165,10 @@ def register(cli: click.Group) -> None:
             return
         verb = "would remove" if dry_run else "removed"
         left = ", ".join(record.tags) or "(none)"
-        click.echo(f"{verb} tag(s) {', '.join(checked)} from {_ref(record)}; tags: {left}")
+        click.echo(
+            f"{verb} {'tag' if len(checked) == 1 else 'tags'} {', '.join(checked)} "
+            f"from {_ref(record)}; tags: {left}"
+        )
 
     @tag.command("add")
     @click.argument("ref")

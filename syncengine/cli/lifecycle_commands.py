@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from syncengine.cli.progress import human_bytes
+from syncengine.cli.progress import human_bytes, plural
 from syncengine.cli.repo_commands import _run, artifact_name, json_option, repo_option
 from syncengine.repo.records import parse_ref
 
@@ -38,7 +38,7 @@ def _deletion_line(d: Deletion) -> str:
     if d.aliases and d.dry_run:
         extra = f", with aliases {', '.join(d.aliases)}"
     why = "" if d.reason == "requested" else f" [{d.reason}]"
-    return f"{verb} {d.ref} ({d.files} files, {human_bytes(d.size)}{extra}){why}"
+    return f"{verb} {d.ref} ({plural(d.files, 'file')}, {human_bytes(d.size)}{extra}){why}"
 
 
 def register_lifecycle(cli: click.Group) -> None:
@@ -98,7 +98,8 @@ def register_lifecycle(cli: click.Group) -> None:
         _echo_expiry(result.deleted, result.kept_aliased, "kept")
         verb = "would delete" if dry_run else "deleted"
         click.echo(
-            f"{verb} {len(result.deleted)} version(s) of {r.full_name} ({human_bytes(result.bytes)} of files)"
+            f"{verb} {plural(len(result.deleted), 'version')} of {r.full_name} "
+            f"({human_bytes(result.bytes)} of files)"
         )
 
     @cli.group("cache")
@@ -116,7 +117,7 @@ def register_lifecycle(cli: click.Group) -> None:
             click.echo(json.dumps(i.to_json()))
             return
         click.echo(
-            f"{i.location}: {i.files} files, {human_bytes(i.bytes)} of {human_bytes(i.bound)} "
+            f"{i.location}: {plural(i.files, 'file')}, {human_bytes(i.bytes)} of {human_bytes(i.bound)} "
             "(SYNCENGINE_FILE_CACHE_SIZE sets the bound)"
         )
 
@@ -135,8 +136,8 @@ def register_lifecycle(cli: click.Group) -> None:
             return
         verb = "would remove" if dry_run else "removed"
         click.echo(
-            f"{verb} {c.files_removed} files ({human_bytes(c.bytes_freed)}); "
-            f"{c.files} files, {human_bytes(c.bytes)} {'would remain' if dry_run else 'remain'}"
+            f"{verb} {plural(c.files_removed, 'file')} ({human_bytes(c.bytes_freed)}); "
+            f"{plural(c.files, 'file')}, {human_bytes(c.bytes)} {'would remain' if dry_run else 'remain'}"
         )
 
     @cli.command("gc")

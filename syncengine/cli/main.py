@@ -16,14 +16,15 @@ from syncengine._version import __version__
 from syncengine.cli.draft_command import register as register_draft_command
 from syncengine.cli.lifecycle_commands import register_lifecycle
 from syncengine.cli.lineage_commands import register as register_lineage_commands
-from syncengine.cli.progress import human_bytes, progress_bar
+from syncengine.cli.progress import human_bytes, plural, progress_bar
 from syncengine.cli.repo_commands import register as register_repo_commands
 from syncengine.cli.repo_commands import register_more as register_more_repo_commands
+from syncengine.cli.repo_commands import repo_location, repo_option, run_on_store
 from syncengine.cli.watch_command import register as register_watch_command
 from syncengine.errors import SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import TreeDigest
-from syncengine.hashing.params import ChunkerParams, KiB, MiB
+from syncengine.hashing.params import DEFAULT_PARAMS, ChunkerParams, KiB, MiB
 from syncengine.hashing.stat_cache import StatCache
 from syncengine.hashing.tree import TreeHasher, TreeStats, sources_for
 from syncengine.repo.records import InvalidName
@@ -111,6 +112,7 @@ class _Group(click.Group):
                 import traceback
 
                 traceback.print_exc()
+                fail(f"internal error: {_one_line(e)} (please report it with the traceback above)")
             fail(f"internal error: {_one_line(e)} (please report; SYNCENGINE_DEBUG=1 shows the traceback)")
 
 
@@ -213,7 +215,7 @@ def hash_cmd(paths: tuple[str, ...], avg_chunk_size: str, as_json: bool, **opts:
         report_problems(st)
         rate = human_bytes(st.bytes / seconds) + "/s" if seconds > 0 else "-"
         click.echo(
-            f"{st.files} files, {human_bytes(st.bytes)}, {seconds:.3f} s ({rate}); "
+            f"{plural(st.files, 'file')}, {human_bytes(st.bytes)}, {seconds:.3f} s ({rate}); "
             f"{st.cache_hits} unchanged, {human_bytes(st.bytes_read)} read"
         )
         click.echo(f"tree digest {tree.hexdigest()}")
@@ -221,31 +223,59 @@ def hash_cmd(paths: tuple[str, ...], avg_chunk_size: str, as_json: bool, **opts:
         sys.exit(1)
 
 
+def _repository_params(repo_url: str | None) -> tuple[ChunkerParams, str, str]:
+    """The chunker parameters a put into the repository chunks with, whose they are
+    (``repository`` or ``new repository``: the defaults, when there is no repository yet,
+    which is not created), and the repository's location."""
+    from syncengine.repo.repository import Repository
+
+    found = run_on_store(repo_url, Repository.stored_params)
+    url = repo_location(repo_url)
+    return (DEFAULT_PARAMS, "new repository", url) if found is None else (found, "repository", url)
+
+
 @cli.command("dedup-report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--chunk-sizes",
-    default="256KiB,1MiB,4MiB",
-    show_default=True,
-    help="Average chunk sizes to compare (comma-separated).",
+    default=None,
+    help="Average chunk sizes to compare instead (comma-separated, e.g. 256KiB,1MiB,4MiB; "
+    "each with min avg/4, max 4*avg) [the repository's chunker].",
 )
+@repo_option
 @tree_options
-def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts: Any) -> None:
+def dedup_report(
+    paths: tuple[str, ...], chunk_sizes: str | None, repo_url: str | None, as_json: bool, **opts: Any
+) -> None:
     """How much whole-file and chunk dedup would save across PATHS (e.g. checkpoint folders).
 
-    Inputs are taken in the order given; `per_input` shows what each adds beyond the ones before.
+    Chunks as `put` into the repository would (its chunker parameters; a new repository's
+    when there is none yet), or with each of --chunk-sizes. Inputs are taken in the order
+    given; `per_input` shows what each adds beyond the ones before.
     """
-    sizes = [parse_size(s) for s in chunk_sizes.split(",") if s.strip()]
-    if not sizes:
-        raise click.BadParameter("give at least one chunk size", param_hint="--chunk-sizes")
     report: dict[str, Any] = {"inputs": list(paths), "settings": []}
+    if chunk_sizes is None:
+        repo_params, source, url = _repository_params(repo_url)
+        chunkers = [repo_params]
+        report.update(chunker_source=source, repo=url)
+    else:
+        chunkers = [params_for(parse_size(s)) for s in chunk_sizes.split(",") if s.strip()]
+        if not chunkers:
+            raise click.BadParameter("give at least one chunk size", param_hint="--chunk-sizes")
+        report.update(chunker_source="chunk-sizes", repo=None)
     problems = TreeStats()
     with progress_bar(not as_json) as progress:
-        for avg in sizes:
-            params = params_for(avg)
+        for params in chunkers:
+            avg = params.avg_size
             files_seen: set[bytes] = set()
             blobs_seen: set[bytes] = set()
-            setting: dict[str, Any] = {"chunker": params.label, "avg_chunk_size": avg, "per_input": []}
+            setting: dict[str, Any] = {
+                "chunker": params.label,
+                "min_chunk_size": params.min_size,
+                "avg_chunk_size": avg,
+                "max_chunk_size": params.max_size,
+                "per_input": [],
+            }
             total = file_unique = chunk_unique = files = blobs = 0
             for path in paths:
                 hasher, results = run_tree([path], params, opts, progress)
@@ -267,7 +297,7 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
                             in_new += length
                 total += in_total
                 setting["per_input"].append({"path": path, "bytes": in_total, "new_bytes": in_new})
-                if avg == sizes[0]:
+                if params is chunkers[0]:
                     problems.warnings += hasher.stats.warnings
                     problems.errors += hasher.stats.errors
             setting.update(
@@ -284,7 +314,11 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
         def pct(n: int) -> str:
             return f"{100 * (1 - n / total):.1f}% saved" if total else "-"
 
-        click.echo(f"{len(paths)} input(s), {human_bytes(total)} in all")
+        click.echo(f"{plural(len(paths), 'input')}, {human_bytes(total)} in all")
+        if report["chunker_source"] == "repository":
+            click.echo(f"  chunker {chunkers[0].label}: the repository's ({report['repo']})")
+        elif report["chunker_source"] == "new repository":
+            click.echo(f"  chunker {chunkers[0].label}: a new repository's (none at {report['repo']} yet)")
         click.echo(
             f"  whole-file dedup: {human_bytes(report['file_unique_bytes'])} unique "
             f"({pct(report['file_unique_bytes'])})"
@@ -293,7 +327,7 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
             click.echo(
                 f"  chunks ~{human_bytes(s['avg_chunk_size'])}: "
                 f"{human_bytes(s['chunk_unique_bytes'])} unique ({pct(s['chunk_unique_bytes'])}), "
-                f"{s['unique_blobs']} blobs"
+                f"{plural(s['unique_blobs'], 'blob')}"
             )
         first = report["settings"][0]
         click.echo(f"  added by each input (chunks ~{human_bytes(first['avg_chunk_size'])}):")

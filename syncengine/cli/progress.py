@@ -21,6 +21,12 @@ def human_bytes(n: float) -> str:
     raise AssertionError
 
 
+def plural(n: int, noun: str, nouns: str = "") -> str:
+    """``1 file``, ``2 files``: a count and its noun as output says it (``nouns`` for an
+    irregular plural)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {nouns or noun + 's'}"
+
+
 class Bar:
     """Called as ``bar(files, bytes)`` for the main count; ``bar.upload(sent, in_flight)``
     adds what went to the store. Redraws at most 5 times a second, from any thread."""

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 import click
 import msgspec
 
-from syncengine.cli.progress import progress_bar
+from syncengine.cli.progress import plural, progress_bar
 from syncengine.cli.reference_commands import reference_options
 from syncengine.cli.suspect_folders import suspect_folders
 from syncengine.errors import SyncEngineError
@@ -25,6 +25,7 @@ from syncengine.store import local_path, read_local_object
 if TYPE_CHECKING:  # the repository stack (asyncio, stores) loads only when a command runs
     from syncengine.repo.manifest import Change
     from syncengine.repo.repository import PutResult, Repository
+    from syncengine.store import ObjectStore
 
 T = TypeVar("T")
 
@@ -54,17 +55,25 @@ def repo_location(repo_url: str | None) -> str:
 
 
 def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
+    from syncengine.repo.repository import Repository
+
+    async def opened(store: ObjectStore) -> T:
+        return await job(await Repository.open(store))
+
+    return run_on_store(repo_url, opened)
+
+
+def run_on_store(repo_url: str | None, job: Callable[[ObjectStore], Awaitable[T]]) -> T:
+    """``job(store)`` on the repository's store, opened (not the repository: nothing is created)."""
     url = repo_location(repo_url)
 
-    from syncengine.repo.repository import Repository
     from syncengine.store import open_store
 
     endpoint = click.get_current_context().find_root().meta.get("endpoint_url")
 
     async def go() -> T:
         async with open_store(url, endpoint_url=endpoint) as store:
-            repo = await Repository.open(store)
-            return await job(repo)
+            return await job(store)
 
     from syncengine._loop import run
 
@@ -299,8 +308,8 @@ def register(cli: click.Group) -> None:
             return
         what = "logged" if result.created else "unchanged, same content as"
         click.echo(
-            f"{what} {r.project}/{r.name}:v{r.version} ({r.files} files, {r.size} bytes; "
-            f"{result.new_bytes} new bytes in {result.packs} packs, {seconds:.2f} s)"
+            f"{what} {r.project}/{r.name}:v{r.version} ({plural(r.files, 'file')}, {plural(r.size, 'byte')}; "
+            f"{plural(result.new_bytes, 'new byte')} in {plural(result.packs, 'pack')}, {seconds:.2f} s)"
         )
         click.echo(f"repository: {repo_location(repo_url)}")
 
@@ -378,9 +387,7 @@ def register(cli: click.Group) -> None:
         if as_json:
             click.echo(json.dumps({**_record_json(record), "root": os.path.abspath(target), "written": n}))
         else:
-            click.echo(
-                f"{record.project}/{record.name}:v{record.version} -> {os.path.abspath(target)} ({n} files)"
-            )
+            click.echo(f"{_ref(record)} -> {os.path.abspath(target)} ({plural(n, 'file')})")
 
     @cli.command("versions")
     @click.argument("name")
@@ -401,7 +408,8 @@ def register(cli: click.Group) -> None:
             return
         for r in records:
             names = head.aliases_of(r.version)
-            click.echo(f"v{r.version}  {r.created}  {r.files} files  {r.size} bytes  {' '.join(names)}")
+            size = f"{plural(r.files, 'file')}  {plural(r.size, 'byte')}"
+            click.echo(f"v{r.version}  {r.created}  {size}  {' '.join(names)}")
 
     @cli.command("verify")
     @click.argument("ref")
@@ -452,7 +460,7 @@ def register(cli: click.Group) -> None:
         for d in differences:
             click.echo(str(d))
         if differences:
-            click.echo(f"{len(differences)} difference(s)", err=True)
+            click.echo(plural(len(differences), "difference"), err=True)
             sys.exit(1)
         click.echo(f"{root} matches {ref}")
 
@@ -586,7 +594,7 @@ def register_more(cli: click.Group) -> None:
         verb = "would abort" if dry_run else "aborted"
         for u in found:
             click.echo(f"{verb} {u.key} (upload {u.upload_id[:16]}…, started {_ago(u.initiated)} ago)")
-        click.echo(f"{verb} {len(found)} upload(s) older than {older_than}")
+        click.echo(f"{verb} {plural(len(found), 'upload')} older than {older_than}")
 
     @cli.command("check")
     @click.option("--read-data", is_flag=True, help="Also read every blob and verify its BLAKE3.")
@@ -600,7 +608,7 @@ def register_more(cli: click.Group) -> None:
         else:
             for p in problems:
                 click.echo(f"problem: {p}", err=True)
-            click.echo("repository ok" if not problems else f"{len(problems)} problem(s) found")
+            click.echo("repository ok" if not problems else f"{plural(len(problems), 'problem')} found")
         if problems:
             sys.exit(1)
 
@@ -642,7 +650,7 @@ def _get_dry_run(
     for p in delete:
         click.echo(f"would delete {p}")
     tail = f", delete {len(delete)}" if checkout else ""
-    click.echo(f"{_ref(record)} -> {os.path.abspath(target)}: would write {len(write)} file(s){tail}")
+    click.echo(f"{_ref(record)} -> {os.path.abspath(target)}: would write {plural(len(write), 'file')}{tail}")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

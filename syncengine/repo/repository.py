@@ -148,6 +148,20 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _decode_config(raw: bytes) -> RepoConfig:
+    try:
+        config = msgspec.json.decode(raw, type=RepoConfig)
+    except msgspec.DecodeError as e:
+        raise ConfigError(
+            f"the repository config is unreadable ({e}); is this a syncengine repository?"
+        ) from e
+    if config.format != FORMAT:
+        raise ConfigError(
+            f"repository format {config.format} is not supported (this syncengine reads {FORMAT})"
+        )
+    return config
+
+
 def _obj_key(kind: str, digest: bytes) -> str:
     h = digest.hex()
     return f"{kind}/{h[:2]}/{h}"
@@ -249,21 +263,21 @@ class Repository:
             with contextlib.suppress(PreconditionFailed):  # another writer created it first
                 await store.put("config", msgspec.json.encode(cfg), if_none_match=True)
             raw = await store.get("config")
-        try:
-            config = msgspec.json.decode(raw, type=RepoConfig)
-        except msgspec.DecodeError as e:
-            raise ConfigError(
-                f"the repository config is unreadable ({e}); is this a syncengine repository?"
-            ) from e
-        if config.format != FORMAT:
-            raise ConfigError(
-                f"repository format {config.format} is not supported (this syncengine reads {FORMAT})"
-            )
-        repo = cls(store, config)
+        repo = cls(store, _decode_config(raw))
         from syncengine.repo.gc_sweep import read_epoch  # the writer rule's baseline, GC.md §4a
 
         repo.gc_epoch = await read_epoch(store)
         return repo
+
+    @staticmethod
+    async def stored_params(store: ObjectStore) -> ChunkerParams | None:
+        """The chunker parameters of the repository in `store` (what its puts chunk with), or
+        None when there is no repository there yet; unlike `open`, creates nothing."""
+        try:
+            raw = await store.get("config")
+        except ObjectNotFound:
+            return None
+        return _decode_config(raw).params
 
     # -- the blob index -------------------------------------------------------------------
 

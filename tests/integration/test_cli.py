@@ -67,7 +67,7 @@ def test_hash_text_output(tmp_path: Path) -> None:
     (tmp_path / "x").write_bytes(b"x")
     r = cli("hash", str(tmp_path))
     assert r.returncode == 0
-    assert "1 files" in r.stdout and "tree digest" in r.stdout
+    assert "1 file," in r.stdout and "tree digest" in r.stdout
 
 
 def test_missing_path_is_one_line_error(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_progress_line_on_a_terminal_only(tmp_path: Path) -> None:
             break
         seen += data
     assert proc.wait(timeout=60) == 0
-    assert proc.stdout is not None and b"1 files" in proc.stdout.read()
+    assert proc.stdout is not None and b"1 file," in proc.stdout.read()
     assert b"hashing" in seen  # drawn on the terminal, and erased at the end (transient)
     piped = cli("hash", str(tmp_path))
     assert "hashing" not in piped.stderr and piped.stderr == ""
@@ -436,13 +436,13 @@ def test_abort_uploads_respects_the_grace_period(tmp_path: Path) -> None:
 
     asyncio.run(start())
     r = cli("abort-uploads", "--older-than", "1h", env=env)
-    assert r.returncode == 0 and "aborted 0 upload(s)" in r.stdout  # too young
+    assert r.returncode == 0 and "aborted 0 uploads" in r.stdout  # too young
     r = cli("abort-uploads", "--older-than", "0s", "--dry-run", "--json", env=env)
     assert r.returncode == 0
     listed = json.loads(r.stdout)
     assert listed["dry_run"] and [u["key"] for u in listed["uploads"]] == ["data/zz/left-behind"]
     r = cli("abort-uploads", "--older-than", "0", env=env)
-    assert r.returncode == 0 and "aborted 1 upload(s)" in r.stdout
+    assert r.returncode == 0 and "aborted 1 upload older" in r.stdout
 
     async def left() -> int:
         async with LocalStore(repo) as store:
@@ -492,7 +492,7 @@ def test_get_without_root_writes_the_documented_default_not_the_working_folder(t
     r = _get_in(work, "proj/data", env=env)
     assert r.returncode == 0, r.stderr
     out = work / "artifacts" / "data-v0"  # as the API's default (syncengine.repo.download.default_root)
-    assert r.stdout.strip() == f"proj/data:v0 -> {out} (1 files)"
+    assert r.stdout.strip() == f"proj/data:v0 -> {out} (1 file)"
     assert (out / "a.txt").read_bytes() == b"v0 content"
     assert (data / "a.txt").read_bytes() == b"edited, not logged yet" and (data / "notes.txt").exists()
     got = json.loads(_get_in(work, "proj/data:v0", "--checkout", "--json", env=env).stdout)

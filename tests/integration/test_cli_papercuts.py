@@ -164,3 +164,87 @@ def test_runs_of_an_unknown_project_is_an_error_and_of_a_known_one_an_empty_list
     r = run("runs", "vision", repo=repo)
     assert r.exit_code == 0 and r.stdout.strip() == "project 'vision' has no runs", r.stdout
     assert ok_json("runs", "vision", repo=repo) == []
+
+
+# --- wording ------------------------------------------------------------------------------
+
+
+def test_counts_of_one_are_singular(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    data = tree(tmp_path / "data", {"x.txt": b"x"})
+    r = run("put", "-n", "p/d", "-t", "dataset", str(data / "x.txt"), repo=repo)
+    assert r.exit_code == 0 and "(1 file, 1 byte; 1 new byte in 1 pack," in r.stdout, r.stdout
+    assert "1 file  1 byte" in run("versions", "p/d", repo=repo).stdout
+    r = run("get", "p/d", "--root", str(tmp_path / "out"), repo=repo)
+    assert r.stdout.strip().endswith("(1 file)")
+    assert "1 file," in run("hash", str(data), repo=repo).stdout
+    (tmp_path / "out" / "x.txt").write_bytes(b"y")
+    assert run("verify", "p/d", "--root", str(tmp_path / "out"), repo=repo).stderr.strip() == "1 difference"
+    r = run("get", "p/d", "--dry-run", "--root", str(tmp_path / "out"), repo=repo)
+    assert r.stdout.strip().endswith("would write 1 file"), r.stdout
+    for out in (r.stdout, run("verify", "p/d", "--root", str(tmp_path / "out"), repo=repo).stderr):
+        assert "(s)" not in out and "1 files" not in out
+
+
+def test_draft_reports_a_replacement_as_replaced(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    data = tree(tmp_path / "data", {"a.txt": b"a", "b.txt": b"b", "c.txt": b"c"})
+    assert run("put", "-n", "p/d", "-t", "dataset", str(data), repo=repo).exit_code == 0
+    new = tree(tmp_path / "new", {"a.txt": b"A", "b.txt": b"b", "d.txt": b"d"})
+    args = ["draft", "p/d:v0", "--add", f"{new / 'a.txt'}=a.txt", "--add", f"{new / 'b.txt'}=b.txt",
+            "--add", f"{new / 'd.txt'}=d.txt", "--remove", "c.txt"]  # fmt: skip
+    r = run(*args, repo=repo)
+    assert r.exit_code == 0 and "from v0 (1 added, 1 replaced, 1 removed; 3 files," in r.stdout, r.stdout
+    out = ok_json(*args, repo=repo)  # the same again: the version just logged
+    assert (out["added"], out["replaced"], out["removed"], out["files_added"]) == (1, 1, 1, 3)
+
+
+def test_an_internal_error_with_debug_set_does_not_ask_to_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(**_: object) -> None:
+        raise RuntimeError("odd")
+
+    monkeypatch.setattr(command.commands["ls"], "callback", broken)
+    r = run("ls", repo=tmp_path / "repo", SYNCENGINE_DEBUG="1")
+    assert r.exit_code == 1 and "Traceback" in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == "error: internal error: RuntimeError: odd (please report it with the traceback above)"
+    r = run("ls", repo=tmp_path / "repo", SYNCENGINE_DEBUG="")
+    assert r.stderr.strip().endswith("(please report; SYNCENGINE_DEBUG=1 shows the traceback)")
+
+
+# --- dedup-report chunks as put does ------------------------------------------------------
+
+
+def test_dedup_report_uses_and_names_the_repository_chunker(tmp_path: Path) -> None:
+    import asyncio
+
+    from syncengine.hashing.params import ChunkerParams
+    from syncengine.repo.repository import Repository
+    from syncengine.store import LocalStore
+
+    data = tree(tmp_path / "ckpt", {"w.bin": bytes(range(256)) * 4096})
+    fresh = tmp_path / "none"
+    out = ok_json("dedup-report", str(data), repo=fresh)
+    assert (out["chunker_source"], out["repo"]) == ("new repository", str(fresh))
+    assert [s["chunker"] for s in out["settings"]] == ["gear-256k-1m-4m"]  # what a new repository gets
+    assert not fresh.exists()  # reporting created no repository
+    text = run("dedup-report", str(data), repo=fresh).stdout
+    assert f"chunker gear-256k-1m-4m: a new repository's (none at {fresh} yet)" in text
+
+    async def make(root: Path) -> None:
+        async with LocalStore(str(root)) as store:
+            await Repository.open(store, params=ChunkerParams(16 * 1024, 64 * 1024, 256 * 1024))
+
+    small = tmp_path / "small"
+    asyncio.run(make(small))
+    out = ok_json("dedup-report", str(data), repo=small)
+    assert out["chunker_source"] == "repository"
+    assert [(s["chunker"], s["avg_chunk_size"]) for s in out["settings"]] == [("gear-16k-64k-256k", 65536)]
+    assert "chunker gear-16k-64k-256k: the repository's" in run("dedup-report", str(data), repo=small).stdout
+    out = ok_json("dedup-report", str(data), "--chunk-sizes", "256KiB,4MiB", repo=small)
+    assert out["chunker_source"] == "chunk-sizes" and [s["avg_chunk_size"] for s in out["settings"]] == [
+        256 * 1024,
+        4 << 20,
+    ]
