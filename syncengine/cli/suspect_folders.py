@@ -22,6 +22,9 @@ _MADE_BY_TOOLS = {
     "dist": "build output (packages)",
     "__pycache__": "Python's bytecode cache",
     "node_modules": "installed npm packages",
+    **dict.fromkeys(
+        (".hypothesis", ".mypy_cache", ".nox", ".pytest_cache", ".ruff_cache", ".tox"), "a tool's cache"
+    ),
 }
 
 
@@ -45,7 +48,8 @@ def suspect_folders(paths: Sequence[str], include: Sequence[str], exclude: Seque
                 continue
             what = _what_made(name, folder)
             if what is not None:
-                found.append(f"logged {folder}, {what}; --exclude '{name}/' leaves it out")
+                pattern = "*.egg-info/" if name.endswith(".egg-info") else f"{name}/"
+                found.append(f"logged {folder}, {what}; --exclude '{pattern}' leaves it out")
     return found
 
 

@@ -65,8 +65,13 @@ def test_put_warns_about_build_output_and_environments_it_logs(tmp_path: Path) -
     r = run("put", "-n", "p/d", "-t", "code", str(work), repo=repo)
     assert r.exit_code == 0, r.stderr
     warned = [line for line in r.stderr.splitlines() if line.startswith("warning: logged")]
-    for name in ("build", "dist", "m.egg-info", "env", "__pycache__"):
-        assert any(f"{work / name}," in w and f"--exclude '{name}/'" in w for w in warned), (name, r.stderr)
+    for name, pattern in [(n, n) for n in ("build", "dist", "env", "__pycache__")] + [
+        ("m.egg-info", "*.egg-info")
+    ]:
+        assert any(f"{work / name}," in w and f"--exclude '{pattern}/'" in w for w in warned), (
+            name,
+            r.stderr,
+        )
     assert len(warned) == 5  # src/ is not suspect
     r = run("put", "-n", "p/d", "-t", "code", str(work), "--exclude", "build/", "--exclude", "*.egg-info",
             repo=repo)  # fmt: skip
