@@ -25,7 +25,17 @@ from typing import NamedTuple
 
 from syncengine.errors import ConfigError
 
-__all__ = ["ScanEntry", "ScanWarning", "ScanWarningKind", "scan"]
+__all__ = ["VCS_DIRS", "ScanEntry", "ScanWarning", "ScanWarningKind", "excluded", "scan"]
+
+#: Folders of version-control systems (and a `.git` file), left out of every scan unless
+#: ``include_vcs``: a tree is logged for its files, not for its history (a `put .` in a fresh
+#: clone would otherwise store all of `.git/`). Only names no data folder carries by accident:
+#: CVS's plain `CVS` and files such as Fossil's `.fslckout` are logged like any other
+#: (see docs/SCANNING.md).
+VCS_DIRS = (".bzr", ".git", ".hg", ".jj", ".pijul", ".svn", "_darcs")
+# Directories, and `.git` also as a file: the pointer of a git worktree or submodule, which
+# in a downloaded copy would name a repository that is not there.
+_VCS_PATTERNS = [".git", *(d + "/" for d in VCS_DIRS if d != ".git")]
 
 # st_mode file-type bits, inlined in the hot loop instead of calling stat.S_ISREG.
 _S_IFMT = 0o170000
@@ -259,6 +269,25 @@ def _matches(
     )
 
 
+def excluded(relpath: str, exclude: Sequence[str], *, is_dir: bool, include_vcs: bool = False) -> bool:
+    """Whether a scan with these ``exclude`` patterns (and ``include_vcs``) leaves out
+    ``relpath`` (``/``-separated, relative to the root), itself or with a folder above it.
+
+    >>> excluded("build/lib", ["build/"], is_dir=True), excluded("a/.git", [], is_dir=True)
+    (True, True)
+    """
+    m = _build_matcher([*exclude, *([] if include_vcs else _VCS_PATTERNS)], "exclude")
+    parts = relpath.split("/")
+    for i, name in enumerate(parts):
+        path = "/".join(parts[: i + 1])
+        if i < len(parts) - 1 or is_dir:
+            if _matches(m.dir_name, m.dir_path, name, path, 0):
+                return True
+        elif _matches(m.file_name, m.file_path, name, path, 0):
+            return True
+    return False
+
+
 # --- the walk ----------------------------------------------------------------------
 
 
@@ -388,7 +417,7 @@ class _Walk:
             include.dir_name,
             include.dir_path,
         )
-        filter_files = not exclude.empty
+        filter_files = ex_fname is not None or ex_fpath is not None
         select = not include.empty
         follow = self.follow_symlinks
         skip = self.skip
@@ -518,13 +547,15 @@ def scan(
     exclude: Sequence[str] = (),
     follow_symlinks: bool = True,
     on_warning: WarningHandler | None = None,
+    include_vcs: bool = False,
 ) -> Iterator[ScanEntry]:
     """Walk ``root`` and yield its regular files sorted by the UTF-8 bytes of their path.
 
     ``root`` is a directory (paths relative to it, under ``prefix/`` when a prefix is
     given) or a single regular file (one entry named ``prefix``, else its basename).
     ``include``/``exclude`` are gitignore-like globs matched against the path relative
-    to ``root``; see docs/SCANNING.md for the glob, symlink and warning rules.
+    to ``root``; see docs/SCANNING.md for the glob, symlink and warning rules. Folders
+    named in ``VCS_DIRS`` (``.git`` …) below the root are left out unless ``include_vcs``.
     Skipped items are reported to ``on_warning`` (default: the ``syncengine.scan``
     logger). The root and the patterns are checked when ``scan`` is called; the tree
     is walked lazily as the iterator is consumed.
@@ -545,7 +576,7 @@ def scan(
         raise TypeError(f"root must be a str path, got {type(root_str).__name__}")
     prefix = _normalize_prefix(prefix)
     include_m = _build_matcher(include, "include")
-    exclude_m = _build_matcher(exclude, "exclude")
+    exclude_m = _build_matcher([*exclude, *([] if include_vcs else _VCS_PATTERNS)], "exclude")
     handler = _log_warning if on_warning is None else on_warning
     try:
         # The root is always followed, even with follow_symlinks=False.

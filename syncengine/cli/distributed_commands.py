@@ -9,18 +9,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import msgspec
 
-from syncengine.cli.progress import progress_bar
+from syncengine.cli.progress import plural, progress_bar
 from syncengine.cli.reference_commands import reference_options
 from syncengine.cli.repo_commands import (
     _record_json,
     _ref,
     _run,
+    artifact_name,
     json_object,
     json_option,
     repo_option,
 )
 from syncengine.hashing.tree import sources_for
-from syncengine.repo.records import ArtifactRef, check_name, parse_ref
+from syncengine.repo.records import check_name
 from syncengine.units import format_size
 
 if TYPE_CHECKING:
@@ -28,13 +29,6 @@ if TYPE_CHECKING:
     from syncengine.repo.repository import Repository
 
 T = TypeVar("T")
-
-
-def _artifact(text: str) -> ArtifactRef:
-    ref = parse_ref(text)
-    if ref.version is not None or ref.alias is not None:
-        raise click.BadParameter("give PROJECT/NAME without :alias or :vN", param_hint="NAME")
-    return ref
 
 
 async def _in_run(
@@ -115,7 +109,7 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Upload PATHS as this writer's part of PROJECT/NAME under --distributed-id; no
         version exists until `finish`. Upserting after the finish is an error."""
-        ref = _artifact(name)
+        ref = artifact_name(name, "NAME")
         check_name("type", type_)
         check_name("distributed id", distributed_id)
         if not paths and not references:
@@ -128,7 +122,7 @@ def register(cli: click.Group) -> None:
             from syncengine.repo import distributed as dist
 
             async def work(run: Run | None) -> Any:
-                with progress_bar(not as_json, "upserting", count=(sources, (), ())) as progress:
+                with progress_bar(not as_json, "upserting", count=(sources, (), (), False)) as progress:
                     return await dist.upsert(
                         core,
                         sources,
@@ -150,7 +144,7 @@ def register(cli: click.Group) -> None:
             return
         by = f" by run {part.run}" if part.run else ""
         click.echo(
-            f"upserted {part.files} files ({format_size(part.size)}) into {ref} "
+            f"upserted {plural(part.files, 'file')} ({format_size(part.size)}) into {ref} "
             f"(distributed id {distributed_id}) as part {part.writer}{by}; no version yet: "
             f"`syncengine distributed finish {ref} -t {type_} -D {distributed_id}` commits every part"
         )
@@ -181,7 +175,7 @@ def register(cli: click.Group) -> None:
         """Commit every part upserted into PROJECT/NAME under --distributed-id as one version
         (run it once, after every upsert returned). Finishing again prints the same version;
         the same path upserted with different content is an error naming both writers."""
-        ref = _artifact(name)
+        ref = artifact_name(name, "NAME")
         check_name("type", type_)
         check_name("distributed id", distributed_id)
         meta = json_object(metadata, "-m") if metadata is not None else None
@@ -225,8 +219,9 @@ def register(cli: click.Group) -> None:
             return
         what = "already finished as" if again else "finished" if created else "finished as the identical"
         click.echo(
-            f"{what} {_ref(record)} from {n_parts} part(s) of distributed id {distributed_id} "
-            f"({record.files} files, {format_size(record.size)}); upserts into it are refused from now on"
+            f"{what} {_ref(record)} from {plural(n_parts, 'part')} of distributed id {distributed_id} "
+            f"({plural(record.files, 'file')}, {format_size(record.size)}); "
+            "upserts into it are refused from now on"
         )
 
     @distributed.command("status")
@@ -237,7 +232,7 @@ def register(cli: click.Group) -> None:
     def status(name: str, distributed_id: str, repo_url: str | None, as_json: bool) -> None:
         """The parts upserted into PROJECT/NAME under --distributed-id, and whether it is open,
         sealed (a finish began: run finish again) or finished (and as which version)."""
-        ref = _artifact(name)
+        ref = artifact_name(name, "NAME")
         check_name("distributed id", distributed_id)
 
         async def job(core: Repository) -> Any:
@@ -250,10 +245,12 @@ def register(cli: click.Group) -> None:
             click.echo(json.dumps(msgspec.to_builtins(s)))
             return
         state = s.state + (f" as {ref}:v{s.finished.version}" if s.finished is not None else "")
-        click.echo(f"{ref} distributed id {distributed_id}: {state}, {len(s.parts)} part(s)")
+        click.echo(f"{ref} distributed id {distributed_id}: {state}, {plural(len(s.parts), 'part')}")
         for p in s.parts:
             who = ", ".join(x for x in (f"run {p.run}" if p.run else "", p.created_by.get("host", "")) if x)
-            click.echo(f"  {p.writer}: {p.files} files, {format_size(p.size)}{f' ({who})' if who else ''}")
+            click.echo(
+                f"  {p.writer}: {plural(p.files, 'file')}, {format_size(p.size)}{f' ({who})' if who else ''}"
+            )
 
 
 def _url(repo_url: str | None) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from syncengine.cli.progress import progress_bar
+from syncengine.cli.progress import plural, progress_bar
 from syncengine.cli.repo_commands import (
     MetadataError,
     _record_json,
@@ -88,7 +88,7 @@ def register(cli: click.Group) -> None:
             updates[k] = json_value(v, f"--set {k}", bare_word_ok=True)
         start = time.perf_counter()
 
-        async def job(repo: Repository) -> tuple[PutResult, int]:
+        async def job(repo: Repository) -> tuple[PutResult, int, dict[str, int]]:
             from syncengine.repo.draft import DraftChanges, log_draft
 
             record = await repo.resolve(ref)
@@ -115,9 +115,14 @@ def register(cli: click.Group) -> None:
                     on_progress=progress,
                     on_upload=progress.upload if progress is not None else None,
                 )
-            return result, record.version
+            # What the version holds differently from its base: an --add of a path the base
+            # has replaces that file (or keeps it, same content), it adds nothing.
+            moved = {"added": 0, "replaced": 0, "removed": 0}
+            for c in await repo.diff(record, result.record):
+                moved["added" if c.old is None else "removed" if c.new is None else "replaced"] += 1
+            return result, record.version, moved
 
-        result, base_version = _run(repo_url, job)
+        result, base_version, moved = _run(repo_url, job)
         seconds = time.perf_counter() - start
         for w in result.warnings:
             click.echo(f"warning: {w}", err=True)
@@ -129,6 +134,7 @@ def register(cli: click.Group) -> None:
                 "created_now": result.created,
                 "seconds": round(seconds, 6),
                 "files_added": result.files,
+                **moved,
                 "new_blobs": result.new_blobs,
                 "new_bytes": result.new_bytes,
                 "packs": result.packs,
@@ -138,8 +144,8 @@ def register(cli: click.Group) -> None:
             return
         what = "logged" if result.created else "unchanged, same content as"
         click.echo(
-            f"{what} {r.project}/{r.name}:v{r.version} from v{base_version} ({result.files} files added, "
-            f"{len(removes)} removed; {r.files} files, {format_size(r.size)}; "
-            f"{format_size(result.new_bytes)} new in "
-            f"{result.packs} packs, {format_duration(seconds)})"
+            f"{what} {r.project}/{r.name}:v{r.version} from v{base_version} ({moved['added']} added, "
+            f"{moved['replaced']} replaced, {moved['removed']} removed; {plural(r.files, 'file')}, "
+            f"{format_size(r.size)}; {format_size(result.new_bytes)} new in "
+            f"{plural(result.packs, 'pack')}, {format_duration(seconds)})"
         )

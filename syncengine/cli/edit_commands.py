@@ -59,13 +59,13 @@ def register(cli: click.Group) -> None:
         version = r.version
         checked = [check_alias(a) for a in dict.fromkeys(names)]  # bad names before any work
 
-        async def job(repo: Repository) -> tuple[dict[str, int], int | None]:
+        async def job(repo: Repository) -> list[str]:
             await repo.resolve(r)  # an unknown artifact or version: the error suggests the closest
             if add:
                 head = await repo.set_aliases(r.project, r.name, version, add=checked)
-                return head.aliases, head.latest
+                return head.aliases_of(version)
             head = await repo.head(r.project, r.name)
-            held = [a for a, v in head.aliases.items() if v == version]
+            held = head.aliases_of(version)
             for a in checked:
                 if head.aliases.get(a) != version:
                     where = f" (it names v{head.aliases[a]})" if a in head.aliases else ""
@@ -74,14 +74,11 @@ def register(cli: click.Group) -> None:
                         f"(its aliases: {', '.join(sorted(held)) or 'none'}); nothing was removed"
                     )
             if dry_run:
-                return {a: v for a, v in head.aliases.items() if a not in checked}, head.latest
+                return [a for a in held if a not in checked]
             head = await repo.set_aliases(r.project, r.name, version, remove=checked)
-            return head.aliases, head.latest
+            return head.aliases_of(version)
 
-        aliases, latest = _run(repo_url, job)
-        now = sorted(
-            [a for a, v in aliases.items() if v == version] + (["latest"] if latest == version else [])
-        )
+        now = _run(repo_url, job)
         if as_json:
             click.echo(
                 json.dumps(
@@ -169,7 +166,10 @@ def register(cli: click.Group) -> None:
             return
         verb = "would remove" if dry_run else "removed"
         left = ", ".join(record.tags) or "(none)"
-        click.echo(f"{verb} tag(s) {', '.join(checked)} from {_ref(record)}; tags: {left}")
+        click.echo(
+            f"{verb} {'tag' if len(checked) == 1 else 'tags'} {', '.join(checked)} "
+            f"from {_ref(record)}; tags: {left}"
+        )
 
     @tag.command("add")
     @click.argument("ref")

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from syncengine.cli.params import DURATION, SIZE
-from syncengine.cli.repo_commands import _run, json_option, repo_option
+from syncengine.cli.progress import plural
+from syncengine.cli.repo_commands import _run, artifact_name, json_option, repo_option
 from syncengine.repo.records import parse_ref
 from syncengine.units import format_size
 
@@ -39,7 +40,7 @@ def _deletion_line(d: Deletion) -> str:
     if d.aliases and d.dry_run:
         extra = f", with aliases {', '.join(d.aliases)}"
     why = "" if d.reason == "requested" else f" [{d.reason}]"
-    return f"{verb} {d.ref} ({d.files} files, {format_size(d.size)}{extra}){why}"
+    return f"{verb} {d.ref} ({plural(d.files, 'file')}, {format_size(d.size)}{extra}){why}"
 
 
 def register_lifecycle(cli: click.Group) -> None:
@@ -85,9 +86,7 @@ def register_lifecycle(cli: click.Group) -> None:
     def cleanup(name: str, keep_last: int, dry_run: bool, repo_url: str | None, as_json: bool) -> None:
         """Delete the versions of PROJECT/NAME that hold no alias (besides latest) and are
         older than the newest --keep-last or past their TTL."""
-        r = parse_ref(name)
-        if r.version is not None or r.alias is not None:
-            raise click.BadParameter("give PROJECT/NAME without :alias or :vN", param_hint="NAME")
+        r = artifact_name(name, "NAME")
 
         async def job(repo: Repository) -> Cleanup:
             from syncengine.repo.lifecycle import cleanup as run_cleanup
@@ -101,7 +100,8 @@ def register_lifecycle(cli: click.Group) -> None:
         _echo_expiry(result.deleted, result.kept_aliased, "kept")
         verb = "would delete" if dry_run else "deleted"
         click.echo(
-            f"{verb} {len(result.deleted)} version(s) of {r.full_name} ({format_size(result.bytes)} of files)"
+            f"{verb} {plural(len(result.deleted), 'version')} of {r.full_name} "
+            f"({format_size(result.bytes)} of files)"
         )
 
     @cli.group("cache")
@@ -119,7 +119,7 @@ def register_lifecycle(cli: click.Group) -> None:
             click.echo(json.dumps(i.to_json()))
             return
         click.echo(
-            f"{i.location}: {i.files} files, {format_size(i.bytes)} of {format_size(i.bound)} "
+            f"{i.location}: {plural(i.files, 'file')}, {format_size(i.bytes)} of {format_size(i.bound)} "
             "(SYNCENGINE_FILE_CACHE_SIZE sets the bound)"
         )
 
@@ -138,8 +138,8 @@ def register_lifecycle(cli: click.Group) -> None:
             return
         verb = "would remove" if dry_run else "removed"
         click.echo(
-            f"{verb} {c.files_removed} files ({format_size(c.bytes_freed)}); "
-            f"{c.files} files, {format_size(c.bytes)} {'would remain' if dry_run else 'remain'}"
+            f"{verb} {plural(c.files_removed, 'file')} ({format_size(c.bytes_freed)}); "
+            f"{plural(c.files, 'file')}, {format_size(c.bytes)} {'would remain' if dry_run else 'remain'}"
         )
 
     @cli.command("gc")

@@ -130,7 +130,9 @@ def register(cli: click.Group) -> None:
             found = [r for r in runs if group is None or r.group == group]
             hint = ""
             if not runs:
-                hint = did_you_mean(project, await repo.projects())
+                projects = await repo.projects()
+                if project not in projects:  # no runs and no artifacts: no such project, as in `ls`
+                    raise await repo.no_project(project, projects)
             elif not found and group is not None:
                 hint = did_you_mean(group, sorted({r.group for r in runs if r.group}))
             return found, hint

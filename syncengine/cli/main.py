@@ -18,16 +18,18 @@ from syncengine.cli.init_command import register as register_init_command
 from syncengine.cli.lifecycle_commands import register_lifecycle
 from syncengine.cli.lineage_commands import register as register_lineage_commands
 from syncengine.cli.params import SIZE, size
-from syncengine.cli.progress import progress_bar
+from syncengine.cli.progress import plural, progress_bar
 from syncengine.cli.repo_commands import register as register_repo_commands
 from syncengine.cli.repo_commands import register_more as register_more_repo_commands
+from syncengine.cli.repo_commands import repo_location, repo_option, run_on_store
 from syncengine.cli.watch_command import register as register_watch_command
 from syncengine.errors import SyncEngineError
 from syncengine.hashing import backend
 from syncengine.hashing.digests import TreeDigest
-from syncengine.hashing.params import ChunkerParams
+from syncengine.hashing.params import DEFAULT_PARAMS, ChunkerParams
 from syncengine.hashing.stat_cache import StatCache
 from syncengine.hashing.tree import TreeHasher, TreeStats, sources_for
+from syncengine.repo.records import InvalidName
 from syncengine.scan import ScanWarning
 from syncengine.units import format_duration, format_size
 
@@ -63,6 +65,9 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except InvalidName as e:  # a name or reference given on the command line: a usage error
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
         except SyncEngineError as e:
             fail(str(e))
         except KeyboardInterrupt:
@@ -86,6 +91,7 @@ class _Group(click.Group):
                 import traceback
 
                 traceback.print_exc()
+                fail(f"internal error: {_one_line(e)} (please report it with the traceback above)")
             fail(f"internal error: {_one_line(e)} (please report; SYNCENGINE_DEBUG=1 shows the traceback)")
 
 
@@ -109,6 +115,9 @@ _tree_options = [
     click.option("--include", multiple=True, help="Only files matching this glob (repeatable)."),
     click.option("--exclude", multiple=True, help="Leave out paths matching this glob (repeatable)."),
     click.option("--no-follow-symlinks", is_flag=True, help="Skip symlinks instead of following them."),
+    click.option(
+        "--include-vcs", is_flag=True, help="Also read version-control folders (.git, .hg, .svn …)."
+    ),
     click.option("--threads", type=click.IntRange(1, 256), default=None, help="Hashing threads [cores]."),
     click.option("--no-stat-cache", is_flag=True, help="Read every file even if unchanged."),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
@@ -135,6 +144,7 @@ def run_tree(
         include=opts["include"],
         exclude=opts["exclude"],
         follow_symlinks=not opts["no_follow_symlinks"],
+        include_vcs=opts["include_vcs"],
         on_progress=progress,
     )
 
@@ -184,7 +194,7 @@ def hash_cmd(paths: tuple[str, ...], avg_chunk_size: int, as_json: bool, **opts:
         report_problems(st)
         rate = format_size(st.bytes / seconds) + "/s" if seconds > 0 else "-"
         click.echo(
-            f"{st.files} files, {format_size(st.bytes)}, {format_duration(seconds)} ({rate}); "
+            f"{plural(st.files, 'file')}, {format_size(st.bytes)}, {format_duration(seconds)} ({rate}); "
             f"{st.cache_hits} unchanged, {format_size(st.bytes_read)} read"
         )
         click.echo(f"tree digest {tree.hexdigest()}")
@@ -192,31 +202,59 @@ def hash_cmd(paths: tuple[str, ...], avg_chunk_size: int, as_json: bool, **opts:
         sys.exit(1)
 
 
+def _repository_params(repo_url: str | None) -> tuple[ChunkerParams, str, str]:
+    """The chunker parameters a put into the repository chunks with, whose they are
+    (``repository`` or ``new repository``: the defaults, when there is no repository yet,
+    which is not created), and the repository's location."""
+    from syncengine.repo.repository import Repository
+
+    found = run_on_store(repo_url, Repository.stored_params)
+    url = repo_location(repo_url)
+    return (DEFAULT_PARAMS, "new repository", url) if found is None else (found, "repository", url)
+
+
 @cli.command("dedup-report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--chunk-sizes",
-    default="256KiB,1MiB,4MiB",
-    show_default=True,
-    help="Average chunk sizes to compare (comma-separated).",
+    default=None,
+    help="Average chunk sizes to compare instead (comma-separated, e.g. 256KiB,1MiB,4MiB; "
+    "each with min avg/4, max 4*avg) [the repository's chunker].",
 )
+@repo_option
 @tree_options
-def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts: Any) -> None:
+def dedup_report(
+    paths: tuple[str, ...], chunk_sizes: str | None, repo_url: str | None, as_json: bool, **opts: Any
+) -> None:
     """How much whole-file and chunk dedup would save across PATHS (e.g. checkpoint folders).
 
-    Inputs are taken in the order given; `per_input` shows what each adds beyond the ones before.
+    Chunks as `put` into the repository would (its chunker parameters; a new repository's
+    when there is none yet), or with each of --chunk-sizes. Inputs are taken in the order
+    given; `per_input` shows what each adds beyond the ones before.
     """
-    sizes = [size(s, "--chunk-sizes") for s in chunk_sizes.split(",") if s.strip()]
-    if not sizes:
-        raise click.BadParameter("give at least one chunk size", param_hint="--chunk-sizes")
     report: dict[str, Any] = {"inputs": list(paths), "settings": []}
+    if chunk_sizes is None:
+        repo_params, source, url = _repository_params(repo_url)
+        chunkers = [repo_params]
+        report.update(chunker_source=source, repo=url)
+    else:
+        chunkers = [params_for(size(s, "--chunk-sizes")) for s in chunk_sizes.split(",") if s.strip()]
+        if not chunkers:
+            raise click.BadParameter("give at least one chunk size", param_hint="--chunk-sizes")
+        report.update(chunker_source="chunk-sizes", repo=None)
     problems = TreeStats()
     with progress_bar(not as_json) as progress:
-        for avg in sizes:
-            params = params_for(avg)
+        for params in chunkers:
+            avg = params.avg_size
             files_seen: set[bytes] = set()
             blobs_seen: set[bytes] = set()
-            setting: dict[str, Any] = {"chunker": params.label, "avg_chunk_size": avg, "per_input": []}
+            setting: dict[str, Any] = {
+                "chunker": params.label,
+                "min_chunk_size": params.min_size,
+                "avg_chunk_size": avg,
+                "max_chunk_size": params.max_size,
+                "per_input": [],
+            }
             total = file_unique = chunk_unique = files = blobs = 0
             for path in paths:
                 hasher, results = run_tree([path], params, opts, progress)
@@ -238,7 +276,7 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
                             in_new += length
                 total += in_total
                 setting["per_input"].append({"path": path, "bytes": in_total, "new_bytes": in_new})
-                if avg == sizes[0]:
+                if params is chunkers[0]:
                     problems.warnings += hasher.stats.warnings
                     problems.errors += hasher.stats.errors
             setting.update(
@@ -255,7 +293,11 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
         def pct(n: int) -> str:
             return f"{100 * (1 - n / total):.1f}% saved" if total else "-"
 
-        click.echo(f"{len(paths)} input(s), {format_size(total)} in all")
+        click.echo(f"{plural(len(paths), 'input')}, {format_size(total)} in all")
+        if report["chunker_source"] == "repository":
+            click.echo(f"  chunker {chunkers[0].label}: the repository's ({report['repo']})")
+        elif report["chunker_source"] == "new repository":
+            click.echo(f"  chunker {chunkers[0].label}: a new repository's (none at {report['repo']} yet)")
         click.echo(
             f"  whole-file dedup: {format_size(report['file_unique_bytes'])} unique "
             f"({pct(report['file_unique_bytes'])})"
@@ -264,7 +306,7 @@ def dedup_report(paths: tuple[str, ...], chunk_sizes: str, as_json: bool, **opts
             click.echo(
                 f"  chunks ~{format_size(s['avg_chunk_size'])}: "
                 f"{format_size(s['chunk_unique_bytes'])} unique ({pct(s['chunk_unique_bytes'])}), "
-                f"{s['unique_blobs']} blobs"
+                f"{plural(s['unique_blobs'], 'blob')}"
             )
         first = report["settings"][0]
         click.echo(f"  added by each input (chunks ~{format_size(first['avg_chunk_size'])}):")

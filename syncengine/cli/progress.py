@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from syncengine.hashing.tree import Source
 
 
+def plural(n: int, noun: str, nouns: str = "") -> str:
+    """``1 file``, ``2 files``: a count and its noun as output says it (``nouns`` for an
+    irregular plural)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {nouns or noun + 's'}"
+
+
 class Bar:
     """Called as ``bar(files, bytes)`` for the main count; ``bar.upload(sent, in_flight)``
     adds what went to the store. Redraws at most 5 times a second, from any thread."""
@@ -34,7 +40,11 @@ class Bar:
         self._stop = threading.Event()
 
     def count_ahead(
-        self, sources: Sequence[Source], include: Sequence[str] = (), exclude: Sequence[str] = ()
+        self,
+        sources: Sequence[Source],
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        include_vcs: bool = False,
     ) -> None:
         """Walks ``sources`` (stat only, the scan's own rules) in a background thread to find
         the totals, as rclone's checkers do, so the line gets a bar and an ETA: the totals
@@ -48,7 +58,7 @@ class Bar:
             try:
                 for src in sources:
                     it = scan(src.root, prefix=src.prefix, include=include, exclude=exclude,
-                              on_warning=lambda _w: None)  # fmt: skip
+                              on_warning=lambda _w: None, include_vcs=include_vcs)  # fmt: skip
                     for e in it:
                         if self._stop.is_set():
                             return
@@ -118,10 +128,10 @@ def progress_bar(
     *,
     total_files: int | None = None,
     total_bytes: int | None = None,
-    count: tuple[Sequence[Source], Sequence[str], Sequence[str]] | None = None,
+    count: tuple[Sequence[Source], Sequence[str], Sequence[str], bool] | None = None,
 ) -> Iterator[Bar | None]:
     """A rich progress line on stderr when it is a terminal; nothing when piped. With
-    ``total_bytes``, or ``count`` (sources, include, exclude: the totals found by a walk
+    ``total_bytes``, or ``count`` (sources, include, exclude, include_vcs: the totals found by a walk
     ahead, `Bar.count_ahead`), it has a bar and an ETA."""
     if not enabled or not sys.stderr.isatty():
         yield None

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 
@@ -16,17 +15,19 @@ import click
 import msgspec
 
 from syncengine.cli.params import DURATION
-from syncengine.cli.progress import progress_bar
+from syncengine.cli.progress import plural, progress_bar
 from syncengine.cli.reference_commands import reference_options
+from syncengine.cli.suspect_folders import suspect_folders
 from syncengine.errors import SyncEngineError
 from syncengine.hashing.tree import sources_for
-from syncengine.repo.records import VersionRecord, check_name, parse_ref
+from syncengine.repo.records import ArtifactHead, ArtifactRef, VersionRecord, check_name, parse_ref
 from syncengine.store import local_path, read_local_object
 from syncengine.units import format_duration, format_size
 
 if TYPE_CHECKING:  # the repository stack (asyncio, stores) loads only when a command runs
     from syncengine.repo.manifest import Change
     from syncengine.repo.repository import PutResult, Repository
+    from syncengine.store import ObjectStore
 
 T = TypeVar("T")
 
@@ -56,45 +57,29 @@ def repo_location(repo_url: str | None) -> str:
 
 
 def _run(repo_url: str | None, job: Callable[[Repository], Awaitable[T]]) -> T:
+    from syncengine.repo.repository import Repository
+
+    async def opened(store: ObjectStore) -> T:
+        return await job(await Repository.open(store))
+
+    return run_on_store(repo_url, opened)
+
+
+def run_on_store(repo_url: str | None, job: Callable[[ObjectStore], Awaitable[T]]) -> T:
+    """``job(store)`` on the repository's store, opened (not the repository: nothing is created)."""
     url = repo_location(repo_url)
 
-    from syncengine.repo.repository import Repository
     from syncengine.store import open_store
 
     endpoint = click.get_current_context().find_root().meta.get("endpoint_url")
 
     async def go() -> T:
         async with open_store(url, endpoint_url=endpoint) as store:
-            repo = await Repository.open(store)
-            return await job(repo)
+            return await job(store)
 
     from syncengine._loop import run
 
     return run(go())
-
-
-_DOWNLOAD_DIR = re.compile(r".+-v[0-9]+")
-
-
-def _downloads_logged(paths: Sequence[str], exclude: Sequence[str]) -> list[str]:
-    """Folders `get` writes by default (``artifacts/<name>-v<N>``, the W&B layout) inside the
-    folders being logged: usually logged by mistake by a `put .` after a `get`, so named."""
-    if any("artifacts" in pattern for pattern in exclude):
-        return []
-    found: list[str] = []
-    for p in paths:
-        parent = os.path.join(p, "artifacts")
-        try:
-            names = sorted(n for n in os.listdir(parent) if _DOWNLOAD_DIR.fullmatch(n))
-        except OSError:
-            continue
-        found += [
-            f"logged {os.path.join(parent, n)}, a folder `syncengine get` writes downloads to by "
-            "default; --exclude 'artifacts/' leaves such folders out"
-            for n in names
-            if os.path.isdir(os.path.join(parent, n))
-        ]
-    return found
 
 
 class _Unchanged(NamedTuple):
@@ -186,6 +171,23 @@ def _ref(r: VersionRecord) -> str:
     return f"{r.project}/{r.name}:v{r.version}"
 
 
+def folder_option(root: str | None) -> None:
+    """--root naming a file is a usage error, said as such before any work."""
+    if root is not None and os.path.lexists(root) and not os.path.isdir(root):
+        raise click.BadParameter(f"{root} is a file, not a folder", param_hint="--root")
+
+
+def artifact_name(text: str, hint: str, selector_help: str = "") -> ArtifactRef:
+    """PROJECT/NAME given on the command line, without :ALIAS or :vN; anything else is a
+    usage error (exit status 2) saying what the option takes."""
+    head, sep, _ = text.partition(":")
+    if head.count("/") != 1:
+        raise click.BadParameter(f"expected PROJECT/NAME (e.g. vision/mnist), not {text!r}", param_hint=hint)
+    if sep:
+        raise click.BadParameter(f"give PROJECT/NAME without :alias or :vN{selector_help}", param_hint=hint)
+    return parse_ref(text)  # a bad character: InvalidName, also a usage error (cli.main._Group)
+
+
 def register(cli: click.Group) -> None:
     @cli.command("put")
     @click.argument("paths", nargs=-1, type=click.Path(exists=True))
@@ -202,8 +204,20 @@ def register(cli: click.Group) -> None:
         metavar="30d",
         help="Time to live from creation (docs/DELETION.md).",
     )
-    @click.option("--include", multiple=True)
-    @click.option("--exclude", multiple=True)
+    @click.option(
+        "--include", multiple=True, metavar="GLOB", help="Only files matching this glob (repeatable)."
+    )
+    @click.option(
+        "--exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave out files and folders matching this glob, e.g. 'build/' (repeatable).",
+    )
+    @click.option(
+        "--include-vcs",
+        is_flag=True,
+        help="Also log version-control folders (.git, .hg, .svn …), left out by default.",
+    )
     @click.option(
         "--reference",
         "references",
@@ -226,6 +240,7 @@ def register(cli: click.Group) -> None:
         ttl: float | None,
         include: tuple[str, ...],
         exclude: tuple[str, ...],
+        include_vcs: bool,
         references: tuple[str, ...],
         no_checksum: bool,
         max_objects: int | None,
@@ -234,14 +249,10 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Log PATHS as the next version of PROJECT/NAME (or find the identical existing one)."""
         ttl_s = None if ttl is None else max(1, int(ttl))
-        ref = parse_ref(full_name)
+        ref = artifact_name(full_name, "-n", " (use -a to set aliases)")
         if not paths and not references:
             raise click.UsageError("give PATHS to log, or --reference URI")
         refs = reference_options(references, checksum=not no_checksum, max_objects=max_objects)
-        if ref.version is not None or ref.alias is not None:
-            raise click.BadParameter(
-                "give PROJECT/NAME without :alias (use -a to set aliases)", param_hint="-n"
-            )
         meta = json_object(metadata, "-m") if metadata is not None else None
         start = time.perf_counter()
         result: PutResult | _Unchanged | None = None
@@ -256,10 +267,12 @@ def register(cli: click.Group) -> None:
                 tags=tags,
                 include=include,
                 exclude=exclude,
+                include_vcs=include_vcs,
             )
         if result is None:
             sources = sources_for(list(paths)) if paths else []
-            with progress_bar(not as_json, "logging", count=(sources, include, exclude)) as progress:
+            count = (sources, include, exclude, include_vcs)
+            with progress_bar(not as_json, "logging", count=count) as progress:
                 result = _run(
                     repo_url,
                     lambda repo: repo.log(
@@ -273,6 +286,7 @@ def register(cli: click.Group) -> None:
                         tags=tags,
                         include=include,
                         exclude=exclude,
+                        include_vcs=include_vcs,
                         on_progress=progress,
                         on_upload=progress.upload if progress is not None else None,
                         references=refs,
@@ -285,7 +299,7 @@ def register(cli: click.Group) -> None:
             set_ttl = lambda rec: msgspec.structs.replace(rec, ttl_seconds=ttl_s)  # noqa: E731
             r = _run(repo_url, lambda repo: repo.update_version(ref.project, ref.name, v, set_ttl))
         seconds = time.perf_counter() - start
-        for w in [*result.warnings, *_downloads_logged(paths, exclude)]:
+        for w in [*result.warnings, *suspect_folders(paths, include, exclude)]:
             click.echo(f"warning: {w}", err=True)
         if as_json:
             click.echo(
@@ -304,8 +318,9 @@ def register(cli: click.Group) -> None:
             return
         what = "logged" if result.created else "unchanged, same content as"
         click.echo(
-            f"{what} {r.project}/{r.name}:v{r.version} ({r.files} files, {format_size(r.size)}; "
-            f"{format_size(result.new_bytes)} new in {result.packs} packs, {format_duration(seconds)})"
+            f"{what} {r.project}/{r.name}:v{r.version} ({plural(r.files, 'file')}, {format_size(r.size)}; "
+            f"{format_size(result.new_bytes)} new in {plural(result.packs, 'pack')}, "
+            f"{format_duration(seconds)})"
         )
         click.echo(f"repository: {repo_location(repo_url)}")
 
@@ -350,6 +365,7 @@ def register(cli: click.Group) -> None:
         Without --root the files go to ./artifacts/<name>-v<N> (as in the Python API); the
         folder written is printed. SYNCENGINE_FILE_CACHE_SIZE bounds the file cache."""
         parsed = parse_ref(ref)
+        folder_option(root)
         if dry_run:
             _get_dry_run(repo_url, parsed, root, path_prefix, checkout, as_json)
             return
@@ -382,9 +398,7 @@ def register(cli: click.Group) -> None:
         if as_json:
             click.echo(json.dumps({**_record_json(record), "root": os.path.abspath(target), "written": n}))
         else:
-            click.echo(
-                f"{record.project}/{record.name}:v{record.version} -> {os.path.abspath(target)} ({n} files)"
-            )
+            click.echo(f"{_ref(record)} -> {os.path.abspath(target)} ({plural(n, 'file')})")
 
     @cli.command("versions")
     @click.argument("name")
@@ -394,39 +408,25 @@ def register(cli: click.Group) -> None:
         """The versions of PROJECT/NAME with their aliases."""
         ref = parse_ref(name)
 
-        async def job(repo: Repository) -> tuple[list[VersionRecord], dict[str, int]]:
+        async def job(repo: Repository) -> tuple[list[VersionRecord], ArtifactHead]:
             head = await repo.head(ref.project, ref.name)
-            return await repo.versions(ref.project, ref.name), head.aliases
+            return await repo.versions(ref.project, ref.name), head
 
-        records, aliases = _run(repo_url, job)
-        by_version: dict[int, list[str]] = {}
-        for a, v in aliases.items():
-            by_version.setdefault(v, []).append(a)
-        latest = max((r.version for r in records), default=None)
-        if latest is not None:
-            by_version.setdefault(latest, []).append("latest")
+        records, head = _run(repo_url, job)
         if as_json:
-            click.echo(
-                json.dumps(
-                    [
-                        {
-                            **_record_json(r),
-                            "aliases": sorted(by_version.get(r.version, [])),
-                        }
-                        for r in records
-                    ]
-                )
-            )
+            rows = [{**_record_json(r), "aliases": head.aliases_of(r.version)} for r in records]
+            click.echo(json.dumps(rows))
             return
         for r in records:
-            names = sorted(by_version.get(r.version, []))
-            click.echo(
-                f"v{r.version}  {r.created}  {r.files} files  {format_size(r.size)}  {' '.join(names)}"
-            )
+            names = head.aliases_of(r.version)
+            size = f"{plural(r.files, 'file')}  {format_size(r.size)}"
+            click.echo(f"v{r.version}  {r.created}  {size}  {' '.join(names)}")
 
     @cli.command("verify")
     @click.argument("ref")
-    @click.option("--root", required=True, help="The folder to compare with the version.")
+    @click.option(
+        "--root", default=None, help="The folder to compare with the version [./artifacts/<name>-v<N>]."
+    )
     @click.option(
         "--references",
         "check_references",
@@ -436,17 +436,24 @@ def register(cli: click.Group) -> None:
     )
     @repo_option
     @json_option
-    def verify(ref: str, root: str, check_references: bool, repo_url: str | None, as_json: bool) -> None:
+    def verify(
+        ref: str, root: str | None, check_references: bool, repo_url: str | None, as_json: bool
+    ) -> None:
         """Exit 0 if --root holds exactly the version, else list missing/extra/changed files
-        (and exit 1). Reference entries are skipped unless --references."""
-        from syncengine.repo.download import Difference
+        (and exit 1). Reference entries are skipped unless --references. Without --root, the
+        folder `get` writes by default."""
+        from syncengine.repo.download import Difference, default_root
         from syncengine.repo.download import verify as verify_root
 
-        async def job(repo: Repository) -> tuple[VersionRecord, list[Difference]]:
-            record = await repo.resolve(parse_ref(ref))
-            return record, await verify_root(repo, record, root, references=check_references)
+        parsed = parse_ref(ref)
+        folder_option(root)
 
-        record, differences = _run(repo_url, job)
+        async def job(repo: Repository) -> tuple[VersionRecord, str, list[Difference]]:
+            record = await repo.resolve(parsed)
+            target = root if root is not None else default_root(record)
+            return record, target, await verify_root(repo, record, target, references=check_references)
+
+        record, root, differences = _run(repo_url, job)
         if as_json:
             click.echo(
                 json.dumps(
@@ -464,7 +471,7 @@ def register(cli: click.Group) -> None:
         for d in differences:
             click.echo(str(d))
         if differences:
-            click.echo(f"{len(differences)} difference(s)", err=True)
+            click.echo(plural(len(differences), "difference"), err=True)
             sys.exit(1)
         click.echo(f"{root} matches {ref}")
 
@@ -480,8 +487,14 @@ def register(cli: click.Group) -> None:
 
             show_files(lambda job: _run(repo_url, job), parse_ref(ref), as_json)
             return
-        record = _run(repo_url, lambda repo: repo.resolve(parse_ref(ref)))
-        click.echo(json.dumps(_record_json(record), indent=None if as_json else 1))
+        parsed = parse_ref(ref)
+
+        async def job(repo: Repository) -> dict[str, Any]:
+            record = await repo.resolve(parsed)
+            head = await repo.head(record.project, record.name)
+            return {**_record_json(record), "aliases": head.aliases_of(record.version)}
+
+        click.echo(json.dumps(_run(repo_url, job), indent=None if as_json else 1))
 
 
 def register_more(cli: click.Group) -> None:
@@ -592,7 +605,7 @@ def register_more(cli: click.Group) -> None:
         verb = "would abort" if dry_run else "aborted"
         for u in found:
             click.echo(f"{verb} {u.key} (upload {u.upload_id[:16]}…, started {_ago(u.initiated)} ago)")
-        click.echo(f"{verb} {len(found)} upload(s) older than {format_duration(older_than)}")
+        click.echo(f"{verb} {plural(len(found), 'upload')} older than {format_duration(older_than)}")
 
     @cli.command("check")
     @click.option("--read-data", is_flag=True, help="Also read every blob and verify its BLAKE3.")
@@ -606,7 +619,7 @@ def register_more(cli: click.Group) -> None:
         else:
             for p in problems:
                 click.echo(f"problem: {p}", err=True)
-            click.echo("repository ok" if not problems else f"{len(problems)} problem(s) found")
+            click.echo("repository ok" if not problems else f"{plural(len(problems), 'problem')} found")
         if problems:
             sys.exit(1)
 
@@ -648,7 +661,7 @@ def _get_dry_run(
     for p in delete:
         click.echo(f"would delete {p}")
     tail = f", delete {len(delete)}" if checkout else ""
-    click.echo(f"{_ref(record)} -> {os.path.abspath(target)}: would write {len(write)} file(s){tail}")
+    click.echo(f"{_ref(record)} -> {os.path.abspath(target)}: would write {plural(len(write), 'file')}{tail}")
 
 
 def _ago(ts: float) -> str:

@@ -141,6 +141,7 @@ class TreeHasher:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         follow_symlinks: bool = True,
+        include_vcs: bool = False,
         on_progress: Callable[[int, int], None] | None = None,
         clock: Callable[[], int] = now_ns,
     ) -> None:
@@ -151,6 +152,7 @@ class TreeHasher:
         self.include = include
         self.exclude = exclude
         self.follow_symlinks = follow_symlinks
+        self.include_vcs = include_vcs  # see syncengine.scan.VCS_DIRS
         self.on_progress = on_progress
         self.clock = clock
         #: Set by :meth:`pack_while_reading`: the plain implementation, kept for edited files.
@@ -245,6 +247,7 @@ class TreeHasher:
                 exclude=self.exclude,
                 follow_symlinks=self.follow_symlinks,
                 on_warning=self.stats.warnings.append,
+                include_vcs=self.include_vcs,
             )
             for src in sorted(sources, key=_order_key)
         ]

@@ -1545,11 +1545,23 @@ async def download(
 
 
 def _make_root(root: str) -> str:
-    os.makedirs(root, exist_ok=True)
+    # A file where the folder, or one above it, would be: named below.
+    with contextlib.suppress(FileExistsError, NotADirectoryError):
+        os.makedirs(root, exist_ok=True)
     real = os.path.realpath(root)
     if not os.path.isdir(real):
-        raise PathConflict(f"{root} is not a directory")
+        raise PathConflict(_not_a_folder(root))
     return real
+
+
+def _not_a_folder(root: str) -> str:
+    """Why ``root`` cannot be a download's folder: it, or a folder above it, is a file."""
+    if os.path.lexists(root):
+        return f"the download folder {root} is a file, not a folder"
+    blocker = os.path.dirname(os.path.abspath(root))
+    while not os.path.lexists(blocker):
+        blocker = os.path.dirname(blocker)
+    return f"the download folder {root} cannot be made: {blocker} is a file, not a folder"
 
 
 # -- verify --------------------------------------------------------------------------------------

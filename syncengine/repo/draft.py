@@ -136,6 +136,7 @@ class DraftChanges:
                 exclude=hasher.exclude,
                 follow_symlinks=hasher.follow_symlinks,
                 on_warning=hasher.stats.warnings.append,
+                include_vcs=hasher.include_vcs,
             )
             walks.append(_keyed(found, -a.seq, later))
         last: bytes | None = None

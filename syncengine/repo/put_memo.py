@@ -106,6 +106,16 @@ def memo_key(repo_id: str, project: str, name: str, type: str, parts: Sequence[o
     return _blake3.blake3(msgspec.msgpack.encode([repo_id, project, name, type, list(parts)])).digest()
 
 
+def walk_key(
+    sources: Sequence[Source], include: Sequence[str], exclude: Sequence[str], include_vcs: bool
+) -> list[object]:
+    """What shapes a put's walk, for `memo_key` (the same for `Repository.log` and
+    `recall_unchanged`); `include_vcs` is added only when set, so keys of earlier puts hold."""
+    walk: list[object] = [sorted((os.path.realpath(s.root), s.prefix) for s in sources)]
+    walk += [list(include), list(exclude)]
+    return [*walk, "include_vcs"] if include_vcs else walk
+
+
 class PutMemo:
     """The memo table in the stat cache database (one connection; used from one thread at
     a time)."""
@@ -190,6 +200,7 @@ def recall_unchanged(
     tags: Sequence[str] = (),
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    include_vcs: bool = False,
 ) -> tuple[VersionRecord, list[str]] | None:
     """The version ``Repository.log`` would return unchanged for these arguments (with
     ``stat_cache=True``), and its scan warnings — found synchronously, reading the repository's
@@ -202,7 +213,9 @@ def recall_unchanged(
     (and reports the error) itself.
     """
     try:
-        return _recall_unchanged(read, sources, project, name, type, aliases, tags, include, exclude)
+        return _recall_unchanged(
+            read, sources, project, name, type, aliases, tags, include, exclude, include_vcs
+        )
     except Exception:  # whatever it is, Repository.log meets it again and reports it properly
         return None
 
@@ -217,6 +230,7 @@ def _recall_unchanged(
     tags: Sequence[str],
     include: Sequence[str],
     exclude: Sequence[str],
+    include_vcs: bool,
 ) -> tuple[VersionRecord, list[str]] | None:
     # The checks Repository.log makes before it looks at the memo.
     check_name("project", project)
@@ -239,8 +253,9 @@ def _recall_unchanged(
     head = decode_head(raw, hkey)
     if head.type != type:
         return None
-    walk = [sorted((os.path.realpath(s.root), s.prefix) for s in sources), list(include), list(exclude)]
-    key = memo_key(config.id, project, name, type, [*walk, params.label])
+    key = memo_key(
+        config.id, project, name, type, [*walk_key(sources, include, exclude, include_vcs), params.label]
+    )
     db = PutMemo()
     try:
         raw_memo = db._row(key)
@@ -263,7 +278,7 @@ def _recall_unchanged(
     if raw is None:
         return None
     record = decode_version(raw, vkey)
-    scanner = TreeHasher(params, include=include, exclude=exclude)
+    scanner = TreeHasher(params, include=include, exclude=exclude, include_vcs=include_vcs)
     if not PutMemo.matches(memo, scanner.scan(list(sources))):
         _refuted.add((key, raw_memo))
         return None

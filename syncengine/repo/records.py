@@ -161,6 +161,14 @@ class ArtifactHead(msgspec.Struct, frozen=True, omit_defaults=True):
     #: newest versions were deleted): new versions are numbered above it (docs/DELETION.md).
     highest: int | None = None
 
+    def aliases_of(self, version: int) -> list[str]:
+        """The aliases naming ``version``, sorted; `latest` among them when it is the newest
+        (what every command shows as a version's aliases)."""
+        names = {a for a, v in self.aliases.items() if v == version}
+        if self.latest == version:
+            names.add("latest")
+        return sorted(names)
+
 
 _encode = msgspec.json.Encoder(order="sorted").encode
 

@@ -61,7 +61,7 @@ from syncengine.repo.pack import (
     read_blob,
 )
 from syncengine.repo.put_journal import PutJournal
-from syncengine.repo.put_memo import Fingerprint, Memo, PutMemo, memo_key
+from syncengine.repo.put_memo import Fingerprint, Memo, PutMemo, memo_key, walk_key
 from syncengine.repo.records import (
     FORMAT,
     ArtifactHead,
@@ -147,6 +147,20 @@ class PutResult:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _decode_config(raw: bytes) -> RepoConfig:
+    try:
+        config = msgspec.json.decode(raw, type=RepoConfig)
+    except msgspec.DecodeError as e:
+        raise ConfigError(
+            f"the repository config is unreadable ({e}); is this a syncengine repository?"
+        ) from e
+    if config.format != FORMAT:
+        raise ConfigError(
+            f"repository format {config.format} is not supported (this syncengine reads {FORMAT})"
+        )
+    return config
 
 
 def _obj_key(kind: str, digest: bytes) -> str:
@@ -250,21 +264,21 @@ class Repository:
             with contextlib.suppress(PreconditionFailed):  # another writer created it first
                 await store.put("config", msgspec.json.encode(cfg), if_none_match=True)
             raw = await store.get("config")
-        try:
-            config = msgspec.json.decode(raw, type=RepoConfig)
-        except msgspec.DecodeError as e:
-            raise ConfigError(
-                f"the repository config is unreadable ({e}); is this a syncengine repository?"
-            ) from e
-        if config.format != FORMAT:
-            raise ConfigError(
-                f"repository format {config.format} is not supported (this syncengine reads {FORMAT})"
-            )
-        repo = cls(store, config)
+        repo = cls(store, _decode_config(raw))
         from syncengine.repo.gc_sweep import read_epoch  # the writer rule's baseline, GC.md §4a
 
         repo.gc_epoch = await read_epoch(store)
         return repo
+
+    @staticmethod
+    async def stored_params(store: ObjectStore) -> ChunkerParams | None:
+        """The chunker parameters of the repository in `store` (what its puts chunk with), or
+        None when there is no repository there yet; unlike `open`, creates nothing."""
+        try:
+            raw = await store.get("config")
+        except ObjectNotFound:
+            return None
+        return _decode_config(raw).params
 
     # -- the blob index -------------------------------------------------------------------
 
@@ -327,6 +341,7 @@ class Repository:
         tags: Sequence[str] = (),
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
+        include_vcs: bool = False,
         stat_cache: bool = True,
         threads: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
@@ -342,6 +357,7 @@ class Repository:
         ``logged_by`` ("project/run-id") and ``ttl_seconds`` go into a version this call
         creates, in the record's one create-if-absent write.
         `references` (syncengine.repo.references) become entries holding only metadata.
+        Version-control folders (`.git` …) are left out unless ``include_vcs``.
         ``before_commit()`` runs once everything is stored, right before the version record
         is written: if it raises, no version is recorded (the uploaded packs are indexed, so
         a retry sends nothing again). The watch daemon re-checks its files' stat there."""
@@ -365,17 +381,13 @@ class Repository:
         memo: PutMemo | None = None
         key = b""
         if stat_cache:
-            walk = [
-                sorted((os.path.realpath(s.root), s.prefix) for s in sources),
-                list(include),
-                list(exclude),
-            ]
+            walk = walk_key(sources, include, exclude, include_vcs)
             extra_key = [references_key(refs)] if refs else []  # same references: same key
             key = memo_key(self.config.id, project, name, type, [*walk, self.params.label, *extra_key])
             memo = await loop.run_in_executor(None, PutMemo)
         try:
             if memo is not None and head is not None:
-                scanner = TreeHasher(self.params, include=include, exclude=exclude)
+                scanner = TreeHasher(self.params, include=include, exclude=exclude, include_vcs=include_vcs)
                 recalled = await loop.run_in_executor(None, _recall, memo, key, scanner, sources)
                 if recalled is not None and head.digests.get(recalled.content_digest) == recalled.version:
                     if before_commit is not None:
@@ -396,6 +408,7 @@ class Repository:
                 stat_cache=cache,
                 include=include,
                 exclude=exclude,
+                include_vcs=include_vcs,
                 on_progress=on_progress,
             )
             journal = await loop.run_in_executor(None, PutJournal, self.config.id)

@@ -13,6 +13,7 @@ import click
 import pytest
 
 from syncengine.hashing.digests import TreeDigest
+from tests.children import default_sigint
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,7 +67,7 @@ def test_hash_text_output(tmp_path: Path) -> None:
     (tmp_path / "x").write_bytes(b"x")
     r = cli("hash", str(tmp_path))
     assert r.returncode == 0
-    assert "1 files" in r.stdout and "tree digest" in r.stdout
+    assert "1 file," in r.stdout and "tree digest" in r.stdout
 
 
 def test_missing_path_is_one_line_error(tmp_path: Path) -> None:
@@ -137,7 +138,7 @@ def test_progress_line_on_a_terminal_only(tmp_path: Path) -> None:
             break
         seen += data
     assert proc.wait(timeout=60) == 0
-    assert proc.stdout is not None and b"1 files" in proc.stdout.read()
+    assert proc.stdout is not None and b"1 file," in proc.stdout.read()
     assert b"hashing" in seen  # drawn on the terminal, and erased at the end (transient)
     piped = cli("hash", str(tmp_path))
     assert "hashing" not in piped.stderr and piped.stderr == ""
@@ -213,7 +214,7 @@ def test_ls_diff_alias_and_check(tmp_path: Path) -> None:
     listing = json.loads(cli("versions", "p/a", "--json", env=env).stdout)
     assert [v["aliases"] for v in listing] == [[], ["latest", "prod"]]
     bad_alias = cli("alias", "add", "p/a:v1", "a:b", env=env)
-    assert bad_alias.returncode == 1 and "invalid alias" in bad_alias.stderr
+    assert bad_alias.returncode == 2 and "invalid alias" in bad_alias.stderr  # a usage error
 
     assert json.loads(cli("check", "--read-data", "--json", env=env).stdout) == {"ok": True, "problems": []}
     packs = sorted(p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file())
@@ -285,7 +286,7 @@ def test_tag_and_edit_after_logging(tmp_path: Path) -> None:
     r = cli("tag", "rm", "p/d", "nightly", env=env)  # latest
     assert r.returncode == 0 and "tags: gold" in r.stdout
     r = cli("tag", "add", "p/d:v0", "bad tag", env=env)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "invalid tag 'bad tag'" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid tag 'bad tag'" in r.stderr
 
     r = cli(
         "edit",
@@ -393,6 +394,7 @@ def test_ctrl_c_during_put_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     packs = tmp_path / "repo" / "data"
@@ -434,13 +436,13 @@ def test_abort_uploads_respects_the_grace_period(tmp_path: Path) -> None:
 
     asyncio.run(start())
     r = cli("abort-uploads", "--older-than", "1h", env=env)
-    assert r.returncode == 0 and "aborted 0 upload(s)" in r.stdout  # too young
+    assert r.returncode == 0 and "aborted 0 uploads" in r.stdout  # too young
     r = cli("abort-uploads", "--older-than", "0s", "--dry-run", "--json", env=env)
     assert r.returncode == 0
     listed = json.loads(r.stdout)
     assert listed["dry_run"] and [u["key"] for u in listed["uploads"]] == ["data/zz/left-behind"]
     r = cli("abort-uploads", "--older-than", "0", env=env)
-    assert r.returncode == 0 and "aborted 1 upload(s)" in r.stdout
+    assert r.returncode == 0 and "aborted 1 upload older" in r.stdout
 
     async def left() -> int:
         async with LocalStore(repo) as store:
@@ -490,7 +492,7 @@ def test_get_without_root_writes_the_documented_default_not_the_working_folder(t
     r = _get_in(work, "proj/data", env=env)
     assert r.returncode == 0, r.stderr
     out = work / "artifacts" / "data-v0"  # as the API's default (syncengine.repo.download.default_root)
-    assert r.stdout.strip() == f"proj/data:v0 -> {out} (1 files)"
+    assert r.stdout.strip() == f"proj/data:v0 -> {out} (1 file)"
     assert (out / "a.txt").read_bytes() == b"v0 content"
     assert (data / "a.txt").read_bytes() == b"edited, not logged yet" and (data / "notes.txt").exists()
     got = json.loads(_get_in(work, "proj/data:v0", "--checkout", "--json", env=env).stdout)

@@ -102,17 +102,17 @@ def test_put_versions_and_show_print_sizes_and_times_in_units(tmp_path: Path) ->
     env = _env(tmp_path)
     out = _put(tmp_path, env, b"x" * 10650)
     assert re.fullmatch(
-        rf"logged p/m:v0 \(1 files, 10\.40 KiB; 10\.40 KiB new in 1 packs, ({DURATION})\)\n"
+        rf"logged p/m:v0 \(1 file, 10\.40 KiB; 10\.40 KiB new in 1 pack, ({DURATION})\)\n"
         r"repository: .*\n",
         out,
     ), out
     r = cli("versions", "p/m", env=env)
-    assert re.fullmatch(r"v0  \S+  1 files  10\.40 KiB  latest\n", r.stdout), r.stdout
+    assert re.fullmatch(r"v0  \S+  1 file  10\.40 KiB  latest\n", r.stdout), r.stdout
     r = cli("show", "p/m", "--files", env=env)
     assert r.stdout == "w.bin  10.40 KiB\n"
     r = cli("hash", str(tmp_path / "src"), env=env)
     assert re.match(
-        rf"1 files, 10\.40 KiB, ({DURATION}) \(({SIZE})/s\); 0 unchanged, 10\.40 KiB read", r.stdout
+        rf"1 file, 10\.40 KiB, ({DURATION}) \(({SIZE})/s\); 0 unchanged, 10\.40 KiB read", r.stdout
     )
     listing = json.loads(cli("versions", "p/m", "--json", env=env).stdout)
     assert listing[0]["size"] == 10650  # --json keeps the number
@@ -126,7 +126,7 @@ def test_edit_and_abort_uploads_print_durations_in_units(tmp_path: Path) -> None
     r = cli("edit", "p/m:v0", "--ttl", "90061", env=env)
     assert r.stdout.strip() == "updated p/m:v0: ttl 1d 12h -> 1d 1h"
     r = cli("abort-uploads", "--older-than", "1h 30m", "--dry-run", env=env)
-    assert r.returncode == 0 and r.stdout.strip() == "would abort 0 upload(s) older than 1h 30m"
+    assert r.returncode == 0 and r.stdout.strip() == "would abort 0 uploads older than 1h 30m"
 
 
 def test_gc_prints_sizes_and_durations_in_units(tmp_path: Path) -> None:

@@ -86,14 +86,14 @@ def finish_and_check(env: dict[str, str], tmp_path: Path, repo: str, distributed
     r = run(env, "versions", "nlp/corpus", "--repo", repo)
     assert r.returncode == 1 and "project 'nlp' has runs but no artifacts yet" in r.stderr  # no finish yet
     r = run(env, "distributed", "status", "nlp/corpus", "-D", distributed_id, "--repo", repo)
-    assert r.returncode == 0 and f"distributed id {distributed_id}: open, {WRITERS} part(s)" in r.stdout
+    assert r.returncode == 0 and f"distributed id {distributed_id}: open, {WRITERS} parts" in r.stdout
     r = run(
         env, "distributed", "finish", "nlp/corpus", "-t", "dataset", "-D", distributed_id,
         "--run-id", "merge", "-a", "prod", "-m", '{"shards": 6}', "--repo", repo,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == (
-        f"finished nlp/corpus:v0 from {WRITERS} part(s) of distributed id {distributed_id} "
+        f"finished nlp/corpus:v0 from {WRITERS} parts of distributed id {distributed_id} "
         f"({WRITERS + 1} files, 29.36 KiB); "
         "upserts into it are refused from now on"
     )
@@ -123,7 +123,7 @@ def finish_and_check(env: dict[str, str], tmp_path: Path, repo: str, distributed
         "its version is immutable; upsert into a new distributed id, or log a new version"
     )
     r = run(env, "distributed", "finish", "nlp/corpus", "-t", "dataset", "-D", distributed_id, "--repo", repo)
-    assert r.returncode == 0 and r.stdout.startswith("already finished as nlp/corpus:v0 from 6 part(s)")
+    assert r.returncode == 0 and r.stdout.startswith("already finished as nlp/corpus:v0 from 6 parts")
     r = run(env, "distributed", "status", "nlp/corpus", "-D", distributed_id, "--repo", repo, "--json")
     status = json.loads(r.stdout)
     assert (status["state"], status["finished"]["version"], len(status["parts"])) == ("finished", 0, WRITERS)
@@ -183,4 +183,4 @@ def test_conflicting_writers_and_usage_errors(tmp_path: Path) -> None:
     r = run(
         env, "distributed", "upsert", "p/ds", str(tmp_path / "c0"), "-t", "d", "-D", "a b", "--repo", repo
     )
-    assert r.returncode == 1 and "invalid distributed id 'a b'" in r.stderr
+    assert r.returncode == 2 and "invalid distributed id 'a b'" in r.stderr  # a usage error

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import blake3
 
+from tests.children import default_sigint
 from tests.faultproxy import Delay, FaultProxy
 from tests.integration.test_s3_repository import (
     REPO_ROOT,
@@ -56,6 +57,7 @@ def test_ctrl_c_during_an_s3_put_then_the_rerun_sends_only_the_rest(
         child = subprocess.Popen(
             [sys.executable, "-m", "syncengine", *args, "--json"],
             env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=default_sigint,
         )  # fmt: skip
         deadline = time.monotonic() + 300
         hold = None
@@ -108,6 +110,7 @@ def test_ctrl_c_during_an_s3_get_keeps_verified_files_and_the_rerun_completes(
         child = subprocess.Popen(
             [sys.executable, "-m", "syncengine", *args, "--json"],
             env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=default_sigint,
         )  # fmt: skip
         deadline = time.monotonic() + 300
         while not any(r.fault is not None and r.status is None for r in proxy.requests):

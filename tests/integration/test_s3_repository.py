@@ -222,7 +222,7 @@ def test_cli_round_trip_on_s3(tmp_path: Path, s3_server: S3TestServer, s3_bucket
     # verify: the working folder is v1, not v0
     assert "matches" in ok(run("verify", "vision/mnist:v1", "--root", str(data)))
     r = run("verify", "vision/mnist:v0", "--root", str(data))
-    assert r.returncode == 1 and "3 difference(s)" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "3 differences" in r.stderr and "Traceback" not in r.stderr
 
     # get: byte-identical; a second get into the same root writes nothing; --checkout removes extras
     out = tmp_path / "out"

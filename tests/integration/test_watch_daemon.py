@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import syncengine as se
+from tests.children import default_sigint
 from tests.s3server import S3TestServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,7 @@ class Daemon:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=default_sigint,  # `stop(SIGINT)` stands in for Ctrl-C
         )
         self.events: list[dict[str, Any]] = []
         self.lines: list[str] = []
