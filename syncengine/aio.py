@@ -293,13 +293,13 @@ class ArtifactVersion:
         current directory), verified; returns the root's absolute path. Files already right
         are not fetched again and nothing else in `root` is deleted.
 
-        `path_prefix`: only the entries that are this path or lie under it (`"train"` selects
-        `train/…`, not `train.csv`). Files come from and go into the machine's file cache
-        unless `skip_cache`; `link` is how cached files are placed: `"reflink"` (default: a
-        copy-on-write clone, else a copy), `"copy"`, or `"hardlink"` (read-only files that
-        share the cache's inode); `cache_size` bounds the cache in bytes (default
-        `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). `fsync=False` returns without waiting
-        for the disk: safe against a killed process, not against a power loss, and the files
+        `path_prefix`: only the entries whose path starts with it, as in W&B (`"train"` selects
+        `train.csv` and `train/…`; `"train/"` only `train/…`). Files come from and go into the
+        machine's file cache unless `skip_cache`; `link` is how cached files are placed:
+        `"reflink"` (default: a copy-on-write clone, else a copy), `"copy"`, or `"hardlink"`
+        (read-only files that share the cache's inode); `cache_size` bounds the cache in bytes
+        (default `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). `fsync=False` returns without
+        waiting for the disk: safe against a killed process, not against a power loss, and the files
         do not go into the file cache. See docs/DOWNLOAD.md."""
         from syncengine.repo.download import default_root
 

@@ -302,7 +302,12 @@ def register(cli: click.Group) -> None:
     @cli.command("get")
     @click.argument("ref")
     @click.option("--root", default=None, help="Where to write the files [./artifacts/<name>-v<N>].")
-    @click.option("--prefix", "path_prefix", default=None, help="Only files under this path.")
+    @click.option(
+        "--prefix",
+        "path_prefix",
+        default=None,
+        help="Only files whose path starts with this (`train`: train.csv and train/…; `train/`: train/…).",
+    )
     @click.option("--checkout", is_flag=True, help="Also delete files under --root that the version lacks.")
     @click.option("--skip-cache", is_flag=True, help="Neither use nor fill the machine's file cache.")
     @click.option(
@@ -605,13 +610,10 @@ def _get_dry_run(
     """`get --dry-run`: what a download would write into the root (files missing or not
     the version's, and references, which are fetched every time) and what `--checkout`
     would delete (files the version lacks)."""
-    from syncengine.repo.download import default_root
+    from syncengine.repo.download import default_root, selects
     from syncengine.repo.download import verify as verify_root
 
-    prefix = (path_prefix or "").strip("/")
-
-    def under(path: str) -> bool:
-        return not prefix or path == prefix or path.startswith(prefix + "/")
+    prefix = (path_prefix or "").lstrip("/")
 
     async def job(repo: Repository) -> tuple[VersionRecord, str, list[Any], list[str]]:
         record = await repo.resolve(ref)
@@ -619,7 +621,9 @@ def _get_dry_run(
         reader = await repo.manifest(record)
         fresh = not os.path.isdir(target)  # nothing there yet: every file would be written
         listed = [
-            e.path async for e in reader.entries(prefix) if under(e.path) and (fresh or e.ref is not None)
+            e.path
+            async for e in reader.entries(prefix)
+            if selects(e.path, path_prefix) and (fresh or e.ref is not None)
         ]
         differences = [] if fresh else await verify_root(repo, record, target, path_prefix=path_prefix)
         return record, target, differences, listed
