@@ -58,11 +58,10 @@ def register(cli: click.Group) -> None:
         version = r.version
         checked = [check_alias(a) for a in dict.fromkeys(names)]  # bad names before any work
 
-        async def job(repo: Repository) -> tuple[dict[str, int], int | None]:
+        async def job(repo: Repository) -> dict[str, int]:
             await repo.resolve(r)  # an unknown artifact or version: the error suggests the closest
             if add:
-                head = await repo.set_aliases(r.project, r.name, version, add=checked)
-                return head.aliases, head.latest
+                return (await repo.set_aliases(r.project, r.name, version, add=checked)).aliases
             head = await repo.head(r.project, r.name)
             held = [a for a, v in head.aliases.items() if v == version]
             for a in checked:
@@ -73,14 +72,11 @@ def register(cli: click.Group) -> None:
                         f"(its aliases: {', '.join(sorted(held)) or 'none'}); nothing was removed"
                     )
             if dry_run:
-                return {a: v for a, v in head.aliases.items() if a not in checked}, head.latest
-            head = await repo.set_aliases(r.project, r.name, version, remove=checked)
-            return head.aliases, head.latest
+                return {a: v for a, v in head.aliases.items() if a not in checked}
+            return (await repo.set_aliases(r.project, r.name, version, remove=checked)).aliases
 
-        aliases, latest = _run(repo_url, job)
-        now = sorted(
-            [a for a, v in aliases.items() if v == version] + (["latest"] if latest == version else [])
-        )
+        aliases = _run(repo_url, job)
+        now = sorted(a for a, v in aliases.items() if v == version)
         if as_json:
             click.echo(
                 json.dumps(

@@ -395,11 +395,8 @@ def register(cli: click.Group) -> None:
 
         records, aliases = _run(repo_url, job)
         by_version: dict[int, list[str]] = {}
-        for a, v in aliases.items():
+        for a, v in aliases.items():  # `latest` among them, on the version that holds it
             by_version.setdefault(v, []).append(a)
-        latest = max((r.version for r in records), default=None)
-        if latest is not None:
-            by_version.setdefault(latest, []).append("latest")
         if as_json:
             click.echo(
                 json.dumps(
@@ -498,7 +495,7 @@ def register_more(cli: click.Group) -> None:
                     {
                         "name": f"{project}/{name}",
                         "type": head.type,
-                        "latest": head.latest,
+                        "latest": head.aliases.get("latest"),  # what NAME:latest resolves to
                         "aliases": head.aliases,
                     }
                 )
@@ -513,7 +510,8 @@ def register_more(cli: click.Group) -> None:
         else:
             for r in rows:
                 latest = f"v{r['latest']}" if r["latest"] is not None else "-"
-                click.echo(f"{r['name']}  {r['type']}  latest={latest}  {' '.join(sorted(r['aliases']))}")
+                others = " ".join(sorted(a for a in r["aliases"] if a != "latest"))
+                click.echo(f"{r['name']}  {r['type']}  latest={latest}  {others}")
 
     @cli.command("diff")
     @click.argument("a")

@@ -202,6 +202,11 @@ def records_vector() -> dict[str, object]:
     head = ArtifactHead(
         1, "vision", "mnist", "dataset", 3, {"best": 2, "prod": 3}, {"cd" * 32: 3, "ef" * 32: 2}
     )
+    # Since `latest` is an ordinary alias: here a user moved it to v2 (v3 is the newest).
+    head_latest_alias = ArtifactHead(
+        1, "vision", "mnist", "dataset", 3, {"best": 2, "latest": 2, "prod": 3}, {"cd" * 32: 3, "ef" * 32: 2},
+        latest_in_aliases=True,
+    )  # fmt: skip
     minimal = VersionRecord(
         1, "p", "n", 0, "t", "manifests/00/" + "00" * 32, "11" * 32, 0, 0, "2024-06-01T00:00:00Z"
     )
@@ -210,6 +215,7 @@ def records_vector() -> dict[str, object]:
         "version": encode_record(version).decode(),
         "version_minimal": encode_record(minimal).decode(),
         "head": encode_record(head).decode(),
+        "head_latest_alias": encode_record(head_latest_alias).decode(),
     }
 
 
