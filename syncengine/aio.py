@@ -234,9 +234,9 @@ class ArtifactVersion:
         from syncengine.repo.records import check_alias
 
         core, r = self._repo.core, self._record
-        wanted = [a for a in dict.fromkeys(self.aliases) if a != "latest"]
+        wanted = list(dict.fromkeys(self.aliases))  # `latest` too: users may move or remove it
         add = [check_alias(a) for a in wanted if a not in self._saved_aliases]  # fail before writing
-        remove = [a for a in self._saved_aliases if a not in wanted and a != "latest"]
+        remove = [a for a in self._saved_aliases if a not in wanted]
         mine = _json_copy(self._metadata)
         replace = mine if self._metadata_replaced else None
         set_keys = {k: v for k, v in mine.items() if k not in r.metadata or not _same_json(v, r.metadata[k])}
@@ -275,8 +275,7 @@ class ArtifactVersion:
             self.tags = list(new.tags)
         if add or remove:
             head = await core.set_aliases(r.project, r.name, r.version, add=add, remove=remove)
-            now = [a for a, n in head.aliases.items() if n == r.version]
-            self._saved_aliases = sorted([*now, *(["latest"] if head.latest == r.version else [])])
+            self._saved_aliases = sorted(a for a, n in head.aliases.items() if n == r.version)
         self.aliases = list(self._saved_aliases)
 
     async def download(
@@ -293,13 +292,13 @@ class ArtifactVersion:
         current directory), verified; returns the root's absolute path. Files already right
         are not fetched again and nothing else in `root` is deleted.
 
-        `path_prefix`: only the entries that are this path or lie under it (`"train"` selects
-        `train/…`, not `train.csv`). Files come from and go into the machine's file cache
-        unless `skip_cache`; `link` is how cached files are placed: `"reflink"` (default: a
-        copy-on-write clone, else a copy), `"copy"`, or `"hardlink"` (read-only files that
-        share the cache's inode); `cache_size` bounds the cache in bytes (default
-        `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). `fsync=False` returns without waiting
-        for the disk: safe against a killed process, not against a power loss, and the files
+        `path_prefix`: only the entries whose path starts with it, as in W&B (`"train"` selects
+        `train.csv` and `train/…`; `"train/"` only `train/…`). Files come from and go into the
+        machine's file cache unless `skip_cache`; `link` is how cached files are placed:
+        `"reflink"` (default: a copy-on-write clone, else a copy), `"copy"`, or `"hardlink"`
+        (read-only files that share the cache's inode); `cache_size` bounds the cache in bytes
+        (default `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). `fsync=False` returns without
+        waiting for the disk: safe against a killed process, not against a power loss, and the files
         do not go into the file cache. See docs/DOWNLOAD.md."""
         from syncengine.repo.download import default_root
 
@@ -443,10 +442,7 @@ class Repository:
 
     async def _version(self, record: VersionRecord) -> ArtifactVersion:
         head = await self.core.head(record.project, record.name)
-        aliases = [a for a, v in head.aliases.items() if v == record.version]
-        if head.latest == record.version:
-            aliases.append("latest")
-        return ArtifactVersion(self, record, aliases)
+        return ArtifactVersion(self, record, [a for a, v in head.aliases.items() if v == record.version])
 
     async def log_artifact(
         self,

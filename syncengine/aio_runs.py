@@ -273,7 +273,9 @@ class Run:
         """Commits every part upserted into ``distributed_id`` (default: the run's group) as one
         version of ``artifact`` (its description and metadata, this run as its producer) and
         returns it; the same path upserted with different content is ``DistributedConflict``.
-        Finishing again returns the same version; upserting after it is ``ArtifactFinished``."""
+        Files added to ``artifact`` itself are upserted as this run's part first, so the
+        version holds them too (as in W&B). Finishing again returns the same version;
+        upserting after it is ``ArtifactFinished``."""
         from syncengine.repo import distributed
 
         self._check_active()
@@ -289,6 +291,8 @@ class Run:
             tags=tags,
             description=artifact.description,
             metadata=artifact.metadata,
+            sources=artifact.sources,
+            references=artifact.references,
         )
         await record_log(self._repo.core.store, self.project, self.id, record)
         return await self._repo._version(record)

@@ -151,9 +151,17 @@ def register(cli: click.Group) -> None:
 
     @distributed.command("finish")
     @click.argument("name")
+    @click.argument("paths", nargs=-1, type=click.Path(exists=True))
     @click.option("-t", "--type", "type_", required=True, help="Artifact type (every part must have it).")
     @_distributed_id
     @_run_id
+    @click.option(
+        "--reference",
+        "references",
+        multiple=True,
+        metavar="[NAME=]URI",
+        help="Also include an external object by reference, as upsert does (repeatable).",
+    )
     @click.option("-a", "--alias", "aliases", multiple=True, help="Alias for the version (repeatable).")
     @click.option("-d", "--description", default=None)
     @click.option("-m", "--metadata", default=None, help="JSON object of metadata.")
@@ -162,9 +170,11 @@ def register(cli: click.Group) -> None:
     @json_option
     def finish(
         name: str,
+        paths: tuple[str, ...],
         type_: str,
         distributed_id: str,
         run_id: str | None,
+        references: tuple[str, ...],
         aliases: tuple[str, ...],
         description: str | None,
         metadata: str | None,
@@ -173,12 +183,16 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Commit every part upserted into PROJECT/NAME under --distributed-id as one version
-        (run it once, after every upsert returned). Finishing again prints the same version;
-        the same path upserted with different content is an error naming both writers."""
+        (run it once, after every upsert returned). PATHS (and --reference) are this step's
+        own files: upserted as one more part first, so the version holds them too. Finishing
+        again prints the same version; the same path upserted with different content is an
+        error naming both writers."""
         ref = artifact_name(name, "NAME")
         check_name("type", type_)
         check_name("distributed id", distributed_id)
         meta = json_object(metadata, "-m") if metadata is not None else None
+        refs = reference_options(references, checksum=True, max_objects=None)
+        sources = sources_for(list(paths)) if paths else []
         url = _url(repo_url)
 
         async def job(core: Repository) -> tuple[Any, bool, int, bool]:
@@ -187,18 +201,25 @@ def register(cli: click.Group) -> None:
 
             async def work(run: Run | None) -> tuple[Any, bool, int, bool]:
                 before = await dist.read_finished(core, ref.project, ref.name, distributed_id)
-                record, created = await dist.finish(
-                    core,
-                    project=ref.project,
-                    name=ref.name,
-                    type=type_,
-                    distributed_id=distributed_id,
-                    run=run.path if run is not None else "",
-                    aliases=aliases,
-                    tags=tags,
-                    description=description,
-                    metadata=meta,
-                )
+                with progress_bar(
+                    not as_json and bool(sources), "finishing", count=(sources, (), (), False)
+                ) as progress:
+                    record, created = await dist.finish(
+                        core,
+                        project=ref.project,
+                        name=ref.name,
+                        type=type_,
+                        distributed_id=distributed_id,
+                        run=run.path if run is not None else "",
+                        aliases=aliases,
+                        tags=tags,
+                        description=description,
+                        metadata=meta,
+                        sources=sources,
+                        references=refs,
+                        on_progress=progress,
+                        on_upload=progress.upload if progress is not None else None,
+                    )
                 if run is not None:
                     assert run.id is not None
                     await record_log(core.store, run.project, run.id, record)

@@ -189,7 +189,8 @@ def register(cli: click.Group) -> None:
         async def job(repo: Repository) -> tuple[VersionRecord, list[str]]:
             record = await repo.resolve(parsed)
             head = await repo.head(record.project, record.name)
-            aliases = sorted(a for a, v in head.aliases.items() if v == record.version)
+            # `latest` is not reported: it moves to the newest version left, as a deletion's does
+            aliases = sorted(a for a, v in head.aliases.items() if v == record.version and a != "latest")
             return await unlink(repo, record, dry_run=dry_run), aliases
 
         record, aliases = _run(repo_url, job)

@@ -327,7 +327,12 @@ def register(cli: click.Group) -> None:
     @cli.command("get")
     @click.argument("ref")
     @click.option("--root", default=None, help="Where to write the files [./artifacts/<name>-v<N>].")
-    @click.option("--prefix", "path_prefix", default=None, help="Only files under this path.")
+    @click.option(
+        "--prefix",
+        "path_prefix",
+        default=None,
+        help="Only files whose path starts with this (`train`: train.csv and train/…; `train/`: train/…).",
+    )
     @click.option("--checkout", is_flag=True, help="Also delete files under --root that the version lacks.")
     @click.option("--skip-cache", is_flag=True, help="Neither use nor fill the machine's file cache.")
     @click.option(
@@ -518,7 +523,7 @@ def register_more(cli: click.Group) -> None:
                     {
                         "name": f"{project}/{name}",
                         "type": head.type,
-                        "latest": head.latest,
+                        "latest": head.aliases.get("latest"),  # what NAME:latest resolves to
                         "aliases": head.aliases,
                     }
                 )
@@ -533,7 +538,8 @@ def register_more(cli: click.Group) -> None:
         else:
             for r in rows:
                 latest = f"v{r['latest']}" if r["latest"] is not None else "-"
-                click.echo(f"{r['name']}  {r['type']}  latest={latest}  {' '.join(sorted(r['aliases']))}")
+                others = " ".join(sorted(a for a in r["aliases"] if a != "latest"))
+                click.echo(f"{r['name']}  {r['type']}  latest={latest}  {others}")
 
     @cli.command("diff")
     @click.argument("a")
@@ -630,13 +636,10 @@ def _get_dry_run(
     """`get --dry-run`: what a download would write into the root (files missing or not
     the version's, and references, which are fetched every time) and what `--checkout`
     would delete (files the version lacks)."""
-    from syncengine.repo.download import default_root
+    from syncengine.repo.download import default_root, selects
     from syncengine.repo.download import verify as verify_root
 
-    prefix = (path_prefix or "").strip("/")
-
-    def under(path: str) -> bool:
-        return not prefix or path == prefix or path.startswith(prefix + "/")
+    prefix = (path_prefix or "").lstrip("/")
 
     async def job(repo: Repository) -> tuple[VersionRecord, str, list[Any], list[str]]:
         record = await repo.resolve(ref)
@@ -644,7 +647,9 @@ def _get_dry_run(
         reader = await repo.manifest(record)
         fresh = not os.path.isdir(target)  # nothing there yet: every file would be written
         listed = [
-            e.path async for e in reader.entries(prefix) if under(e.path) and (fresh or e.ref is not None)
+            e.path
+            async for e in reader.entries(prefix)
+            if selects(e.path, path_prefix) and (fresh or e.ref is not None)
         ]
         differences = [] if fresh else await verify_root(repo, record, target, path_prefix=path_prefix)
         return record, target, differences, listed

@@ -186,6 +186,26 @@ async def upsert(
     finished = await read_finished(repo, project, name, distributed_id)
     if finished is not None or await _sealed(repo, project, name, distributed_id):
         raise _finished_error(project, name, distributed_id, finished.version if finished else None)
+    staged = await _stage(
+        repo, sources, references, project, name, type, threads, stat_cache, on_progress, on_upload
+    )
+    return await _write_part(repo, staged, project, name, distributed_id, type, run)
+
+
+async def _stage(
+    repo: Repository,
+    sources: Sequence[Source],
+    references: Sequence[Reference],
+    project: str,
+    name: str,
+    type: str,
+    threads: int | None,
+    stat_cache: bool,
+    on_progress: Callable[[int, int], None] | None,
+    on_upload: Callable[[int, int], None] | None,
+) -> PutResult:
+    """Hashes and uploads the files as a put does (packs, index segment, manifest pages and
+    record), committing nothing; the result's record names the manifest."""
     head, _ = await repo._read_head(project, name)
     if head is not None and head.type != type:
         raise TypeMismatch(f"artifact {project}/{name} has type {head.type!r}, not {type!r}")
@@ -197,18 +217,23 @@ async def upsert(
     result = PutResult(VersionRecord(FORMAT, project, name, -1, type, "", "", 0, 0, ""), False)
     journal = await loop.run_in_executor(None, PutJournal, repo.config.id)
     try:
-        result = await repo._log(
+        return await repo._log(
             result, [], None, None, [], sources, index, cache, hasher, journal, None, b"", on_upload,
             Merge(refs), commit=False,
         )  # fmt: skip
     finally:
         await loop.run_in_executor(None, journal.close)
+
+
+async def _write_part(
+    repo: Repository, staged: PutResult, project: str, name: str, distributed_id: str, type: str, run: str
+) -> PartRecord:
     run_id = run.rsplit("/", 1)[-1] if run else "w"
     writer = f"{run_id}.{uuid.uuid4().hex[:16]}"
-    rec = result.record
+    rec = staged.record
     part = PartRecord(
         FORMAT, project, name, distributed_id, writer, type, rec.manifest, rec.content_digest,
-        rec.files, rec.size, _now(), _created_by(), run, result.segment,
+        rec.files, rec.size, _now(), _created_by(), run, staged.segment,
     )  # fmt: skip
     # The name is this call's alone: a 412 can only be an earlier attempt of this very write.
     with contextlib.suppress(PreconditionFailed):
@@ -221,6 +246,34 @@ async def upsert(
         if finished is None or writer not in finished.parts:
             raise _finished_error(project, name, distributed_id, finished.version if finished else None)
     return part
+
+
+async def _finisher_part(
+    repo: Repository,
+    sources: Sequence[Source],
+    references: Sequence[Reference],
+    project: str,
+    name: str,
+    type: str,
+    distributed_id: str,
+    run: str,
+    on_progress: Callable[[int, int], None] | None,
+    on_upload: Callable[[int, int], None] | None,
+) -> set[str]:
+    """The finishing call's own files as a part (W&B's ``finish_artifact`` keeps the files
+    added to the artifact it is given); returns the writers that hold them. A finish that is
+    retried after a crash (the id already sealed or finished) finds the part its first attempt
+    wrote by content instead of adding one; files that no part holds in a sealed id are
+    ``ArtifactFinished``, never silently left out."""
+    staged = await _stage(repo, sources, references, project, name, type, None, True, on_progress, on_upload)
+    finished = await read_finished(repo, project, name, distributed_id)
+    if finished is None and not await _sealed(repo, project, name, distributed_id):
+        return {(await _write_part(repo, staged, project, name, distributed_id, type, run)).writer}
+    digest = staged.record.content_digest
+    same = {p.writer for p in await parts(repo, project, name, distributed_id) if p.content_digest == digest}
+    if not same or (finished is not None and not same & set(finished.parts)):
+        raise _finished_error(project, name, distributed_id, finished.version if finished else None)
+    return same
 
 
 async def parts(repo: Repository, project: str, name: str, distributed_id: str) -> list[PartRecord]:
@@ -310,10 +363,15 @@ async def finish(
     tags: Sequence[str] = (),
     description: str | None = None,
     metadata: dict[str, Any] | None = None,
+    sources: Sequence[Source] = (),
+    references: Sequence[Reference] = (),
+    on_progress: Callable[[int, int], None] | None = None,
+    on_upload: Callable[[int, int], None] | None = None,
 ) -> tuple[VersionRecord, bool]:
     """Commits the parts as one version (identical content: the existing version) and marks
     the distributed artifact finished. A finished artifact returns its version again.
-    Returns (record, created)."""
+    `sources` and `references` are the finishing writer's own files: upserted as one more
+    part first, so the version holds them too. Returns (record, created)."""
     _check(project, name, distributed_id)
     check_name("type", type)
     aliases = [check_alias(a) for a in dict.fromkeys(aliases)]
@@ -323,6 +381,18 @@ async def finish(
             metadata = msgspec.json.decode(msgspec.json.encode(metadata))
         except (TypeError, msgspec.EncodeError) as e:
             raise ConfigError(f"metadata must be JSON-serialisable: {e}") from e
+    if sources or references:
+        own = await _finisher_part(
+            repo, sources, references, project, name, type, distributed_id, run, on_progress, on_upload
+        )
+        record, created = await finish(
+            repo, project=project, name=name, type=type, distributed_id=distributed_id, run=run,
+            aliases=aliases, tags=tags, description=description, metadata=metadata,
+        )  # fmt: skip
+        done = await read_finished(repo, project, name, distributed_id)
+        if done is None or not own & set(done.parts):  # a racing finish listed parts before ours
+            raise _finished_error(project, name, distributed_id, done.version if done else None)
+        return record, created
     base = base_key(project, name, distributed_id)
     done = await read_finished(repo, project, name, distributed_id)
     if done is not None:

@@ -200,20 +200,25 @@ def check_path(path: str) -> list[str]:
 
 
 def _norm_prefix(prefix: str | None) -> str:
+    """``path_prefix`` as a string prefix of entry paths (as W&B's): leading ``/`` dropped,
+    a trailing ``/`` kept (``train/`` selects only what is inside ``train``)."""
     if not prefix:
         return ""
-    p = prefix.strip("/")
-    if not p:
+    p = prefix.lstrip("/")
+    body = p.rstrip("/")
+    if not body:
         return ""
     try:
-        check_path(p)
+        check_path(body)
     except UnsafePath:
         raise UnsafePath(f"path_prefix {prefix!r} is not a plain relative path") from None
-    return p
+    return body + "/" if p != body else body
 
 
-def _under(path: str, prefix: str) -> bool:
-    return not prefix or path == prefix or path.startswith(prefix + "/")
+def selects(path: str, prefix: str | None) -> bool:
+    """Whether ``path_prefix`` selects the entry ``path``: a plain string prefix, so ``train``
+    selects ``train.csv``, ``train/x`` and ``trainer/y``; ``train/`` only ``train/x``."""
+    return path.startswith(_norm_prefix(prefix))
 
 
 def _within(real: str, root: str) -> bool:
@@ -228,7 +233,7 @@ async def _entries(reader: ManifestReader, prefix: str) -> AsyncIterator[Manifes
     # its ancestors (in byte order, a path that stops being a prefix never becomes one again).
     stack: list[bytes] = []
     async for e in reader.entries(prefix):
-        if not _under(e.path, prefix):
+        if not e.path.startswith(prefix):
             continue
         key = e.path.encode()
         if last is not None and key <= last:
@@ -252,13 +257,16 @@ class _Item(NamedTuple):
     kind: Literal["file", "symlink", "other"]
 
 
-def _walk_dir(absdir: str, rel: bytes) -> Iterator[_Item]:
+def _walk_dir(absdir: str, rel: bytes, start: bytes = b"") -> Iterator[_Item]:
     """Non-directories under ``absdir`` in byte order of their relative paths (directories
-    sorted as ``name/``, like the scanner), never following symlinks."""
+    sorted as ``name/``, like the scanner), never following symlinks; at the top only the
+    names that begin with ``start``."""
     with os.scandir(absdir) as it:
         listing = []
         for e in it:
             name = os.fsencode(e.name)
+            if not name.startswith(start):
+                continue
             is_dir = e.is_dir(follow_symlinks=False)
             listing.append((name + b"/" if is_dir else name, name, e, is_dir))
     listing.sort(key=lambda t: t[0])
@@ -272,36 +280,27 @@ def _walk_dir(absdir: str, rel: bytes) -> Iterator[_Item]:
             yield _Item(r, e.path, "symlink" if e.is_symlink() else "other")
 
 
-def _scope(root: str, prefix: str) -> tuple[str | None, os.stat_result | None]:
-    """The real path of root/prefix if every directory on the way is a real directory (no
-    symlink) and its lstat; (None, None) if there is nothing of the root's tree there."""
-    if not prefix:
-        return root, os.lstat(root) if os.path.lexists(root) else None
+def _scope(root: str, prefix: str) -> tuple[str | None, str]:
+    """Where a (string) prefix selects in the folder: the real path of the directory holding
+    the selected names — None unless every directory on the way is a real directory (no
+    symlink) — and the start those names have (``data/tr`` → root/data, ``tr``)."""
+    folder, _, start = prefix.rpartition("/")
     cur = root
-    parts = prefix.split("/")
-    for i, name in enumerate(parts):
+    for name in folder.split("/") if folder else ():
         cur = os.path.join(cur, name)
         try:
             st = os.lstat(cur)
         except (FileNotFoundError, NotADirectoryError):
-            return None, None
-        if i == len(parts) - 1:
-            return cur, st
+            return None, start
         if not stat.S_ISDIR(st.st_mode):
-            return None, None
-    return None, None  # unreachable
+            return None, start
+    return (cur if os.path.isdir(cur) else None), start
 
 
 def _walk(root: str, prefix: str) -> Iterator[_Item]:
-    top, st = _scope(root, prefix)
-    if top is None or st is None:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        yield from _walk_dir(top, prefix.encode())
-    elif stat.S_ISREG(st.st_mode):
-        yield _Item(prefix.encode(), top, "file")
-    else:
-        yield _Item(prefix.encode(), top, "symlink" if stat.S_ISLNK(st.st_mode) else "other")
+    top, start = _scope(root, prefix)
+    if top is not None:
+        yield from _walk_dir(top, prefix.rpartition("/")[0].encode(), start.encode())
 
 
 def _show(key: bytes) -> str:
@@ -1427,11 +1426,15 @@ def _remove(paths: list[str]) -> None:
 
 
 def _remove_empty_dirs(root: str, prefix: str) -> None:
-    top, st = _scope(root, prefix)
-    if top is None or st is None or not stat.S_ISDIR(st.st_mode):
+    """Every empty directory the prefix selects (the root, and a folder named by a prefix
+    ending in ``/``, stay)."""
+    top, start = _scope(root, prefix)
+    if top is None:
         return
-    for dirpath, _, _ in os.walk(top, topdown=False, followlinks=False):
-        if dirpath != top:
+    with os.scandir(top) as it:
+        tops = [e.path for e in it if e.name.startswith(start) and e.is_dir(follow_symlinks=False)]
+    for sub in tops:
+        for dirpath, _, _ in os.walk(sub, topdown=False, followlinks=False):
             with contextlib.suppress(OSError):
                 os.rmdir(dirpath)
 
@@ -1482,12 +1485,13 @@ async def download(
 ) -> DownloadResult:
     """Writes the files of ``record`` under ``root`` (default: :func:`default_root`).
 
-    Only entries whose path is ``path_prefix`` or lies under it (``data`` selects ``data``
-    and ``data/…``, not ``database.csv``) when given. Files already there with the right
-    content are not fetched again. ``mode="download"`` never deletes anything that is not in
-    the version and refuses to replace symlinks or directories that stand where the version
-    has a file; ``mode="checkout"`` makes the folder (or the prefix within it) exactly the
-    version: it replaces those and then deletes everything else, never outside the root.
+    Only entries whose path starts with ``path_prefix`` when given (a string prefix, as in
+    W&B: ``data`` selects ``data/…`` and ``database.csv``; ``data/`` only ``data/…``). Files
+    already there with the right content are not fetched again. ``mode="download"`` never
+    deletes anything that is not in the version and refuses to replace symlinks or
+    directories that stand where the version has a file; ``mode="checkout"`` makes the folder
+    (or the paths the prefix selects) exactly the version: it replaces those and then deletes
+    everything else, never outside the root.
 
     Raises ``UnsafePath`` for a path that is absolute, has ``..``, or leads out of the root
     through a symlink; ``CorruptData`` naming the file and blob when stored bytes do not

@@ -19,7 +19,7 @@ from syncengine.repo.gc_objects import collectable
 from syncengine.repo.lifecycle import expires_at
 from syncengine.repo.manifest import decode_manifest, decode_page
 from syncengine.repo.pack import IndexEntry
-from syncengine.repo.records import VersionRecord, decode_head, decode_version
+from syncengine.repo.records import LATEST, VersionRecord, decode_head, decode_version
 from syncengine.repo.repository import Repository, _cached_segment, _remember_segment, _segment_cache_dir
 
 #: A pack whose live blobs are less than this share of its bytes is worth repacking.
@@ -86,7 +86,7 @@ async def _aliased(repo: Repository, records: list[VersionRecord]) -> set[tuple[
             head = decode_head(await repo.store.get(key), key)
         except SyncEngineError:
             continue
-        out.update((project, name, v) for v in head.aliases.values())
+        out.update((project, name, v) for a, v in head.aliases.items() if a != LATEST)  # as cleanup
     return out
 
 

@@ -5,8 +5,9 @@ A deletion is two conditional writes, in this order:
 1. the version record gets ``deleted: true`` (compare-and-swap on its ETag) — the commit
    point: from then on the version is not resolvable, listed, changed or matched as identical
    content, and its number is never handed out again (the record keeps it taken);
-2. the artifact head drops the version's aliases and content digest, and ``latest`` moves to
-   the newest remaining version (compare-and-swap, retried), with ``highest`` remembering
+2. the artifact head drops the version's aliases and content digest; the newest version
+   (``latest`` in the head) becomes the newest remaining one, and so does the alias `latest`
+   if the deleted version held it (compare-and-swap, retried), with ``highest`` remembering
    the number that was newest so new versions are numbered above it.
 
 Step 2 is idempotent: deleting a deleted version (or any later deletion of the artifact)
@@ -25,7 +26,14 @@ from typing import Any, Final
 import msgspec
 
 from syncengine.errors import ConfigError, PreconditionFailed, SyncEngineError
-from syncengine.repo.records import ArtifactHead, VersionRecord, decode_version, encode_record, version_key
+from syncengine.repo.records import (
+    LATEST,
+    ArtifactHead,
+    VersionRecord,
+    decode_version,
+    encode_record,
+    version_key,
+)
 from syncengine.repo.repository import ArtifactNotFound, Repository
 
 #: Tombstones written at once by `cleanup`.
@@ -144,8 +152,10 @@ async def _newest_remaining(
 
 async def forget(repo: Repository, project: str, name: str, numbers: Iterable[int]) -> list[tuple[int, str]]:
     """Step 2 of a deletion: the head drops aliases and digests of the deleted ``numbers``
-    and ``latest`` moves to the newest version that is not deleted (compare-and-swap,
-    retried). Returns the (version, alias) pairs removed.
+    and ``latest`` moves to the newest version that is not deleted — the alias `latest` too,
+    when a deleted version held it (one a user removed is not given back; one a user moved
+    to a version that stays, stays) — by compare-and-swap, retried. Returns the (version,
+    alias) pairs removed (`latest` is moved, not reported).
 
     After its write it checks that the version ``latest`` now names was not deleted
     meanwhile (that deletion's own head update may have come before this one), else goes
@@ -163,11 +173,18 @@ async def forget(repo: Repository, project: str, name: str, numbers: Iterable[in
             highest = max(head.latest, -1 if highest is None else highest)
         if highest is not None and latest is not None and highest <= latest:
             highest = None
-        removed = [(v, a) for a, v in head.aliases.items() if v in gone]
+        holder = head.aliases.get(LATEST)
+        moves = holder is not None and (holder in gone or (holder == head.latest and latest != head.latest))
+        removed = [(v, a) for a, v in head.aliases.items() if v in gone and not (a == LATEST and moves)]
+        aliases = {a: v for a, v in head.aliases.items() if v not in gone}
+        if moves:
+            aliases.pop(LATEST, None)
+            if latest is not None:
+                aliases[LATEST] = latest
         new = msgspec.structs.replace(
             head,
             latest=latest,
-            aliases={a: v for a, v in head.aliases.items() if v not in gone},
+            aliases=aliases,
             digests={d: v for d, v in head.digests.items() if v not in gone},
             highest=highest,
         )
@@ -178,7 +195,9 @@ async def forget(repo: Repository, project: str, name: str, numbers: Iterable[in
 
 
 def _held(head: ArtifactHead, number: int) -> list[str]:
-    return sorted(a for a, v in head.aliases.items() if v == number)
+    """The aliases that protect version ``number`` from deletion: all but `latest`, which a
+    deletion moves to the newest remaining version (docs/DELETION.md)."""
+    return sorted(a for a, v in head.aliases.items() if v == number and a != LATEST)
 
 
 async def delete_version(

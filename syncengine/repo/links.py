@@ -16,7 +16,7 @@ import msgspec
 
 from syncengine.errors import ConfigError, ObjectNotFound, PreconditionFailed, SyncEngineError
 from syncengine.repo.manifest import decode_manifest
-from syncengine.repo.records import ArtifactHead, VersionRecord, check_alias, check_name, parse_ref
+from syncengine.repo.records import LATEST, ArtifactHead, VersionRecord, check_alias, check_name, parse_ref
 from syncengine.repo.runs import Edge, encode_edge, linked_as_key, links_of, now
 
 if TYPE_CHECKING:
@@ -107,6 +107,8 @@ async def unlink(repo: Repository, version: VersionRecord, *, dry_run: bool = Fa
 
     def change(head: ArtifactHead) -> ArtifactHead:
         aliases = {a: n for a, n in head.aliases.items() if n != number}
+        if head.aliases.get(LATEST) == number and fallback is not None:
+            aliases[LATEST] = fallback  # the alias goes where a deletion would move it
         digests = {d: n for d, n in head.digests.items() if n != number}
         latest = fallback if head.latest == number else head.latest
         return msgspec.structs.replace(head, aliases=aliases, digests=digests, latest=latest)

@@ -39,6 +39,13 @@ class ManifestError(SyncEngineError):
     """A manifest or one of its pages is malformed or does not match its name."""
 
 
+#: Keys of a reference's `extra` spelled otherwise before: old → current (W&B's names, so
+#: `entry.extra["versionID"]` works as in W&B scripts). Readers (`ManifestReader`) give the
+#: current names; stored pages keep their bytes, and the reference digest is computed over the
+#: old spelling whichever is stored (docs/FORMAT.md "References").
+RENAMED_EXTRA: Final = {"version_id": "versionID"}
+
+
 class ManifestEntry(msgspec.Struct, array_like=True, frozen=True):
     """One file of a version.
 
@@ -55,6 +62,15 @@ class ManifestEntry(msgspec.Struct, array_like=True, frozen=True):
     chunks: tuple[tuple[int, bytes], ...] = ()
     ref: str | None = None
     extra: dict[str, str | int] | None = None
+
+
+def current_names(e: ManifestEntry) -> ManifestEntry:
+    """``e`` with the current names of its `extra` keys (the same object if they are)."""
+    extra = e.extra
+    if not extra or not any(k in extra for k in RENAMED_EXTRA):
+        return e
+    renamed = {RENAMED_EXTRA.get(k, k): v for k, v in extra.items()}
+    return msgspec.structs.replace(e, extra=renamed)
 
 
 class PageRef(msgspec.Struct, array_like=True, frozen=True):
@@ -284,7 +300,7 @@ class ManifestReader:
                     last = key
                     count += 1
                     if e.path.startswith(prefix):
-                        yield e
+                        yield e if e.extra is None else current_names(e)
                 continue
             refs = page.refs
             keep = [
@@ -305,7 +321,7 @@ class ManifestReader:
             if page.level == 0:
                 for e in page.entries:
                     if e.path == path:
-                        return e
+                        return current_names(e)
                 return None
             chosen = None
             for r in page.refs:

@@ -22,7 +22,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _VERSION = re.compile(r"v(0|[1-9][0-9]{0,9})")
-RESERVED_ALIASES: Final = frozenset({"latest"})
+#: The alias each newly logged version gets (as in W&B); users may pass, move or remove it
+#: like any other (docs/FORMAT.md "Artifact head").
+LATEST: Final = "latest"
 
 
 class InvalidName(ConfigError):
@@ -40,8 +42,9 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-def check_alias(alias: str, *, allow_reserved: bool = False) -> str:
-    """Aliases name one version at a time: no `/` or `:`, and not `vN` (which names versions)."""
+def check_alias(alias: str) -> str:
+    """Aliases name one version at a time: no `/` or `:`, and not `vN` (which names versions).
+    `latest` is an alias too: given to each new version, and movable or removable by users."""
     if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
         raise InvalidName(
             f"invalid alias {alias!r}: use 1-128 letters, digits, '.', '_' or '-' (no '/' or ':'), "
@@ -49,8 +52,6 @@ def check_alias(alias: str, *, allow_reserved: bool = False) -> str:
         )
     if re.fullmatch(r"v[0-9]+", alias):
         raise InvalidName(f"invalid alias {alias!r}: names of the form vN are the versions themselves")
-    if alias in RESERVED_ALIASES and not allow_reserved:
-        raise InvalidName(f"alias {alias!r} is managed by syncengine and always names the newest version")
     return alias
 
 
@@ -99,7 +100,7 @@ def parse_ref(text: str, *, default_project: str | None = None) -> ArtifactRef:
         return ArtifactRef(project, name)
     if _VERSION.fullmatch(selector):
         return ArtifactRef(project, name, version=int(selector[1:]))
-    return ArtifactRef(project, name, alias=check_alias(selector, allow_reserved=True))
+    return ArtifactRef(project, name, alias=check_alias(selector))
 
 
 class RepoConfig(msgspec.Struct, frozen=True):
@@ -160,14 +161,16 @@ class ArtifactHead(msgspec.Struct, frozen=True, omit_defaults=True):
     #: The highest version number ever created, kept only while it is above ``latest`` (the
     #: newest versions were deleted): new versions are numbered above it (docs/DELETION.md).
     highest: int | None = None
+    #: True in heads written since the alias `latest` is an ordinary one: ``aliases`` says
+    #: which version holds it, and none may. Absent in older heads, where `latest` named
+    #: version ``latest`` implicitly; `decode_head` gives those the alias.
+    latest_in_aliases: bool = False
 
     def aliases_of(self, version: int) -> list[str]:
-        """The aliases naming ``version``, sorted; `latest` among them when it is the newest
-        (what every command shows as a version's aliases)."""
-        names = {a for a, v in self.aliases.items() if v == version}
-        if self.latest == version:
-            names.add("latest")
-        return sorted(names)
+        """The aliases naming ``version``, sorted (what every command shows as a version's
+        aliases). `latest` is among them only where it is held: a head read through
+        `decode_head` holds it as an alias (older heads are given it on the newest version)."""
+        return sorted(a for a, v in self.aliases.items() if v == version)
 
 
 _encode = msgspec.json.Encoder(order="sorted").encode
@@ -187,11 +190,17 @@ def decode_version(data: bytes, key: str = "a version record") -> VersionRecord:
 
 
 def decode_head(data: bytes, key: str = "an artifact head") -> ArtifactHead:
-    """Raises ``CorruptData`` naming ``key`` when the stored bytes are not a valid head."""
+    """Raises ``CorruptData`` naming ``key`` when the stored bytes are not a valid head. A head
+    written before `latest` was an ordinary alias reads with it in ``aliases`` (on version
+    ``latest``, where it was implied), so every reader sees one form."""
     try:
-        return msgspec.json.decode(data, type=ArtifactHead)
+        head = msgspec.json.decode(data, type=ArtifactHead)
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise CorruptData(f"{key} is damaged and cannot be read ({e}); run `syncengine check`") from None
+    if head.latest_in_aliases:
+        return head
+    implied = {LATEST: head.latest} if head.latest is not None else {}
+    return msgspec.structs.replace(head, aliases={**head.aliases, **implied}, latest_in_aliases=True)
 
 
 def version_key(project: str, name: str, version: int) -> str:

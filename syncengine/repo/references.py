@@ -36,7 +36,7 @@ from syncengine.errors import (
 )
 from syncengine.hashing import backend
 from syncengine.hashing.params import ChunkerParams
-from syncengine.repo.manifest import ManifestEntry, ManifestError
+from syncengine.repo.manifest import RENAMED_EXTRA, ManifestEntry, ManifestError
 
 if TYPE_CHECKING:
     import aiohttp
@@ -59,10 +59,10 @@ CONCURRENCY: Final = 16
 FETCH_BATCH: Final = 1024
 #: Objects up to this size are gathered in memory and written with one worker-thread hop.
 SMALL_OBJECT: Final = 1 << 20
-#: `extra` keys, per scheme: s3 `etag`, `version_id` (versioned buckets); file `mtime_ns`,
+#: `extra` keys, per scheme: s3 `etag`, `versionID` (versioned buckets; W&B's names); file `mtime_ns`,
 #: `blake3` (hex file digest, with checksum); http(s) `etag`, `last_modified` (when sent).
 EXTRA: Final = {
-    "s3": ("etag", "version_id"),
+    "s3": ("etag", "versionID"),
     "file": ("mtime_ns", "blake3"),
     "http": ("etag", "last_modified"),
 }
@@ -118,10 +118,14 @@ class Reference:
 
 def covered_extra(extra: dict[str, str | int]) -> dict[str, str | int]:
     """The part of `extra` the reference digest covers: all of it, except `mtime_ns` when a
-    `blake3` content digest is there (touching a checksummed file is no new version)."""
-    if "blake3" in extra:
-        return {k: v for k, v in extra.items() if k != "mtime_ns"}
-    return dict(extra)
+    `blake3` content digest is there (touching a checksummed file is no new version), with
+    renamed keys under their first name (`versionID` as `version_id`), so a reference logged
+    before the rename and after it has one digest: the same object is identical content."""
+    old_name = {new: old for old, new in RENAMED_EXTRA.items()}
+    covered = {old_name.get(k, k): v for k, v in extra.items()}
+    if "blake3" in covered:
+        covered.pop("mtime_ns", None)
+    return covered
 
 
 def reference_digest(uri: str, size: int, extra: dict[str, str | int]) -> bytes:
@@ -263,7 +267,7 @@ def _s3_uri(bucket: str, key: str) -> str:
 def _s3_extra(etag: str, version_id: str | None) -> dict[str, str | int]:
     extra: dict[str, str | int] = {"etag": etag}
     if version_id:
-        extra["version_id"] = version_id
+        extra["versionID"] = version_id
     return extra
 
 
@@ -613,7 +617,7 @@ async def _recheck_one(sources: SourceStores, e: ManifestEntry, params: ChunkerP
     scheme = e.ref.split("://", 1)[0].lower()
     if scheme == "s3":
         bucket, key = _s3_parts(e.ref)
-        vid = extra.get("version_id")
+        vid = extra.get("versionID")
         try:
             info, got_vid = await sources.s3(bucket).head_object(key, str(vid) if vid else None)
         except ObjectNotFound:
@@ -767,7 +771,7 @@ async def _receive(
 async def _fetch_s3(sources: SourceStores, e: ManifestEntry, root: str) -> _TempFile:
     assert e.ref is not None and e.extra is not None
     bucket, key = _s3_parts(e.ref)
-    vid = e.extra.get("version_id")
+    vid = e.extra.get("versionID")
     store = sources.s3(bucket)
     try:
         reader, got_vid = await store.open_object(key, str(vid) if vid else None)

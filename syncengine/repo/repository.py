@@ -64,6 +64,7 @@ from syncengine.repo.put_journal import PutJournal
 from syncengine.repo.put_memo import Fingerprint, Memo, PutMemo, memo_key, walk_key
 from syncengine.repo.records import (
     FORMAT,
+    LATEST,
     ArtifactHead,
     ArtifactRef,
     RepoConfig,
@@ -785,7 +786,7 @@ class Repository:
             if head is not None and head.type != type:
                 raise TypeMismatch(f"artifact {project}/{name} has type {head.type!r}, not {type!r}")
             if head is None:
-                head = ArtifactHead(FORMAT, project, name, type)
+                head = ArtifactHead(FORMAT, project, name, type, latest_in_aliases=True)
             existing = head.digests.get(digest)
             if record is None and existing is not None:
                 old = await self.version(project, name, existing, include_deleted=True)
@@ -835,8 +836,10 @@ class Repository:
                         number += 1
             assert record is not None and number is not None
             new_aliases = {a: v for a, v in head.aliases.items() if a not in aliases}
-            new_aliases.update({a: number for a in aliases})
             latest = max(number, *found.values(), head.latest if head.latest is not None else -1)
+            if latest != head.latest:  # a new newest version: `latest` goes to it (as in W&B)
+                new_aliases[LATEST] = latest
+            new_aliases.update({a: number for a in aliases})
             digests = {**found, **head.digests, digest: number}
             highest = head.highest if head.highest is not None and head.highest > latest else None
             new_head = msgspec.structs.replace(
@@ -880,7 +883,9 @@ class Repository:
                 yield rest[: -len("/head")]
 
     async def resolve(self, ref: ArtifactRef) -> VersionRecord:
-        """The version a reference names: `:vN`, `:alias`, or the newest (`latest`)."""
+        """The version a reference names: `:vN`, `:alias`, or (no selector) `:latest`. When no
+        version holds `latest` (a user removed it) that is `ArtifactNotFound`, as in W&B,
+        naming the newest version."""
         head = await self.head(ref.project, ref.name)
         if ref.version is not None:
             try:
@@ -890,16 +895,20 @@ class Repository:
             except ArtifactNotFound as e:
                 newest = "it has no versions" if head.latest is None else f"the newest is v{head.latest}"
                 raise ArtifactNotFound(f"{e} ({newest})") from None
-        if ref.alias in (None, "latest"):
+        alias = ref.alias or LATEST
+        if alias == LATEST and alias not in head.aliases:
             if head.latest is None:
                 raise ArtifactNotFound(f"{ref.full_name} has no versions")
-            return await self._named(ref, head.latest)
-        assert ref.alias is not None
-        if ref.alias not in head.aliases:
+            newest = f"{ref.full_name}:v{head.latest}"
+            raise ArtifactNotFound(
+                f"no version of {ref.full_name} holds the alias 'latest' (it was removed; the newest "
+                f"is {newest}): name a version, or give it back (`syncengine alias add {newest} latest`)"
+            )
+        if alias not in head.aliases:
             known = ", ".join(sorted(head.aliases)) or "none"
-            hint = did_you_mean(ref.alias, [*head.aliases, "latest"])
-            raise ArtifactNotFound(f"{ref.full_name} has no alias {ref.alias!r}{hint} (aliases: {known})")
-        return await self._named(ref, head.aliases[ref.alias])
+            hint = did_you_mean(alias, list(head.aliases))
+            raise ArtifactNotFound(f"{ref.full_name} has no alias {alias!r}{hint} (aliases: {known})")
+        return await self._named(ref, head.aliases[alias])
 
     async def _named(self, ref: ArtifactRef, number: int) -> VersionRecord:
         """The version the head names for `ref`; a tombstone there means a deletion is running

@@ -142,6 +142,29 @@ def reference_vector() -> dict[str, object]:
     return {"ref_key": REF_KEY.hex(), "entries": out, "content_digest": tree.hexdigest()}
 
 
+def reference_wandb_names_vector() -> dict[str, object]:
+    """An S3 reference as written since its `extra` uses W&B's key names (`versionID`); its
+    digest input spells the key as before (`version_id`), so the digest equals the one of
+    the same object logged earlier (`reference` → `train.csv`)."""
+    import msgspec
+
+    from syncengine.repo.references import covered_extra, reference_entry
+
+    path, uri, size = "train.csv", "s3://bucket/data/train.csv", 1234
+    extra = {"etag": "d41d8cd98f00b204e9800998ecf8427e", "versionID": "3HL4kqtJlcpXroDTDmJ"}
+    enc = msgspec.msgpack.Encoder(order="deterministic").encode
+    e = reference_entry(path, uri, size, extra)
+    return {
+        "path": path,
+        "uri": uri,
+        "size": size,
+        "extra": extra,
+        "digest_input": enc([uri, size, covered_extra(extra)]).hex(),
+        "digest": e.digest.hex(),
+        "entry": enc(e).hex(),
+    }
+
+
 def pack_vector() -> dict[str, object]:
     from syncengine.repo.pack import PackWriter, blob_digest, encode_index, index_entries
 
@@ -179,6 +202,11 @@ def records_vector() -> dict[str, object]:
     head = ArtifactHead(
         1, "vision", "mnist", "dataset", 3, {"best": 2, "prod": 3}, {"cd" * 32: 3, "ef" * 32: 2}
     )
+    # Since `latest` is an ordinary alias: here a user moved it to v2 (v3 is the newest).
+    head_latest_alias = ArtifactHead(
+        1, "vision", "mnist", "dataset", 3, {"best": 2, "latest": 2, "prod": 3}, {"cd" * 32: 3, "ef" * 32: 2},
+        latest_in_aliases=True,
+    )  # fmt: skip
     minimal = VersionRecord(
         1, "p", "n", 0, "t", "manifests/00/" + "00" * 32, "11" * 32, 0, 0, "2024-06-01T00:00:00Z"
     )
@@ -187,6 +215,7 @@ def records_vector() -> dict[str, object]:
         "version": encode_record(version).decode(),
         "version_minimal": encode_record(minimal).decode(),
         "head": encode_record(head).decode(),
+        "head_latest_alias": encode_record(head_latest_alias).decode(),
     }
 
 
@@ -260,6 +289,7 @@ def main() -> None:
         "files": [file_vector(name, n) for name, n in INPUTS],
         "manifest": manifest_vector(),
         "reference": reference_vector(),
+        "reference_wandb_names": reference_wandb_names_vector(),
         "pack": pack_vector(),
         "records": records_vector(),
         "lineage": lineage_vector(),

@@ -108,7 +108,7 @@ def test_kill_9_at_random_moments_then_rerun(tmp_path: Path) -> None:
         async with LocalStore(repo) as store:
             r = await Repository.open(store, create=False)
             head = await r.head("p", "data")
-            assert head.aliases == {"best": 0} and head.latest == 0
+            assert head.aliases == {"best": 0, "latest": 0} and head.latest == 0
             await r.download(await r.version("p", "data", 0), str(tmp_path / "out"))
 
     asyncio.run(download())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,92 @@ def test_eight_processes_upsert_then_one_finish_on_s3(
         assert [x.version for x in repo.artifact_versions("nlp/corpus")] == ["v0"]
         assert repo.artifact("nlp/corpus:prod").version == "v0"
     assert all(writers)
+
+
+# The W&B documentation's distributed-writers example, one run per process: runs 1 and 2
+# upsert image1.png and image2.png, run 3 adds image3.png and calls finish_artifact.
+WANDB_RUN = """
+import pathlib, sys
+import syncengine as se
+url, n, root = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
+(root / f"image{n}.png").write_bytes(b"\\x89PNG image %d" % n)
+repo = se.Repository.open(url)
+with repo.run(project="p", job_type="writer") as run:
+    artifact = se.Artifact("images", type="dataset")
+    artifact.add_file(str(root / f"image{n}.png"))
+    if n < 3:
+        run.upsert_artifact(artifact, distributed_id="my_dist_artifact")
+    else:
+        print(run.finish_artifact(artifact, distributed_id="my_dist_artifact").version)
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_wandb_three_run_example_in_three_processes(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finishing run's own files are in the version too (they were silently dropped)."""
+    env: dict[str, str] = {}
+    url = str(tmp_path / "repo")
+    if where == "s3":
+        env = s3_env(request.getfixturevalue("s3_server"))
+        url = f"s3://{request.getfixturevalue('s3_bucket')}/wandb"
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+    versions = []
+    for n in (1, 2, 3):
+        machine = {
+            **os.environ,
+            **env,
+            "SYNCENGINE_CACHE_DIR": str(tmp_path / f"cache-{n}"),
+            "SYNCENGINE_STATE_DIR": str(tmp_path / f"state-{n}"),
+        }
+        r = subprocess.run(
+            [sys.executable, "-c", WANDB_RUN, url, str(n), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env=machine,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        versions.append(r.stdout.strip())
+    assert versions == ["", "", "v0"]
+    with se.Repository.open(url) as repo:
+        v = repo.artifact("p/images:v0")
+        assert sorted(v.manifest.entries) == ["image1.png", "image2.png", "image3.png"]
+        assert [x.version for x in repo.artifact_versions("p/images")] == ["v0"]
+        v.download(tmp_path / "out")
+        assert (tmp_path / "out" / "image3.png").read_bytes() == b"\x89PNG image 3"
+    assert count_parts(url, "p", "images", "my_dist_artifact") == 3
+
+
+def count_parts(url: str, project: str, name: str, distributed_id: str) -> int:
+    async def go() -> int:
+        async with await aio.Repository.open(url) as repo:
+            return len(await parts(repo.core, project, name, distributed_id))
+
+    return asyncio.run(go())
+
+
+def test_finish_with_files_again_or_after_another_finish(tmp_path: Path) -> None:
+    """A finish given files is idempotent when retried with the same files, and refuses
+    (never drops) files that arrive after the id was finished."""
+    with se.Repository.open(str(tmp_path / "repo")) as repo:
+        with repo.run(project="p", job_type="w", group="g") as run:
+            run.upsert_artifact(files(tmp_path, "a", {"a.txt": b"a"}))
+            v = run.finish_artifact(files(tmp_path, "own", {"own.txt": b"o"}))
+            assert sorted(v.manifest.entries) == ["a.txt", "own.txt"]
+            again = run.finish_artifact(files(tmp_path, "own", {"own.txt": b"o"}))
+            assert again.version == v.version == "v0"
+            assert count_parts(str(tmp_path / "repo"), "p", "corpus", "g") == 2  # the retry added none
+            with pytest.raises(ArtifactFinished, match="finished as v0"):
+                run.finish_artifact(files(tmp_path, "late", {"late.txt": b"l"}))
+        assert [x.version for x in repo.artifact_versions("p/corpus")] == ["v0"]
+        # With no upserts at all, a finish with files is a plain one-writer version.
+        with repo.run(project="p", job_type="w") as run:
+            solo = run.finish_artifact(files(tmp_path, "solo", {"s.txt": b"s"}), "solo")
+        assert sorted(solo.manifest.entries) == ["s.txt"] and solo.version == "v1"
 
 
 async def _local_repo(tmp_path: Path) -> aio.Repository:

@@ -184,3 +184,28 @@ def test_conflicting_writers_and_usage_errors(tmp_path: Path) -> None:
         env, "distributed", "upsert", "p/ds", str(tmp_path / "c0"), "-t", "d", "-D", "a b", "--repo", repo
     )
     assert r.returncode == 2 and "invalid distributed id 'a b'" in r.stderr  # a usage error
+
+
+def test_finish_with_paths_includes_the_finishing_steps_files(tmp_path: Path) -> None:
+    """`distributed finish NAME PATHS…`, like W&B's finish_artifact of an artifact with files:
+    the finishing step's files are a part too, so the version holds them."""
+    env = dict(os.environ)
+    repo = str(tmp_path / "repo")
+    for n in (1, 2, 3):
+        (tmp_path / f"image{n}.png").write_bytes(b"image %d" % n)
+    for n in (1, 2):
+        r = run(
+            machine(env, tmp_path, n), "distributed", "upsert", "p/images", str(tmp_path / f"image{n}.png"),
+            "-t", "dataset", "-D", "d1", "--repo", repo,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    r = run(
+        machine(env, tmp_path, 3), "distributed", "finish", "p/images", str(tmp_path / "image3.png"),
+        "-t", "dataset", "-D", "d1", "--repo", repo, "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["ref"], out["files"], out["parts"]) == ("p/images:v0", 3, 3)
+    got = tmp_path / "got"
+    assert run(env, "get", "p/images:v0", "--root", str(got), "--repo", repo).returncode == 0
+    assert sorted(p.name for p in got.iterdir()) == ["image1.png", "image2.png", "image3.png"]

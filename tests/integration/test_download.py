@@ -231,7 +231,7 @@ def test_path_prefix_selects_a_subtree(tmp_path: Path) -> None:
         res = await download(repo, record, out, path_prefix="sub/")
         assert read_tree(out) == {"sub/one.txt": b"1", "sub/two/three.txt": b"3" * 5000}
         assert res.files == 2
-        assert await verify(repo, record, out, path_prefix="sub") == []
+        assert await verify(repo, record, out, path_prefix="sub/") == []
         missing = await verify(repo, record, out)
         assert {d.path for d in missing} == set(files) - {"sub/one.txt", "sub/two/three.txt"}
         assert {d.kind for d in missing} == {"missing"}
@@ -244,6 +244,69 @@ def test_path_prefix_selects_a_subtree(tmp_path: Path) -> None:
             await download(repo, record, out, path_prefix="../sub")
 
     asyncio.run(go())
+
+
+def test_path_prefix_is_a_string_prefix_as_in_wandb(tmp_path: Path) -> None:
+    """W&B's ``path_prefix`` is a string prefix of the entry path: ``train`` selects
+    ``train.csv``, ``train/x`` and ``trainer/y``; ``train/`` only what is inside ``train``.
+    Download, checkout (what it deletes), verify and `get --prefix` agree."""
+    files = {
+        "train.csv": b"t",
+        "train/x.bin": b"x",
+        "train/sub/y.bin": b"y",
+        "trainer/z.txt": b"z",
+        "test/a.bin": b"a",
+        "tra.txt": b"not selected by train",
+    }
+    write_tree(tmp_path / "data", files)
+    selected = {k: v for k, v in files.items() if k.startswith("train")}
+
+    async def go() -> None:
+        repo, _ = await open_repo(tmp_path / "repo")
+        record = await log(repo, tmp_path / "data")
+        out = tmp_path / "out"
+        res = await download(repo, record, out, path_prefix="train")
+        assert read_tree(out) == selected and res.files == 4
+        assert await verify(repo, record, out, path_prefix="train") == []
+        assert {d.path for d in await verify(repo, record, out, path_prefix="tra")} == {"tra.txt"}
+
+        inside = tmp_path / "inside"
+        await download(repo, record, inside, path_prefix="train/")
+        assert read_tree(inside) == {"train/x.bin": b"x", "train/sub/y.bin": b"y"}
+        partial = tmp_path / "partial"
+        await download(repo, record, partial, path_prefix="train/s")
+        assert read_tree(partial) == {"train/sub/y.bin": b"y"}
+
+        # checkout makes exactly the selected paths the version's: extras whose path starts
+        # with the prefix go (and the folders they leave empty), nothing else is touched
+        write_tree(out, {"train.old": b"o", "trainee/q.txt": b"q", "tester.txt": b"keep", "tr.txt": b"k"})
+        res = await download(repo, record, out, path_prefix="train", mode="checkout")
+        assert res.removed == 2 and not (out / "trainee").exists()
+        assert read_tree(out) == {**selected, "tester.txt": b"keep", "tr.txt": b"k"}
+
+    asyncio.run(go())
+
+    env = {**os.environ, "SYNCENGINE_REPO": str(tmp_path / "repo")}
+    cli_out = tmp_path / "cli"
+    r = subprocess.run(
+        [sys.executable, "-m", "syncengine", "get", "p/ds", "--root", str(cli_out), "--prefix", "train"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert read_tree(cli_out) == selected
+    dry = subprocess.run(
+        [sys.executable, "-m", "syncengine", "get", "p/ds", "--root", str(tmp_path / "dry"),
+         "--prefix", "train", "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert set(json.loads(dry.stdout)["would_write"]) == set(selected)
 
 
 def test_checkout_removes_extras_but_nothing_outside_the_root(tmp_path: Path) -> None:

@@ -279,7 +279,8 @@ def test_default_root_and_path_prefix_in_both_apis(tmp_path: Path, monkeypatch: 
     assert tree(work / "mnist") == {"train.csv": b"my own working copy"}  # never touched
 
     got = v.download(str(tmp_path / "only-train"), path_prefix="train")
-    assert tree(Path(got)) == {"train/0.bin": b"zero", "train/1.bin": b"one"}  # not train.csv
+    # a string prefix, as in W&B: train.csv is selected too
+    assert tree(Path(got)) == {"train/0.bin": b"zero", "train/1.bin": b"one", "train.csv": b"t"}
 
     async def with_aio() -> tuple[str, str]:
         async with await aio.Repository.open(str(tmp_path / "repo")) as repo:

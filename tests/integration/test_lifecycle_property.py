@@ -1,5 +1,6 @@
-"""Property: any sequence of logs, deletions, alias moves and cleanups leaves the repository
-agreeing with a simple model of the W&B rules (docs/DELETION.md)."""
+"""Property: any sequence of logs, deletions, alias moves and removals (`latest` among them)
+and cleanups leaves the repository agreeing with a simple model of the W&B rules
+(docs/DELETION.md)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from syncengine.repo.repository import ArtifactNotFound, Repository, VersionDele
 from syncengine.store.local import LocalStore
 
 PARAMS = ChunkerParams(4096, 16384, 65536)
-ALIASES = ("best", "prod")
+ALIASES = ("best", "prod", "latest")
 
 op = st.one_of(
     st.tuples(st.just("log"), st.integers(0, 3)),  # content id: repeats test identical content
     st.tuples(st.just("delete"), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("alias"), st.integers(0, 9), st.sampled_from(ALIASES)),
+    st.tuples(st.just("unalias"), st.integers(0, 9), st.sampled_from(ALIASES)),
     st.tuples(st.just("cleanup"), st.integers(0, 3)),
 )
 
@@ -51,13 +53,14 @@ async def _run(tmp: Path, ops: list[tuple]) -> None:  # type: ignore[type-arg]
                 same = [v for v, c in live.items() if c == o[1]]
                 if same:  # identical content finds the live version
                     assert r.record.version == same[0] and not r.created
-                else:  # never a deleted one, never a reused number
+                else:  # never a deleted one, never a reused number; `latest` goes to it
                     assert r.record.version == next_number and r.created
                     live[next_number] = o[1]
+                    aliases["latest"] = next_number
                     next_number += 1
             elif o[0] == "delete":
                 n, with_aliases = o[1], o[2]
-                held = sorted(a for a, v in aliases.items() if v == n)
+                held = sorted(a for a, v in aliases.items() if v == n and a != "latest")
                 if n >= next_number:
                     with contextlib.suppress(ArtifactNotFound):  # no such artifact/version yet
                         await delete_version(repo, "p", "m", n)
@@ -74,6 +77,7 @@ async def _run(tmp: Path, ops: list[tuple]) -> None:  # type: ignore[type-arg]
                 live.pop(n, None)
                 for a in held:
                     del aliases[a]
+                _move_latest(aliases, live, {n})
             elif o[0] == "alias":
                 n, a = o[1], o[2]
                 if n in live:
@@ -83,17 +87,33 @@ async def _run(tmp: Path, ops: list[tuple]) -> None:  # type: ignore[type-arg]
                     with contextlib.suppress(ArtifactNotFound):
                         await repo.set_aliases("p", "m", n, add=[a])
                         raise AssertionError("aliased a deleted or missing version")
+            elif o[0] == "unalias":
+                n, a = o[1], o[2]
+                with contextlib.suppress(ArtifactNotFound):
+                    await repo.set_aliases("p", "m", n, remove=[a])  # a no-op unless it names n
+                    if aliases.get(a) == n:
+                        del aliases[a]
             elif o[0] == "cleanup" and live:
                 keep = o[1]
                 newest = sorted(live)[max(0, len(live) - keep) :] if keep else []
-                doomed = [v for v in sorted(live) if v not in aliases.values() and v not in newest]
+                protected = {v for a, v in aliases.items() if a != "latest"}
+                doomed = [v for v in sorted(live) if v not in protected and v not in newest]
                 c = await cleanup(repo, "p", "m", keep_last=keep)
                 assert [d.version for d in c.deleted] == doomed
                 for v in doomed:
                     del live[v]
+                _move_latest(aliases, live, set(doomed))
             await _agrees(repo, live, aliases)
     finally:
         await repo.store.close()
+
+
+def _move_latest(aliases: dict[str, int], live: dict[int, int], gone: set[int]) -> None:
+    """A deletion moves `latest` off a deleted version to the newest remaining one."""
+    if aliases.get("latest") in gone:
+        del aliases["latest"]
+        if live:
+            aliases["latest"] = max(live)
 
 
 async def _agrees(repo: Repository, live: dict[int, int], aliases: dict[str, int]) -> None:
@@ -106,6 +126,13 @@ async def _agrees(repo: Repository, live: dict[int, int], aliases: dict[str, int
     assert head.aliases == aliases
     assert head.latest == (max(live) if live else None)
     assert sorted(head.digests.values()) == sorted(live)
+    for text in ("p/m:latest", "p/m"):  # the holder of `latest`; none: not found
+        if "latest" in aliases:
+            assert (await repo.resolve(parse_ref(text))).version == aliases["latest"]
+        else:
+            with contextlib.suppress(ArtifactNotFound):
+                await repo.resolve(parse_ref(text))
+                raise AssertionError(f"{text} resolved though no version holds latest")
     for n in range(max(live, default=-1) + 2):
         ref = parse_ref(f"p/m:v{n}")
         if n in live:

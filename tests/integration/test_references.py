@@ -373,13 +373,13 @@ def test_s3_versioned_bucket_downloads_the_logged_version(
             art = aio.Artifact("m", type="model")
             art.add_reference(f"s3://{src}/model/")
             v0 = await repo.log_artifact(art, project="p")
-            old = (await entries(v0))["w.bin"].extra["version_id"]
-            assert all("version_id" in e.extra for e in (await entries(v0)).values())
+            old = (await entries(v0))["w.bin"].extra["versionID"]  # W&B's key name
+            assert all("versionID" in e.extra for e in (await entries(v0)).values())
             await source.put("model/w.bin", b"second!")  # a new version; the old one stays
             await v0.download(tmp_path / "out")
             assert (tmp_path / "out" / "w.bin").read_bytes() == b"first"  # GET with the logged VersionId
             v1 = await repo.log_artifact(art, project="p")
-            assert v1.version == "v1" and (await entries(v1))["w.bin"].extra["version_id"] != old
+            assert v1.version == "v1" and (await entries(v1))["w.bin"].extra["versionID"] != old
             status, _ = s3_server.request("DELETE", f"/{src}/model/w.bin?versionId={old}")
             assert status in (200, 204)
             with pytest.raises(ReferenceChanged, match=f"'w.bin'.*version {old} no longer exists"):

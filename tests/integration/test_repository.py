@@ -59,7 +59,7 @@ def test_versions_identical_content_dedup_and_download(tmp_path: Path) -> None:
         )
         assert not again.created and again.record.version == 0 and again.new_bytes == 0
         head = await repo.head("vision", "mnist")
-        assert head.aliases == {"best": 0, "prod": 0} and head.latest == 0
+        assert head.aliases == {"best": 0, "prod": 0, "latest": 0} and head.latest == 0
 
         (data / "extra.bin").write_bytes(os.urandom(50_000))
         r1 = await repo.log([Source(str(data))], project="vision", name="mnist", type="dataset")
@@ -76,7 +76,7 @@ def test_versions_identical_content_dedup_and_download(tmp_path: Path) -> None:
 
         with pytest.raises(TypeMismatch, match="has type 'dataset', not 'model'"):
             await repo.log([Source(str(data))], project="vision", name="mnist", type="model")
-        with pytest.raises(ArtifactNotFound, match=r"no alias 'nope'.*best, prod"):
+        with pytest.raises(ArtifactNotFound, match=r"no alias 'nope'.*best, latest, prod"):
             await repo.resolve(parse_ref("vision/mnist:nope"))
         with pytest.raises(ArtifactNotFound, match=r"has no artifact 'mnst'.*mnist"):
             await repo.resolve(parse_ref("vision/mnst"))
@@ -166,7 +166,8 @@ def test_concurrent_writers_get_distinct_consecutive_versions(tmp_path: Path) ->
         repo = await open_repo(tmp_path / "repo")
         head = await repo.head("p", "shared")
         assert head.latest == 19
-        assert set(head.aliases) == {"w0", "w1", "w2", "w3"}  # no alias update lost
+        assert set(head.aliases) == {"w0", "w1", "w2", "w3", "latest"}  # no alias update lost
+        assert head.aliases["latest"] == 19
         assert len(head.digests) == 20
         v0 = await repo.version("p", "shared", 0)
         assert len(v0.metadata) == 20  # every writer's metadata update kept (compare-and-swap)

@@ -216,7 +216,9 @@ def test_cli_round_trip_on_s3(tmp_path: Path, s3_server: S3TestServer, s3_bucket
     assert (shown["version"], shown["tags"]) == (1, ["reviewed"])
 
     ls = ok_json(run("ls", "vision", "--json"))
-    assert ls == [dict(name="vision/mnist", type="dataset", latest=1, aliases={"first": 0, "best": 1})]
+    assert ls == [
+        dict(name="vision/mnist", type="dataset", latest=1, aliases={"first": 0, "best": 1, "latest": 1})
+    ]
     assert ok(run("ls")).split() == ["vision"]
 
     # verify: the working folder is v1, not v0

@@ -124,6 +124,11 @@ def test_record_vectors() -> None:
     full = decode_version(vec["version"].encode())
     assert full.metadata["split"] == {"train": 0.9} and full.tags == ("nightly", "v2-data")
     assert decode_version(vec["version_minimal"].encode()).description == ""  # defaults omitted
+    # Written before `latest` was an ordinary alias: it reads with `latest` on the newest.
     head = decode_head(vec["head"].encode())
-    assert isinstance(head, ArtifactHead) and head.aliases == {"best": 2, "prod": 3}
-    assert encode_record(head).decode() == vec["head"]
+    assert isinstance(head, ArtifactHead) and head.aliases == {"best": 2, "prod": 3, "latest": 3}
+    assert head.latest_in_aliases
+    # Written since: `aliases` alone says who holds `latest` (here not the newest, v3).
+    moved = decode_head(vec["head_latest_alias"].encode())
+    assert (moved.latest, moved.aliases["latest"], moved.latest_in_aliases) == (3, 2, True)
+    assert encode_record(moved).decode() == vec["head_latest_alias"]

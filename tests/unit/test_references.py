@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from syncengine.cli.reference_commands import split_reference
 from syncengine.errors import ConfigError
 from syncengine.hashing.digests import TreeDigest
-from syncengine.repo.manifest import ManifestBuilder, ManifestEntry, ManifestError
+from syncengine.repo.manifest import ManifestBuilder, ManifestEntry, ManifestError, ManifestReader
 from syncengine.repo.references import (
     REF_KEY,
     Merge,
@@ -56,6 +57,46 @@ def test_reference_vectors_content_digest() -> None:
     assert m.content_digest.hex() == VECTORS["content_digest"]
 
 
+def test_s3_reference_extra_uses_wandb_key_names_with_the_old_digest() -> None:
+    """Written since: `versionID` (W&B's name); the digest is the one the same object had
+    when the key was written `version_id`, so re-logging it is identical content."""
+    vec = json.loads((Path(__file__).parent.parent / "data" / "vectors.json").read_text())[
+        "reference_wandb_names"
+    ]
+    uri, size, extra = vec["uri"], vec["size"], vec["extra"]
+    assert set(extra) == {"etag", "versionID"}
+    by_hand = blake3.blake3(bytes.fromhex(vec["digest_input"]), key=REF_KEY).hexdigest()
+    assert by_hand == vec["digest"] == reference_digest(uri, size, extra).hex()
+    (old,) = [v for v in VECTORS["entries"] if v["path"] == vec["path"]]
+    assert old["extra"]["version_id"] == extra["versionID"] and old["digest"] == vec["digest"]
+    e = reference_entry(vec["path"], uri, size, extra)
+    assert msgspec.msgpack.Encoder(order="deterministic").encode(e).hex() == vec["entry"]
+    check_entry(msgspec.msgpack.decode(bytes.fromhex(vec["entry"]), type=ManifestEntry))
+
+
+def test_a_manifest_written_with_the_old_key_reads_with_wandb_names() -> None:
+    (old,) = [v for v in VECTORS["entries"] if v["path"] == "train.csv"]
+    stored = msgspec.msgpack.decode(bytes.fromhex(old["entry"]), type=ManifestEntry)
+    assert stored.extra is not None and "version_id" in stored.extra  # as written before
+    b = ManifestBuilder()
+    pages = dict(b.add(stored))
+    rest, m = b.finish()
+    pages.update(rest)
+
+    async def load(pid: bytes) -> bytes:
+        return pages[pid]
+
+    async def read() -> tuple[list[ManifestEntry], ManifestEntry | None]:
+        reader = ManifestReader(m, load)
+        return [e async for e in reader.entries()], await reader.get("train.csv")
+
+    (listed,), got = asyncio.run(read())
+    for e in (listed, got):
+        assert e is not None and e.extra == {"etag": old["extra"]["etag"], "versionID": "3HL4kqtJlcpXroDTDmJ"}
+        check_entry(e)  # the same digest, whichever spelling
+        assert e.digest == stored.digest
+
+
 def test_checksummed_file_digest_ignores_mtime_but_plain_one_does_not() -> None:
     with_sum = {"mtime_ns": 1, "blake3": "ab" * 32}
     assert reference_digest("file:///a", 1, with_sum) == reference_digest(
@@ -78,7 +119,7 @@ def test_reference_digest_changes_with_each_field(uri: str, size: int, etag: str
     assert reference_digest(uri, size + 1, {"etag": etag}) != base
     if other != etag:
         assert reference_digest(uri, size, {"etag": other}) != base
-    assert reference_digest(uri, size, {"etag": etag, "version_id": "1"}) != base
+    assert reference_digest(uri, size, {"etag": etag, "versionID": "1"}) != base
 
 
 def test_tampered_reference_entry_is_refused() -> None:
