@@ -25,7 +25,7 @@ from syncengine.aio_draft import Draft
 from syncengine.errors import ConfigError
 from syncengine.hashing.tree import Source
 from syncengine.repo.manifest import ManifestEntry
-from syncengine.repo.records import VersionRecord, check_name, parse_ref
+from syncengine.repo.records import VersionRecord, check_name, json_copy, parse_ref
 from syncengine.repo.references import Reference
 from syncengine.repo.repository import Repository as _Core
 from syncengine.store import open_store
@@ -109,15 +109,6 @@ class Manifest:
         self.entries = entries
 
 
-def _json_copy(metadata: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``metadata`` as JSON stores it; a clear error if it cannot be stored."""
-    try:
-        out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(metadata))
-    except (TypeError, msgspec.EncodeError) as e:
-        raise ConfigError(f"metadata must be JSON-serialisable: {e}") from e
-    return out
-
-
 def _same_json(a: Any, b: Any) -> bool:
     return a is b or msgspec.json.encode(a) == msgspec.json.encode(b)  # 1, 1.0 and True differ
 
@@ -139,7 +130,7 @@ class ArtifactVersion:
         self.aliases: list[str] = sorted(aliases)
         self._description: str = record.description
         self._description_set = False
-        self._metadata: dict[str, Any] = _json_copy(record.metadata)
+        self._metadata: dict[str, Any] = json_copy(record.metadata)
         self._metadata_replaced = False
         self.tags: list[str] = list(record.tags)
         self._ttl_set = False
@@ -237,7 +228,7 @@ class ArtifactVersion:
         wanted = list(dict.fromkeys(self.aliases))  # `latest` too: users may move or remove it
         add = [check_alias(a) for a in wanted if a not in self._saved_aliases]  # fail before writing
         remove = [a for a in self._saved_aliases if a not in wanted]
-        mine = _json_copy(self._metadata)
+        mine = json_copy(self._metadata)
         replace = mine if self._metadata_replaced else None
         set_keys = {k: v for k, v in mine.items() if k not in r.metadata or not _same_json(v, r.metadata[k])}
         deleted = {k for k in r.metadata if k not in mine}
@@ -265,7 +256,7 @@ class ArtifactVersion:
         new = await core.update_version(r.project, r.name, r.version, change)
         self._record = new
         self._metadata.clear()
-        self._metadata.update(_json_copy(new.metadata))
+        self._metadata.update(json_copy(new.metadata))
         self._metadata_replaced = False
         self._description, self._description_set = new.description, False
         self._ttl, self._ttl_set = _ttl_of(new), False

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncengine.errors import ConfigError
 from syncengine.repo.draft import DraftChanges, log_draft
-from syncengine.repo.records import VersionRecord
+from syncengine.repo.records import VersionRecord, json_copy
 
 if TYPE_CHECKING:
     from syncengine.aio import ArtifactVersion, Repository
@@ -45,12 +45,11 @@ class Draft:
     content identical to an existing version gives that version."""
 
     def __init__(self, repo: Repository, base: VersionRecord) -> None:
-        from syncengine.aio import _json_copy
 
         self._repo = repo
         self._changes = DraftChanges(base)
         self._description = base.description
-        self._metadata: dict[str, Any] = _json_copy(base.metadata)
+        self._metadata: dict[str, Any] = json_copy(base.metadata)
 
     @property
     def base(self) -> VersionRecord:
@@ -117,7 +116,6 @@ class Draft:
         the new version's record (an existing identical version gets it by compare-and-swap)."""
         import msgspec
 
-        from syncengine.aio import _json_copy
         from syncengine.repo.lifecycle import ttl_seconds
 
         ttl_s = ttl_seconds(ttl)
@@ -125,7 +123,7 @@ class Draft:
             self._repo.core,
             self._changes,
             description=self._description,
-            metadata=_json_copy(self._metadata),
+            metadata=json_copy(self._metadata),
             aliases=aliases,
             tags=tags,
             on_progress=on_progress,

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from syncengine.errors import ConfigError, ObjectNotFound, PreconditionFailed, SyncEngineError, did_you_mean
+from syncengine.errors import ObjectNotFound, PreconditionFailed, SyncEngineError, did_you_mean
 from syncengine.hashing.stat_cache import StatCache
 from syncengine.hashing.tree import Source, TreeHasher
 from syncengine.repo.manifest import (
@@ -33,7 +33,7 @@ from syncengine.repo.manifest import (
 )
 from syncengine.repo.pack import CorruptData
 from syncengine.repo.put_journal import PutJournal
-from syncengine.repo.records import FORMAT, VersionRecord, check_alias, check_name, check_tag
+from syncengine.repo.records import FORMAT, VersionRecord, check_alias, check_name, check_tag, json_copy
 from syncengine.repo.references import Merge, Reference
 from syncengine.repo.references import resolve as resolve_references
 from syncengine.repo.repository import (
@@ -117,6 +117,8 @@ def _decode(data: bytes, kind: type[Any], key: str) -> Any:
         return msgspec.json.decode(data, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise CorruptData(f"{key}: not a valid {kind.__name__} ({e})") from e
+    except RecursionError:
+        raise CorruptData(f"{key}: not a valid {kind.__name__} (nested too deeply)") from None
 
 
 def base_key(project: str, name: str, distributed_id: str) -> str:
@@ -377,10 +379,7 @@ async def finish(
     aliases = [check_alias(a) for a in dict.fromkeys(aliases)]
     tags = [check_tag(t) for t in dict.fromkeys(tags)]
     if metadata is not None:
-        try:
-            metadata = msgspec.json.decode(msgspec.json.encode(metadata))
-        except (TypeError, msgspec.EncodeError) as e:
-            raise ConfigError(f"metadata must be JSON-serialisable: {e}") from e
+        metadata = json_copy(metadata)
     if sources or references:
         own = await _finisher_part(
             repo, sources, references, project, name, type, distributed_id, run, on_progress, on_upload

@@ -7,7 +7,7 @@ the same rules and says the same thing when a name is wrong.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -22,6 +22,12 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _VERSION = re.compile(r"v(0|[1-9][0-9]{0,9})")
+#: How deep metadata, configs and summaries may nest (lists and objects), on write and read:
+#: deeper JSON makes msgspec's decoder raise RecursionError near 1,000 levels, and no
+#: real metadata comes close.
+MAX_DEPTH: Final = 100
+_MANIFEST_KEY = re.compile(r"manifests/([0-9a-f]{2})/\1[0-9a-f]{62}")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 #: The alias each newly logged version gets (as in W&B); users may pass, move or remove it
 #: like any other (docs/FORMAT.md "Artifact head").
 LATEST: Final = "latest"
@@ -59,6 +65,46 @@ def check_tag(tag: str) -> str:
     if not isinstance(tag, str) or not _TAG.fullmatch(tag):
         raise InvalidName(f"invalid tag {tag!r}: use 1-64 letters, digits, '.', '_' or '-'")
     return tag
+
+
+def json_depth(value: object) -> int:
+    """How many lists and objects nest in a decoded JSON value (iterative: any depth)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list | tuple):
+            deepest = max(deepest, d + 1)
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+def json_copy(value: dict[str, Any], kind: str = "metadata") -> dict[str, Any]:
+    """A deep copy of `value` as JSON stores it (the one rule for metadata, configs and
+    summaries); ``ConfigError`` if it is not JSON or nests deeper than ``MAX_DEPTH``."""
+    if json_depth(value) > MAX_DEPTH:
+        raise ConfigError(f"{kind} nests deeper than {MAX_DEPTH} levels")
+    try:
+        out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(value))
+    except (TypeError, msgspec.EncodeError) as e:
+        raise ConfigError(f"{kind} must be JSON-serialisable: {e}") from e
+    return out
+
+
+def decode_json(data: bytes, kind: type[Any], key: str) -> Any:
+    """`data` as a record of type `kind`, or ``CorruptData`` naming `key`: bytes that are not
+    such a record, or JSON nested deeper than ``MAX_DEPTH`` (never a RecursionError)."""
+    try:
+        out = msgspec.json.decode(data, type=kind)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise CorruptData(f"{key} is damaged and cannot be read ({e}); run `syncengine check`") from None
+    except RecursionError:
+        out = None
+    if out is None or json_depth(msgspec.to_builtins(out)) > MAX_DEPTH + 2:  # + the record's own
+        raise CorruptData(f"{key} nests deeper than {MAX_DEPTH} levels; run `syncengine check`")
+    return out
 
 
 class ArtifactRef(msgspec.Struct, frozen=True):
@@ -182,21 +228,42 @@ def encode_record(record: VersionRecord | ArtifactHead) -> bytes:
 
 
 def decode_version(data: bytes, key: str = "a version record") -> VersionRecord:
-    """Raises ``CorruptData`` naming ``key`` when the stored bytes are not a valid record."""
+    """Raises ``CorruptData`` naming ``key`` when the stored bytes are not a valid record: not
+    a record, names that no writer accepts, a manifest pointer that is no manifest object,
+    or (read from an ``artifacts/`` key) a record of another version than the key names."""
+    r: VersionRecord = decode_json(data, VersionRecord, key)
     try:
-        return msgspec.json.decode(data, type=VersionRecord)
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise CorruptData(f"{key} is damaged and cannot be read ({e}); run `syncengine check`") from None
+        check_name("project", r.project)
+        check_name("artifact name", r.name)
+        check_name("type", r.type)
+        for t in r.tags:
+            check_tag(t)
+    except InvalidName as e:
+        raise CorruptData(f"{key}: {e}") from None
+    if not 0 <= r.version < 10**10:
+        raise CorruptData(f"{key}: version {r.version} is out of range")
+    if not _MANIFEST_KEY.fullmatch(r.manifest) or not _HEX_DIGEST.fullmatch(r.content_digest):
+        raise CorruptData(f"{key}: its manifest pointer or content digest is malformed")
+    if key.startswith("artifacts/") and key != version_key(r.project, r.name, r.version):
+        raise CorruptData(f"{key} holds the record of {r.project}/{r.name}:v{r.version}, not its own")
+    return r
 
 
 def decode_head(data: bytes, key: str = "an artifact head") -> ArtifactHead:
     """Raises ``CorruptData`` naming ``key`` when the stored bytes are not a valid head. A head
     written before `latest` was an ordinary alias reads with it in ``aliases`` (on version
     ``latest``, where it was implied), so every reader sees one form."""
+    head: ArtifactHead = decode_json(data, ArtifactHead, key)
     try:
-        head = msgspec.json.decode(data, type=ArtifactHead)
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise CorruptData(f"{key} is damaged and cannot be read ({e}); run `syncengine check`") from None
+        check_name("project", head.project)
+        check_name("artifact name", head.name)
+        check_name("type", head.type)
+        for a in head.aliases:
+            check_alias(a)
+    except InvalidName as e:
+        raise CorruptData(f"{key}: {e}") from None
+    if key.startswith("artifacts/") and key != head_key(head.project, head.name):
+        raise CorruptData(f"{key} holds the head of {head.project}/{head.name}, not its own")
     if head.latest_in_aliases:
         return head
     implied = {LATEST: head.latest} if head.latest is not None else {}

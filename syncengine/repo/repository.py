@@ -76,6 +76,7 @@ from syncengine.repo.records import (
     decode_version,
     encode_record,
     head_key,
+    json_copy,
     version_key,
 )
 from syncengine.repo.references import Merge, Reference, references_key
@@ -368,10 +369,7 @@ class Repository:
         aliases = [check_alias(a) for a in dict.fromkeys(aliases)]
         tags = [check_tag(t) for t in dict.fromkeys(tags)]
         if metadata is not None:
-            try:
-                metadata = msgspec.json.decode(msgspec.json.encode(metadata))
-            except (TypeError, msgspec.EncodeError) as e:
-                raise ConfigError(f"metadata must be JSON-serialisable: {e}") from e
+            metadata = json_copy(metadata)
         head, _ = await self._read_head(project, name)
         if head is not None and head.type != type:
             raise TypeMismatch(f"artifact {project}/{name} has type {head.type!r}, not {type!r}")

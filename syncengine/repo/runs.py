@@ -19,8 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from syncengine.errors import ConfigError, ObjectNotFound, PreconditionFailed, SyncEngineError
-from syncengine.repo.pack import CorruptData
-from syncengine.repo.records import FORMAT, VersionRecord, check_name
+from syncengine.repo.records import FORMAT, VersionRecord, check_name, decode_json, json_copy
 from syncengine.store.base import ObjectStore
 
 RUN_STATES: Final = ("running", "finished", "crashed")
@@ -78,17 +77,13 @@ def encode_edge(edge: Edge) -> bytes:
 
 
 def decode_run(data: bytes, key: str = "a run record") -> RunRecord:
-    try:
-        return msgspec.json.decode(data, type=RunRecord)
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise CorruptData(f"{key} is damaged and cannot be read ({e}); run `syncengine check`") from None
+    out: RunRecord = decode_json(data, RunRecord, key)
+    return out
 
 
 def decode_edge(data: bytes, key: str = "an edge marker") -> Edge:
-    try:
-        return msgspec.json.decode(data, type=Edge)
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise CorruptData(f"{key} is damaged and cannot be read ({e}); run `syncengine check`") from None
+    out: Edge = decode_json(data, Edge, key)
+    return out
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -149,11 +144,7 @@ def json_object(kind: str, value: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ConfigError(f"{kind} must be a dict, not {type(value).__name__}")
-    try:
-        out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(value))
-    except (TypeError, msgspec.EncodeError) as e:
-        raise ConfigError(f"{kind} must be JSON-serialisable: {e}") from e
-    return out
+    return json_copy(value, kind)
 
 
 async def create_run(store: ObjectStore, record: RunRecord) -> RunRecord:

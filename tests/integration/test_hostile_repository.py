@@ -160,7 +160,8 @@ def _swap_manifest(repo_dir: Path, build: object) -> None:
             pid, data = encode_page(page)
             await store.put(f"manifests/{pid.hex()[:2]}/{pid.hex()}", data)
         mdata = encode_manifest(m)
-        mkey = f"manifests/x/{pack_mod.blob_digest(mdata).hex()}"
+        h = pack_mod.blob_digest(mdata).hex()
+        mkey = f"manifests/{h[:2]}/{h}"
         await store.put(mkey, mdata)
         import msgspec
 
@@ -254,3 +255,73 @@ def test_a_link_planted_inside_a_local_repository_is_never_followed(tmp_path: Pa
         del os.environ["SYNCENGINE_GC_MIN_GRACE"]
     assert not [k for k in keys if k.startswith("data/ab/")]
     assert bait.read_bytes() == b"precious"
+
+
+def _rewrite_record(repo_dir: Path, key: str, change: dict[str, object] | bytes) -> None:
+    """Overwrites a stored record: its JSON with `change` merged in, or raw bytes."""
+    path = repo_dir / key
+    if isinstance(change, bytes):
+        path.write_bytes(change)
+        return
+    record = json.loads(path.read_bytes())
+    record.update(change)
+    path.write_text(json.dumps(record))
+
+
+def _logged(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "a.bin").write_bytes(b"a" * 1000)
+    repo_dir = tmp_path / "repo"
+    rc, out, err, _ = cli(
+        "put", "-n", "p/d", "-t", "dataset", str(src), "--repo", str(repo_dir), cwd=tmp_path
+    )
+    assert rc == 0, (out, err)
+    return repo_dir
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/abs/dir", "e"])
+def test_a_record_is_read_only_with_valid_names_and_under_its_own_key(tmp_path: Path, name: str) -> None:
+    """`get` without --root wrote into artifacts/<record.name>-v<N>: a record named
+    ../../escaped or /abs/dir made it write (and --checkout delete) outside the working
+    folder; a record of p/e:v0 stored at p/d's key was served as p/d:v0."""
+    repo_dir = _logged(tmp_path)
+    _rewrite_record(repo_dir, "artifacts/p/d/versions/v0", {"name": name})
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    before = sorted(p for p in tmp_path.rglob("*") if "repo" not in p.parts)
+    for args in (["get", "p/d:v0"], ["get", "p/d:v0", "--checkout"], ["show", "p/d:v0"], ["versions", "p/d"]):
+        rc, out, err, _ = cli(*args, "--repo", str(repo_dir), cwd=work)
+        assert rc == 1 and "internal error" not in err, (args, out, err)
+        assert "artifacts/p/d/versions/v0" in err, (args, err)
+    assert sorted(p for p in tmp_path.rglob("*") if "repo" not in p.parts) == before
+    rc, out, err, _ = cli("check", "--repo", str(repo_dir), cwd=work)
+    assert rc == 1 and "artifacts/p/d/versions/v0" in out + err, (out, err)
+
+
+def test_a_deeply_nested_record_is_named_not_an_internal_error(tmp_path: Path) -> None:
+    repo_dir = _logged(tmp_path)
+    key = "artifacts/p/d/versions/v0"
+    record = json.loads((repo_dir / key).read_bytes())
+    record["metadata"] = {}
+    text = json.dumps(record)
+    deep = text[:-1] + ', "metadata": {"x": ' + "[" * 5000 + "]" * 5000 + "}}"
+    _rewrite_record(repo_dir, key, deep.encode())
+    for args in (["versions", "p/d"], ["show", "p/d:v0"], ["check"], ["gc", "--dry-run"]):
+        rc, out, err, _ = cli(*args, "--repo", str(repo_dir), cwd=tmp_path)
+        assert rc == 1 and "internal error" not in err and "Recursion" not in out + err, (args, out, err)
+        assert key in out + err and "nests deeper" in out + err, (args, out, err)
+
+
+def test_metadata_nested_deeper_than_records_allow_is_refused_on_write(tmp_path: Path) -> None:
+    import syncengine as se
+
+    deep: object = 1
+    for _ in range(150):
+        deep = [deep]
+    repo = se.Repository.open(str(tmp_path / "repo"))
+    (tmp_path / "f").write_text("x")
+    art = se.Artifact("d", type="dataset", metadata={"x": deep})
+    art.add_file(str(tmp_path / "f"))
+    with pytest.raises(se.SyncEngineError, match="nests deeper than 100 levels"):
+        repo.log_artifact(art, project="p")

@@ -87,7 +87,7 @@ def test_records_round_trip() -> None:
         "n",
         3,
         "dataset",
-        "manifests/ab/abcd",
+        "manifests/ab/ab" + "cd" * 31,
         "ff" * 32,
         10,
         1000,
