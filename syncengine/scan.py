@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from syncengine.errors import ConfigError
 
@@ -319,7 +319,13 @@ _by_key = itemgetter(0)
 _Child = tuple[str, "os.DirEntry[str]", bool]
 
 
-def _list_dir(abspath: str, follow_symlinks: bool) -> list[_Child]:
+#: ``follow_symlinks``: True follows every link, False skips every link, ``"within"`` follows a
+#: link only when its target resolves inside the scanned root (the default of put: a shared
+#: or downloaded input folder must not make it upload ``~/.aws/credentials``).
+SymlinkPolicy = bool | Literal["within"]
+
+
+def _list_dir(abspath: str, follow_symlinks: SymlinkPolicy) -> list[_Child]:
     """One directory's children, sorted so that walking them in order yields full paths
     in byte order: directories sort as ``name + '/'`` because their descendants do."""
     children: list[_Child] = []
@@ -327,7 +333,7 @@ def _list_dir(abspath: str, follow_symlinks: bool) -> list[_Child]:
     with os.scandir(abspath) as it:
         for entry in it:
             try:
-                is_dir = entry.is_dir(follow_symlinks=follow_symlinks)
+                is_dir = entry.is_dir(follow_symlinks=bool(follow_symlinks))
             except OSError:
                 is_dir = False  # e.g. ELOOP; reported when the entry is stat()ed as a file
             if is_dir:
@@ -341,19 +347,20 @@ def _list_dir(abspath: str, follow_symlinks: bool) -> list[_Child]:
 class _Walk:
     """State shared by one scan: options, the warning sink and the ancestor chain."""
 
-    __slots__ = ("ancestors", "exclude", "follow_symlinks", "include", "on_warning", "skip")
+    __slots__ = ("ancestors", "exclude", "follow_symlinks", "include", "on_warning", "real_root", "skip")
 
     def __init__(
         self,
         include: _Matcher,
         exclude: _Matcher,
-        follow_symlinks: bool,
+        follow_symlinks: SymlinkPolicy,
         on_warning: WarningHandler,
         skip: int,
     ):
         self.include = include
         self.exclude = exclude
         self.follow_symlinks = follow_symlinks
+        self.real_root = ""  # set by scan() for the "within" policy
         self.on_warning = on_warning
         self.skip = skip  # len(prefix + "/"): where the relative path starts in an entry path
         # (st_dev, st_ino) -> abspath of every directory on the current path; a directory
@@ -383,6 +390,22 @@ class _Walk:
                 self.warn(ScanWarningKind.VANISHED, entry.path, "disappeared during the scan; skipped")
         else:
             self.warn(ScanWarningKind.UNREADABLE, entry.path, f"cannot stat ({exc.strerror}); skipped")
+
+    def leaves_tree(self, entry: os.DirEntry[str]) -> bool:
+        """Under the "within" policy, whether `entry` is a link whose target resolves outside
+        the root (then it is skipped with a warning saying how to follow it)."""
+        if self.follow_symlinks != "within" or not entry.is_symlink():
+            return False
+        target = os.path.realpath(entry.path)
+        if target == self.real_root or target.startswith(self.real_root.rstrip("/") + "/"):
+            return False
+        self.warn(
+            ScanWarningKind.SKIPPED_SYMLINK,
+            entry.path,
+            f"symlink to {_readlink(entry.path)} leads out of the folder being logged; skipped "
+            "(--follow-symlinks follows it)",
+        )
+        return True
 
     def open_dir(self, abspath: str) -> list[_Child] | None:
         try:
@@ -447,6 +470,8 @@ class _Walk:
                             " (rename it to include it)",
                         )
                         continue
+                    if self.leaves_tree(entry):
+                        continue
                     try:
                         st = entry.stat()
                     except OSError as exc:
@@ -494,6 +519,8 @@ class _Walk:
                         entry.path,
                         f"symlink to {_readlink(entry.path)}; skipped because symlinks are not followed",
                     )
+                    continue
+                if follow == "within" and self.leaves_tree(entry):
                     continue
                 try:
                     st = entry.stat()
@@ -545,7 +572,7 @@ def scan(
     prefix: str = "",
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    follow_symlinks: bool = True,
+    follow_symlinks: SymlinkPolicy = "within",
     on_warning: WarningHandler | None = None,
     include_vcs: bool = False,
 ) -> Iterator[ScanEntry]:
@@ -585,6 +612,8 @@ def scan(
         raise FileNotFoundError(errno.ENOENT, "scan root does not exist", root_str) from None
     abspath = _absolute(root_str)
     walk = _Walk(include_m, exclude_m, follow_symlinks, handler, len(prefix) + 1 if prefix else 0)
+    if follow_symlinks == "within":
+        walk.real_root = os.path.realpath(abspath)
 
     kind = st.st_mode & _S_IFMT
     if kind == _S_IFDIR:

@@ -114,7 +114,12 @@ def cli() -> None:
 _tree_options = [
     click.option("--include", multiple=True, help="Only files matching this glob (repeatable)."),
     click.option("--exclude", multiple=True, help="Leave out paths matching this glob (repeatable)."),
-    click.option("--no-follow-symlinks", is_flag=True, help="Skip symlinks instead of following them."),
+    click.option("--no-follow-symlinks", is_flag=True, help="Skip every symlink."),
+    click.option(
+        "--follow-symlinks",
+        is_flag=True,
+        help="Also follow symlinks that lead out of PATHS (skipped with a warning by default, as put does).",
+    ),
     click.option(
         "--include-vcs", is_flag=True, help="Also read version-control folders (.git, .hg, .svn …)."
     ),
@@ -143,7 +148,11 @@ def run_tree(
         stat_cache=cache,
         include=opts["include"],
         exclude=opts["exclude"],
-        follow_symlinks=not opts["no_follow_symlinks"],
+        follow_symlinks=False
+        if opts["no_follow_symlinks"]
+        else True
+        if opts["follow_symlinks"]
+        else "within",
         include_vcs=opts["include_vcs"],
         on_progress=progress,
     )

@@ -27,6 +27,7 @@ from syncengine.units import format_duration, format_size
 if TYPE_CHECKING:  # the repository stack (asyncio, stores) loads only when a command runs
     from syncengine.repo.manifest import Change
     from syncengine.repo.repository import PutResult, Repository
+    from syncengine.scan import SymlinkPolicy
     from syncengine.store import ObjectStore
 
 T = TypeVar("T")
@@ -219,6 +220,11 @@ def register(cli: click.Group) -> None:
         help="Also log version-control folders (.git, .hg, .svn …), left out by default.",
     )
     @click.option(
+        "--follow-symlinks",
+        is_flag=True,
+        help="Also follow symlinks that lead out of PATHS (by default they are skipped with a warning).",
+    )
+    @click.option(
         "--reference",
         "references",
         multiple=True,
@@ -241,6 +247,7 @@ def register(cli: click.Group) -> None:
         include: tuple[str, ...],
         exclude: tuple[str, ...],
         include_vcs: bool,
+        follow_symlinks: bool,
         references: tuple[str, ...],
         no_checksum: bool,
         max_objects: int | None,
@@ -255,6 +262,7 @@ def register(cli: click.Group) -> None:
         refs = reference_options(references, checksum=not no_checksum, max_objects=max_objects)
         meta = json_object(metadata, "-m") if metadata is not None else None
         start = time.perf_counter()
+        policy: SymlinkPolicy = True if follow_symlinks else "within"
         result: PutResult | _Unchanged | None = None
         if not refs:  # references must be looked at each time: the shortcut cannot see them
             result = _recall_unchanged(
@@ -268,6 +276,7 @@ def register(cli: click.Group) -> None:
                 include=include,
                 exclude=exclude,
                 include_vcs=include_vcs,
+                follow_symlinks=policy,
             )
         if result is None:
             sources = sources_for(list(paths)) if paths else []
@@ -287,6 +296,7 @@ def register(cli: click.Group) -> None:
                         include=include,
                         exclude=exclude,
                         include_vcs=include_vcs,
+                        follow_symlinks=policy,
                         on_progress=progress,
                         on_upload=progress.upload if progress is not None else None,
                         references=refs,

@@ -24,7 +24,7 @@ from syncengine.hashing.digests import Chunk, FileDigest, file_digest_from_chunk
 from syncengine.hashing.params import DEFAULT_PARAMS, ChunkerParams
 from syncengine.hashing.split import merge_segments, segment_starts
 from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
-from syncengine.scan import ScanEntry, ScanWarning, scan
+from syncengine.scan import ScanEntry, ScanWarning, SymlinkPolicy, scan
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -140,7 +140,7 @@ class TreeHasher:
         impl: Any = None,
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
-        follow_symlinks: bool = True,
+        follow_symlinks: SymlinkPolicy = "within",
         include_vcs: bool = False,
         on_progress: Callable[[int, int], None] | None = None,
         clock: Callable[[], int] = now_ns,

@@ -41,7 +41,7 @@ from syncengine.repo.records import (
     head_key,
     version_key,
 )
-from syncengine.scan import ScanEntry
+from syncengine.scan import ScanEntry, SymlinkPolicy
 
 __all__ = ["CHECKPOINT", "Fingerprint", "Memo", "PutMemo", "memo_key", "recall_unchanged"]
 
@@ -107,13 +107,22 @@ def memo_key(repo_id: str, project: str, name: str, type: str, parts: Sequence[o
 
 
 def walk_key(
-    sources: Sequence[Source], include: Sequence[str], exclude: Sequence[str], include_vcs: bool
+    sources: Sequence[Source],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    include_vcs: bool,
+    follow_symlinks: SymlinkPolicy = "within",
 ) -> list[object]:
     """What shapes a put's walk, for `memo_key` (the same for `Repository.log` and
-    `recall_unchanged`); `include_vcs` is added only when set, so keys of earlier puts hold."""
+    `recall_unchanged`); `include_vcs` and a symlink policy other than the default are
+    added only when set, so keys of earlier puts hold."""
     walk: list[object] = [sorted((os.path.realpath(s.root), s.prefix) for s in sources)]
     walk += [list(include), list(exclude)]
-    return [*walk, "include_vcs"] if include_vcs else walk
+    if include_vcs:
+        walk.append("include_vcs")
+    if follow_symlinks != "within":
+        walk.append(f"follow_symlinks={follow_symlinks}")
+    return walk
 
 
 class PutMemo:
@@ -201,6 +210,7 @@ def recall_unchanged(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     include_vcs: bool = False,
+    follow_symlinks: SymlinkPolicy = "within",
 ) -> tuple[VersionRecord, list[str]] | None:
     """The version ``Repository.log`` would return unchanged for these arguments (with
     ``stat_cache=True``), and its scan warnings — found synchronously, reading the repository's
@@ -214,7 +224,7 @@ def recall_unchanged(
     """
     try:
         return _recall_unchanged(
-            read, sources, project, name, type, aliases, tags, include, exclude, include_vcs
+            read, sources, project, name, type, aliases, tags, include, exclude, include_vcs, follow_symlinks
         )
     except Exception:  # whatever it is, Repository.log meets it again and reports it properly
         return None
@@ -231,6 +241,7 @@ def _recall_unchanged(
     include: Sequence[str],
     exclude: Sequence[str],
     include_vcs: bool,
+    follow_symlinks: SymlinkPolicy,
 ) -> tuple[VersionRecord, list[str]] | None:
     # The checks Repository.log makes before it looks at the memo.
     check_name("project", project)
@@ -253,9 +264,8 @@ def _recall_unchanged(
     head = decode_head(raw, hkey)
     if head.type != type:
         return None
-    key = memo_key(
-        config.id, project, name, type, [*walk_key(sources, include, exclude, include_vcs), params.label]
-    )
+    walk = walk_key(sources, include, exclude, include_vcs, follow_symlinks)
+    key = memo_key(config.id, project, name, type, [*walk, params.label])
     db = PutMemo()
     try:
         raw_memo = db._row(key)
@@ -278,7 +288,9 @@ def _recall_unchanged(
     if raw is None:
         return None
     record = decode_version(raw, vkey)
-    scanner = TreeHasher(params, include=include, exclude=exclude, include_vcs=include_vcs)
+    scanner = TreeHasher(
+        params, include=include, exclude=exclude, include_vcs=include_vcs, follow_symlinks=follow_symlinks
+    )
     if not PutMemo.matches(memo, scanner.scan(list(sources))):
         _refuted.add((key, raw_memo))
         return None

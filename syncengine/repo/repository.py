@@ -81,6 +81,7 @@ from syncengine.repo.records import (
 )
 from syncengine.repo.references import Merge, Reference, references_key
 from syncengine.repo.references import resolve as resolve_references
+from syncengine.scan import SymlinkPolicy
 from syncengine.store.base import HashedParts, ObjectStore
 
 #: New blobs are read and packed in batches of about this many bytes per worker-thread hop.
@@ -344,6 +345,7 @@ class Repository:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         include_vcs: bool = False,
+        follow_symlinks: SymlinkPolicy = "within",
         stat_cache: bool = True,
         threads: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
@@ -359,10 +361,12 @@ class Repository:
         ``logged_by`` ("project/run-id") and ``ttl_seconds`` go into a version this call
         creates, in the record's one create-if-absent write.
         `references` (syncengine.repo.references) become entries holding only metadata.
-        Version-control folders (`.git` …) are left out unless ``include_vcs``.
-        ``before_commit()`` runs once everything is stored, right before the version record
-        is written: if it raises, no version is recorded (the uploaded packs are indexed, so
-        a retry sends nothing again). The watch daemon re-checks its files' stat there."""
+        Version-control folders (`.git` …) are left out unless ``include_vcs``; symlinks are
+        followed only where they lead to something inside their source folder unless
+        ``follow_symlinks`` (True: all; False: none; docs/SCANNING.md). ``before_commit()``
+        runs once everything is stored, right before the version record is written: if it
+        raises, no version is recorded (the uploaded packs are indexed, so a retry sends
+        nothing again). The watch daemon re-checks its files' stat there."""
         check_name("project", project)
         check_name("artifact name", name)
         check_name("type", type)
@@ -380,13 +384,19 @@ class Repository:
         memo: PutMemo | None = None
         key = b""
         if stat_cache:
-            walk = walk_key(sources, include, exclude, include_vcs)
+            walk = walk_key(sources, include, exclude, include_vcs, follow_symlinks)
             extra_key = [references_key(refs)] if refs else []  # same references: same key
             key = memo_key(self.config.id, project, name, type, [*walk, self.params.label, *extra_key])
             memo = await loop.run_in_executor(None, PutMemo)
         try:
             if memo is not None and head is not None:
-                scanner = TreeHasher(self.params, include=include, exclude=exclude, include_vcs=include_vcs)
+                scanner = TreeHasher(
+                    self.params,
+                    include=include,
+                    exclude=exclude,
+                    include_vcs=include_vcs,
+                    follow_symlinks=follow_symlinks,
+                )
                 recalled = await loop.run_in_executor(None, _recall, memo, key, scanner, sources)
                 if recalled is not None and head.digests.get(recalled.content_digest) == recalled.version:
                     if before_commit is not None:
@@ -408,6 +418,7 @@ class Repository:
                 include=include,
                 exclude=exclude,
                 include_vcs=include_vcs,
+                follow_symlinks=follow_symlinks,
                 on_progress=on_progress,
             )
             journal = await loop.run_in_executor(None, PutJournal, self.config.id)

@@ -325,3 +325,31 @@ def test_metadata_nested_deeper_than_records_allow_is_refused_on_write(tmp_path:
     art.add_file(str(tmp_path / "f"))
     with pytest.raises(se.SyncEngineError, match="nests deeper than 100 levels"):
         repo.log_artifact(art, project="p")
+
+
+def test_put_does_not_follow_symlinks_out_of_the_source_folder_unless_asked(tmp_path: Path) -> None:
+    """A hostile input folder with `creds -> ~/.aws/credentials` uploaded the victim's
+    credentials; links inside the folder (Hugging Face snapshots link into their blob store)
+    still work."""
+    secret = tmp_path / "home" / ".aws" / "credentials"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("[default]\naws_secret_access_key = hunter2\n")
+    src = tmp_path / "src"
+    (src / "blobs").mkdir(parents=True)
+    (src / "blobs" / "w.bin").write_bytes(b"weights")
+    (src / "model.bin").symlink_to("blobs/w.bin")
+    (src / "creds").symlink_to(secret)
+    (src / "home").symlink_to(secret.parent)
+    repo = str(tmp_path / "repo")
+    rc, out, err, _ = cli("put", "-n", "p/d", "-t", "dataset", str(src), "--repo", repo, cwd=tmp_path)
+    assert rc == 0, (out, err)
+    assert "creds" in err and "leads out of the folder" in err, err
+    rc, out, err, _ = cli("show", "p/d:v0", "--files", "--repo", repo, cwd=tmp_path)
+    paths = sorted(line.split()[0] for line in out.splitlines())
+    assert paths == ["blobs/w.bin", "model.bin"], out
+    rc, out, err, _ = cli(
+        "put", "-n", "p/d", "-t", "dataset", str(src), "--follow-symlinks", "--repo", repo, cwd=tmp_path
+    )
+    assert rc == 0 and "v1" in out, (out, err)
+    rc, out, err, _ = cli("show", "p/d:v1", "--files", "--repo", repo, cwd=tmp_path)
+    assert {"creds", "home/credentials", "model.bin"} <= {line.split()[0] for line in out.splitlines()}, out

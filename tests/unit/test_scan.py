@@ -282,7 +282,7 @@ def test_link_to_parent_is_skipped_with_warning(tmp_path: Path) -> None:
     make(tmp_path, "a/f", "top")
     (tmp_path / "a" / "b").symlink_to("..")
     (tmp_path / "a" / "c").symlink_to("../..")  # outside the root: walked until it reaches the root
-    paths, warnings = run(tmp_path, include=["top", "a/*"])
+    paths, warnings = run(tmp_path, include=["top", "a/*"], follow_symlinks=True)
     assert "a/f" in paths
     assert not any(p.startswith("a/b/") for p in paths)
     assert paths == utf8_sorted(paths)
@@ -461,3 +461,18 @@ def test_warnings_go_to_the_logger_by_default(tmp_path: Path, caplog: pytest.Log
     assert record.name == "syncengine.scan"
     assert "dangling symlink" in record.getMessage()
     assert str(tmp_path / "gone") in record.getMessage()
+
+
+def test_by_default_a_link_is_followed_only_when_it_stays_inside_the_root(tmp_path: Path) -> None:
+    make(tmp_path, "root/data/x", "outside/secret")
+    (tmp_path / "root" / "in-file").symlink_to("data/x")
+    (tmp_path / "root" / "in-dir").symlink_to("data")
+    (tmp_path / "root" / "out-file").symlink_to("../outside/secret")
+    (tmp_path / "root" / "out-dir").symlink_to(tmp_path / "outside")
+    paths, warnings = run(tmp_path / "root")
+    assert paths == ["data/x", "in-dir/x", "in-file"]
+    skipped = sorted(w.path for w in warnings if w.kind is ScanWarningKind.SKIPPED_SYMLINK)
+    assert skipped == [str(tmp_path / "root" / "out-dir"), str(tmp_path / "root" / "out-file")]
+    assert all("--follow-symlinks" in w.message for w in warnings)
+    paths, _ = run(tmp_path / "root", follow_symlinks=True)
+    assert paths == ["data/x", "in-dir/x", "in-file", "out-dir/secret", "out-file"]
