@@ -289,10 +289,13 @@ class ManifestReader:
         stack: list[tuple[bytes, int, str | None]] = [(m.root, m.height - 1, None)]
         last: bytes | None = None
         count = 0
+        tree = TreeDigest() if not prefix else None
         while stack:
             pid, level, first = stack.pop()
             page = await self.page(pid, level, first)
             if level == 0:
+                if tree is not None:
+                    tree.add_many((e.path, e.digest) for e in page.entries)
                 for e in page.entries:
                     key = e.path.encode()
                     if last is not None and key <= last:
@@ -311,6 +314,8 @@ class ManifestReader:
             stack.extend(reversed(keep))
         if not prefix and count != m.entries:
             raise ManifestError(f"manifest states {m.entries} entries, its pages hold {count}")
+        if tree is not None and tree.digest() != m.content_digest:
+            raise ManifestError("manifest's content digest does not match its entries")
 
     async def get(self, path: str) -> ManifestEntry | None:
         """One entry by path, reading one page per level."""

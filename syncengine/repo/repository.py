@@ -43,6 +43,7 @@ from syncengine.repo.manifest import (
     Manifest,
     ManifestBuilder,
     ManifestEntry,
+    ManifestError,
     ManifestReader,
     check_entry,
     decode_manifest,
@@ -1097,7 +1098,18 @@ class Repository:
         return out
 
     async def manifest(self, record: VersionRecord) -> ManifestReader:
-        m = decode_manifest(await self.store.get(record.manifest))
+        """The version's manifest, bound to its record: the object must hash to the name the
+        record gives it, and state the record's content digest; its pages are bound by their
+        names and, walked whole, to that digest (`ManifestReader.entries`)."""
+        data = await self.store.get(record.manifest)
+        if _obj_key("manifests", _blake3.blake3(data).digest()) != record.manifest:
+            raise ManifestError(f"{record.manifest} does not match its name (corrupted or replaced)")
+        m = decode_manifest(data)
+        if m.content_digest.hex() != record.content_digest:
+            raise ManifestError(
+                f"{record.project}/{record.name}:v{record.version}: its record and its manifest "
+                "state different content digests"
+            )
         return ManifestReader(m, lambda pid: self.store.get(_obj_key("manifests", pid)))
 
     async def download(

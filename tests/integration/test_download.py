@@ -449,7 +449,7 @@ async def _crafted(repo: Repository, entries: list[ManifestEntry]) -> VersionRec
     mid = blake3.blake3(mdata).hexdigest()
     key = f"manifests/{mid[:2]}/{mid}"
     await repo.store.put(key, mdata)
-    return VersionRecord(1, "p", "evil", 0, "t", key, "", len(entries), 0, "")
+    return VersionRecord(1, "p", "evil", 0, "t", key, manifest.content_digest.hex(), len(entries), 0, "")
 
 
 def test_unsafe_manifest_paths_are_refused_and_nothing_is_written(tmp_path: Path) -> None:

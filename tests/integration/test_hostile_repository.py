@@ -353,3 +353,55 @@ def test_put_does_not_follow_symlinks_out_of_the_source_folder_unless_asked(tmp_
     assert rc == 0 and "v1" in out, (out, err)
     rc, out, err, _ = cli("show", "p/d:v1", "--files", "--repo", repo, cwd=tmp_path)
     assert {"creds", "home/credentials", "model.bin"} <= {line.split()[0] for line in out.splitlines()}, out
+
+
+def test_a_record_and_its_manifest_are_bound_to_each_other_and_to_the_files(tmp_path: Path) -> None:
+    """A record pointed at another version's manifest (or a manifest stating a content
+    digest its entries do not have) made `verify` approve swapped content."""
+    from syncengine.repo.manifest import ManifestBuilder, ManifestEntry, encode_manifest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"first")
+    repo_dir = tmp_path / "repo"
+    repo = str(repo_dir)
+    assert cli("put", "-n", "p/d", "-t", "dataset", str(src), "--repo", repo, cwd=tmp_path)[0] == 0
+    (src / "a.bin").write_bytes(b"second")
+    assert cli("put", "-n", "p/d", "-t", "dataset", str(src), "--repo", repo, cwd=tmp_path)[0] == 0
+    v0 = json.loads((repo_dir / "artifacts/p/d/versions/v0").read_bytes())
+    v1_key = "artifacts/p/d/versions/v1"
+    v1 = json.loads((repo_dir / v1_key).read_bytes())
+    # 1. v1's record points at v0's manifest: src holds v0's content, verify must not approve
+    (src / "a.bin").write_bytes(b"first")
+    _rewrite_record(repo_dir, v1_key, {"manifest": v0["manifest"]})
+    for args in (["verify", "p/d:v1", "--root", str(src)], ["get", "p/d:v1", "--root", "o1"]):
+        rc, out, err, _ = cli(*args, "--repo", repo, cwd=tmp_path)
+        assert rc == 1 and "different content digests" in err, (args, out, err)
+    # 2. a manifest object replaced in place (its name no longer matches its bytes)
+    _rewrite_record(repo_dir, v1_key, {"manifest": v1["manifest"]})
+    (repo_dir / v1["manifest"]).write_bytes((repo_dir / v0["manifest"]).read_bytes())
+    rc, out, err, _ = cli("verify", "p/d:v1", "--root", str(src), "--repo", repo, cwd=tmp_path)
+    assert rc == 1 and "does not match its name" in err, (out, err)
+    # 3. a new manifest holding v0's entries but stating v1's content digest, and a record saying so
+    entry = ManifestEntry("a.bin", 5, 0o644, pack_mod.blob_digest(b"first"))
+    builder = ManifestBuilder()
+    pages = builder.add(entry)
+    more, m = builder.finish()
+
+    async def store_forged() -> str:
+        import msgspec
+
+        store = LocalStore(repo_dir)
+        for pid, data in pages + more:
+            await store.put(f"manifests/{pid.hex()[:2]}/{pid.hex()}", data)
+        forged = msgspec.structs.replace(m, content_digest=bytes.fromhex(v1["content_digest"]))
+        mdata = encode_manifest(forged)
+        h = pack_mod.blob_digest(mdata).hex()
+        await store.put(f"manifests/{h[:2]}/{h}", mdata)
+        return f"manifests/{h[:2]}/{h}"
+
+    _rewrite_record(repo_dir, v1_key, {"manifest": asyncio.run(store_forged())})
+    rc, out, err, _ = cli("verify", "p/d:v1", "--root", str(src), "--repo", repo, cwd=tmp_path)
+    assert rc == 1 and "content digest does not match its entries" in err, (out, err)
+    rc, out, err, _ = cli("check", "--repo", repo, cwd=tmp_path)
+    assert rc == 1 and "content digest does not match its entries" in out + err, (out, err)
