@@ -7,6 +7,7 @@ the same rules and says the same thing when a name is wrong.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any, Final
 
 import msgspec
@@ -227,19 +228,29 @@ def encode_record(record: VersionRecord | ArtifactHead) -> bytes:
     return _encode(record)
 
 
+def _check_stored_names(
+    key: str, project: str, name: str, type: str, tags: Iterable[str] = (), aliases: Iterable[str] = ()
+) -> None:
+    """The names a record read from `key` holds pass the rules a writer's pass (else
+    ``CorruptData`` naming the key): a stored name reaches paths and terminals."""
+    try:
+        check_name("project", project)
+        check_name("artifact name", name)
+        check_name("type", type)
+        for t in tags:
+            check_tag(t)
+        for a in aliases:
+            check_alias(a)
+    except InvalidName as e:
+        raise CorruptData(f"{key}: {e}") from None
+
+
 def decode_version(data: bytes, key: str = "a version record") -> VersionRecord:
     """Raises ``CorruptData`` naming ``key`` when the stored bytes are not a valid record: not
     a record, names that no writer accepts, a manifest pointer that is no manifest object,
     or (read from an ``artifacts/`` key) a record of another version than the key names."""
     r: VersionRecord = decode_json(data, VersionRecord, key)
-    try:
-        check_name("project", r.project)
-        check_name("artifact name", r.name)
-        check_name("type", r.type)
-        for t in r.tags:
-            check_tag(t)
-    except InvalidName as e:
-        raise CorruptData(f"{key}: {e}") from None
+    _check_stored_names(key, r.project, r.name, r.type, tags=r.tags)
     if not 0 <= r.version < 10**10:
         raise CorruptData(f"{key}: version {r.version} is out of range")
     if not _MANIFEST_KEY.fullmatch(r.manifest) or not _HEX_DIGEST.fullmatch(r.content_digest):
@@ -254,14 +265,7 @@ def decode_head(data: bytes, key: str = "an artifact head") -> ArtifactHead:
     written before `latest` was an ordinary alias reads with it in ``aliases`` (on version
     ``latest``, where it was implied), so every reader sees one form."""
     head: ArtifactHead = decode_json(data, ArtifactHead, key)
-    try:
-        check_name("project", head.project)
-        check_name("artifact name", head.name)
-        check_name("type", head.type)
-        for a in head.aliases:
-            check_alias(a)
-    except InvalidName as e:
-        raise CorruptData(f"{key}: {e}") from None
+    _check_stored_names(key, head.project, head.name, head.type, aliases=head.aliases)
     if key.startswith("artifacts/") and key != head_key(head.project, head.name):
         raise CorruptData(f"{key} holds the head of {head.project}/{head.name}, not its own")
     if head.latest_in_aliases:

@@ -389,15 +389,15 @@ class Repository:
             extra_key = [references_key(refs)] if refs else []  # same references: same key
             key = memo_key(self.config.id, project, name, type, [*walk, self.params.label, *extra_key])
             memo = await loop.run_in_executor(None, PutMemo)
+        walk_options: dict[str, Any] = {
+            "include": include,
+            "exclude": exclude,
+            "include_vcs": include_vcs,
+            "follow_symlinks": follow_symlinks,
+        }
         try:
             if memo is not None and head is not None:
-                scanner = TreeHasher(
-                    self.params,
-                    include=include,
-                    exclude=exclude,
-                    include_vcs=include_vcs,
-                    follow_symlinks=follow_symlinks,
-                )
+                scanner = TreeHasher(self.params, **walk_options)
                 recalled = await loop.run_in_executor(None, _recall, memo, key, scanner, sources)
                 if recalled is not None and head.digests.get(recalled.content_digest) == recalled.version:
                     if before_commit is not None:
@@ -413,14 +413,7 @@ class Repository:
             index = await self.index()
             cache = StatCache(None, self.params.label) if stat_cache else None
             hasher = TreeHasher(
-                self.params,
-                threads=threads,
-                stat_cache=cache,
-                include=include,
-                exclude=exclude,
-                include_vcs=include_vcs,
-                follow_symlinks=follow_symlinks,
-                on_progress=on_progress,
+                self.params, threads=threads, stat_cache=cache, on_progress=on_progress, **walk_options
             )
             journal = await loop.run_in_executor(None, PutJournal, self.config.id)
             try:

@@ -165,7 +165,8 @@ def _swap_manifest(repo_dir: Path, build: object) -> None:
         await store.put(mkey, mdata)
         import msgspec
 
-        await store.put(key, encode_record(msgspec.structs.replace(record, manifest=mkey)))
+        bound = msgspec.structs.replace(record, manifest=mkey, content_digest=m.content_digest.hex())
+        await store.put(key, encode_record(bound))
 
     asyncio.run(go())
 

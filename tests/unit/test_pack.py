@@ -25,6 +25,7 @@ from syncengine.repo.pack import (
     trailer_offset,
     zstd_bound,
 )
+from tests.memory import peak_mib, reset_peak, rss_mib
 
 MAX_RAW = DEFAULT_PARAMS.max_size
 
@@ -156,17 +157,6 @@ def test_absorb_merges_packs_without_recompressing() -> None:
     assert got == blobs_a + blobs_b
 
 
-def _peak_rss_mib(reset: bool = False) -> float:
-    """This process's peak RSS since the last reset (Linux: /proc/self clear_refs and VmHWM)."""
-    import re
-
-    if reset:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    with open("/proc/self/status") as f:
-        return int(re.search(r"VmHWM:\s+(\d+)", f.read())[1]) / 1024  # type: ignore[index]
-
-
 def test_a_zstd_bomb_is_refused_before_it_inflates() -> None:
     """A 12 KiB frame stating 400 MiB behind an index that says raw=16 KiB (so its stored
     size is plausible): refused from the frame header, before python-zstandard allocates
@@ -176,10 +166,11 @@ def test_a_zstd_bomb_is_refused_before_it_inflates() -> None:
     stored = zstandard.ZstdCompressor(level=3).compress(bytes(400 << 20))
     assert len(stored) < 16 << 10
     loc = BlobLocation(blob_digest(b"x"), 0, len(stored), 16 << 10, CODEC_ZSTD)
-    before = _peak_rss_mib(reset=True)
+    reset_peak()
+    before = rss_mib()
     with pytest.raises(CorruptData, match="states 419430400 bytes, the index 16384"):
         read_blob(b"p" * 32, stored, loc, MAX_RAW)
-    assert _peak_rss_mib() - before < 100
+    assert peak_mib() - before < 100
 
 
 def test_a_frame_without_a_stated_size_decodes_no_more_than_the_index_says() -> None:
@@ -187,10 +178,11 @@ def test_a_frame_without_a_stated_size_decodes_no_more_than_the_index_says() -> 
 
     stored = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(bytes(400 << 20))
     loc = BlobLocation(blob_digest(b"x"), 0, len(stored), 16 << 10, CODEC_ZSTD)
-    before = _peak_rss_mib(reset=True)
+    reset_peak()
+    before = rss_mib()
     with pytest.raises(CorruptData, match="did not decompress full frame"):
         read_blob(b"p" * 32, stored, loc, MAX_RAW)
-    assert _peak_rss_mib() - before < 100
+    assert peak_mib() - before < 100
 
 
 @pytest.mark.parametrize(
