@@ -74,10 +74,8 @@ SCHEMES: Final = ("s3", "file", "http", "https")
 #: ``s3://BUCKET[/PREFIX]``; each also covers what is below it), or ``*`` for all.
 TRUST_ENV: Final = "SYNCENGINE_TRUST_REFERENCES"
 #: Query parameter names (lower case, letters and digits only) that carry a credential:
-#: presigned S3/GCS URLs, Azure SAS, CloudFront signed URLs, API keys.
-SECRET_PARAMS: Final = frozenset(
-    {"sig", "key", "auth", "authorization", "policy", "keypairid", "googleaccessid", "code", "xamzdate"}
-)
+#: Azure SAS (``sig``), API keys (``key``), OAuth codes; the rest are found by `SECRET_WORDS`.
+SECRET_PARAMS: Final = frozenset({"sig", "key", "auth", "authorization", "code"})
 #: ... and the words that make any parameter name one (``access_token``, ``X-Amz-Signature``,
 #: ``X-Amz-Security-Token``, ``X-Goog-Credential``, ``api_key``, ``client_secret``).
 SECRET_WORDS: Final = (
