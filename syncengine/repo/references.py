@@ -73,6 +73,9 @@ SCHEMES: Final = ("s3", "file", "http", "https")
 #: being told each time: a comma-separated list of repository locations (a folder, or
 #: ``s3://BUCKET[/PREFIX]``; each also covers what is below it), or ``*`` for all.
 TRUST_ENV: Final = "SYNCENGINE_TRUST_REFERENCES"
+#: When set, ``file://`` references are read only from below these folders (comma-separated;
+#: symlinks resolved on both sides), even from a trusted repository.
+FILE_ROOTS_ENV: Final = "SYNCENGINE_REFERENCE_FILE_ROOTS"
 #: Query parameter names (lower case, letters and digits only) that carry a credential:
 #: Azure SAS (``sig``), API keys (``key``), OAuth codes; the rest are found by `SECRET_WORDS`.
 SECRET_PARAMS: Final = frozenset({"sig", "key", "auth", "authorization", "code"})
@@ -229,6 +232,16 @@ def repository_location(store: ObjectStore) -> str:
     return repr(store)
 
 
+def _below(path: str, roots: Iterable[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or inside one (``*`` is every path)."""
+    return any(r in ("*", path) or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _local_path(item: str) -> str:
+    path = _file_path(item) if item.startswith("file://") else item
+    return os.path.realpath(os.path.expanduser(path))
+
+
 def _trusted_locations(environ: Mapping[str, str] | None) -> list[str]:
     raw = (os.environ if environ is None else environ).get(TRUST_ENV, "")
     out = []
@@ -241,8 +254,7 @@ def _trusted_locations(environ: Mapping[str, str] | None) -> list[str]:
         elif item.startswith("s3://"):
             out.append(item.rstrip("/"))
         else:
-            path = _file_path(item) if item.startswith("file://") else item
-            out.append(os.path.realpath(os.path.expanduser(path)))
+            out.append(_local_path(item))
     return out
 
 
@@ -254,11 +266,7 @@ def references_trusted(
     or bucket prefix above it, or ``*``."""
     if trust is not None:
         return trust
-    here = repository_location(store)
-    for loc in _trusted_locations(environ):
-        if loc in ("*", here) or here.startswith(loc.rstrip("/") + "/"):
-            return True
-    return False
+    return _below(repository_location(store), _trusted_locations(environ))
 
 
 def require_trust(store: ObjectStore, trust: bool | None, e: ManifestEntry) -> None:
@@ -274,6 +282,19 @@ def require_trust(store: ObjectStore, trust: bool | None, e: ManifestEntry) -> N
         f"{e.path!r} is a reference to {shown(e.ref or '')}, and references are fetched only from "
         f"a repository you trust for them (anyone who can write it chooses what they name): pass "
         f"--trust-references (API: trust_references=True), or add {where} to {TRUST_ENV}"
+    )
+
+
+def check_file_root(e: ManifestEntry, src: str, environ: Mapping[str, str] | None = None) -> None:
+    """Raises `ReferencesNotTrusted` when `FILE_ROOTS_ENV` is set and the real path of ``src``
+    (symlinks resolved) is not below one of its folders. Blocking: a worker thread's call."""
+    raw = (os.environ if environ is None else environ).get(FILE_ROOTS_ENV, "")
+    roots = [_local_path(r.strip()) for r in raw.split(",") if r.strip()]
+    if not roots or _below(os.path.realpath(src), roots):
+        return
+    raise ReferencesNotTrusted(
+        f"{e.path!r} is a reference to {shown(e.ref)}, outside the folders {FILE_ROOTS_ENV} "
+        f"allows ({', '.join(roots)})"
     )
 
 
@@ -834,6 +855,7 @@ async def _recheck_one(sources: SourceStores, e: ManifestEntry, params: ChunkerP
 
 
 def _file_source_changed(e: ManifestEntry, src: str, params: ChunkerParams) -> str | None:
+    check_file_root(e, src)
     extra = e.extra or {}
     try:
         st = os.stat(src)
@@ -999,6 +1021,7 @@ def _copy_file(e: ManifestEntry, root: str, params: ChunkerParams) -> _TempFile 
 
     assert e.ref is not None
     src = _file_path(e.ref)
+    check_file_root(e, src)
     extra = e.extra or {}
     if "blake3" in extra and _has_digest(safe_target(root, e.path), e.size, str(extra["blake3"]), params):
         return None  # already there with the logged content

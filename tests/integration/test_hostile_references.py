@@ -352,3 +352,33 @@ def test_a_port_nobody_listens_on_is_a_clear_masked_error(tmp_path: Path) -> Non
     )  # fmt: skip
     assert rc == 1, err
     assert "SEKRIT" not in err and ":pw@" not in err and "internal error" not in err, err
+
+
+def test_file_references_are_read_only_below_the_folders_the_user_allows(tmp_path: Path) -> None:
+    """SYNCENGINE_REFERENCE_FILE_ROOTS narrows a trusted repository's file:// references;
+    a symlink below an allowed folder that leads out of it is judged by where it leads."""
+    allowed, outside = tmp_path / "nfs", tmp_path / "home"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "labels.csv").write_bytes(b"a,b\n")
+    (outside / "secret.txt").write_bytes(b"private")
+    (allowed / "link.txt").symlink_to(outside / "secret.txt")
+    trusted = {TRUST: "*"}
+    for name, uri in [("in", f"file://{allowed}/labels.csv"), ("out", f"file://{allowed}/link.txt")]:
+        rc, _, err = cli(
+            "put", "-n", f"p/{name}", "-t", "t", "--reference", uri, "--repo", "repo", cwd=tmp_path
+        )
+        assert rc == 0, err
+    roots = {**trusted, "SYNCENGINE_REFERENCE_FILE_ROOTS": f"{tmp_path / 'elsewhere'},{allowed}"}
+    rc, _, err = cli("get", "p/in", "--root", "in", "--repo", "repo", cwd=tmp_path, env=roots)
+    assert rc == 0, err
+    assert (tmp_path / "in" / "labels.csv").read_bytes() == b"a,b\n"
+    rc, _, err = cli("get", "p/out", "--root", "out", "--repo", "repo", cwd=tmp_path, env=roots)
+    assert rc == 1 and "outside the folders SYNCENGINE_REFERENCE_FILE_ROOTS allows" in err, err
+    assert not (tmp_path / "out" / "link.txt").exists()
+    rc, _, err = cli(
+        "verify", "p/out", "--root", "out", "--references", "--repo", "repo", cwd=tmp_path, env=roots
+    )
+    assert rc == 1 and "SYNCENGINE_REFERENCE_FILE_ROOTS" in err, err
+    rc, _, err = cli("get", "p/out", "--root", "out", "--repo", "repo", cwd=tmp_path, env=trusted)
+    assert rc == 0, err  # unset: a trusted repository's references are read wherever they are
