@@ -84,7 +84,13 @@ class Artifact:
         self.sources.append(Source(p, (name or "").strip("/")))
 
     def add_reference(
-        self, uri: str, name: str | None = None, checksum: bool = True, max_objects: int | None = None
+        self,
+        uri: str,
+        name: str | None = None,
+        checksum: bool = True,
+        max_objects: int | None = None,
+        *,
+        allow_secret_url: bool = False,
     ) -> None:
         """Adds an external object by URI; only its metadata is logged, and a download
         fetches it from the source and checks it is unchanged (docs/REFERENCES.md).
@@ -94,12 +100,14 @@ class Artifact:
         the content digest), ``https://…`` (size, ETag, Last-Modified). ``name`` is the entry's
         path (for a prefix or folder: the folder its objects go under). A prefix or folder
         with more than ``max_objects`` objects (default 10,000) is an error. The source is
-        read when the version is logged.
+        read when the version is logged. A URL carrying a credential (``user:pass@``,
+        ``?token=``, a presigned query) is a ``ConfigError`` unless ``allow_secret_url``: the
+        URI is stored verbatim in the manifest every reader of the repository sees.
 
         >>> art = Artifact("raw", type="dataset")
         >>> art.add_reference("s3://my-bucket/images/", name="images")
         """
-        self.references.append(Reference.parse(uri, name, checksum, max_objects))
+        self.references.append(Reference.parse(uri, name, checksum, max_objects, allow_secret_url))
 
 
 class Manifest:
@@ -278,6 +286,7 @@ class ArtifactVersion:
         link: str | None = None,
         cache_size: int | None = None,
         fsync: bool = True,
+        trust_references: bool | None = None,
     ) -> str:
         """Writes the version's files under `root` (default `./artifacts/<name>-vN` in the
         current directory), verified; returns the root's absolute path. Files already right
@@ -290,7 +299,11 @@ class ArtifactVersion:
         (read-only files that share the cache's inode); `cache_size` bounds the cache in bytes
         (default `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB). `fsync=False` returns without
         waiting for the disk: safe against a killed process, not against a power loss, and the files
-        do not go into the file cache. See docs/DOWNLOAD.md."""
+        do not go into the file cache. See docs/DOWNLOAD.md.
+
+        References (external objects) are fetched only from a repository trusted for them:
+        `trust_references=True`, or (None) ``SYNCENGINE_TRUST_REFERENCES`` naming it; else
+        `ReferencesNotTrusted` (docs/REFERENCES.md "Trust")."""
         from syncengine.repo.download import default_root
 
         self._not_deleted()
@@ -303,6 +316,7 @@ class ArtifactVersion:
             link=link,
             cache_size=cache_size,
             fsync=fsync,
+            trust_references=trust_references,
         )
         return os.path.abspath(target)
 
@@ -313,9 +327,10 @@ class ArtifactVersion:
         skip_cache: bool = False,
         link: str | None = None,
         cache_size: int | None = None,
+        trust_references: bool | None = None,
     ) -> str:
         """Makes `root` exactly this version: downloads what differs, removes files it lacks
-        (the cache options as for `download`)."""
+        (the cache and reference options as for `download`)."""
         self._not_deleted()
         await self._repo.core.download(
             self._record,
@@ -324,16 +339,22 @@ class ArtifactVersion:
             skip_cache=skip_cache,
             link=link,
             cache_size=cache_size,
+            trust_references=trust_references,
         )
         return os.path.abspath(root)
 
-    async def verify(self, root: str | os.PathLike[str], references: bool = False) -> None:
+    async def verify(
+        self, root: str | os.PathLike[str], references: bool = False, *, trust_references: bool | None = None
+    ) -> None:
         """Raises `VerifyFailed` listing missing, extra and changed files if `root` is not
         exactly this version. References are checked only with ``references``: their copies
-        under `root` and their sources (docs/REFERENCES.md)."""
+        under `root` and their sources, which only a repository trusted for references may
+        make this machine look at (``trust_references`` as for `download`; docs/REFERENCES.md)."""
         from syncengine.repo.download import check
 
-        await check(self._repo.core, self._record, root, references=references)
+        await check(
+            self._repo.core, self._record, root, references=references, trust_references=trust_references
+        )
 
     def new_draft(self) -> Draft:
         """A draft of the artifact's next version, starting from this one (see `Draft`)."""

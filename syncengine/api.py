@@ -109,10 +109,19 @@ class ArtifactVersion:
         link: str | None = None,
         cache_size: int | None = None,
         fsync: bool = True,
+        trust_references: bool | None = None,
     ) -> str:
         """See `syncengine.aio.ArtifactVersion.download` (default root `./artifacts/<name>-vN`)."""
         return _Loop.run(
-            self._inner.download(root, path_prefix, skip_cache, link=link, cache_size=cache_size, fsync=fsync)
+            self._inner.download(
+                root,
+                path_prefix,
+                skip_cache,
+                link=link,
+                cache_size=cache_size,
+                fsync=fsync,
+                trust_references=trust_references,
+            )
         )
 
     def checkout(
@@ -122,11 +131,22 @@ class ArtifactVersion:
         skip_cache: bool = False,
         link: str | None = None,
         cache_size: int | None = None,
+        trust_references: bool | None = None,
     ) -> str:
-        return _Loop.run(self._inner.checkout(root, skip_cache=skip_cache, link=link, cache_size=cache_size))
+        return _Loop.run(
+            self._inner.checkout(
+                root,
+                skip_cache=skip_cache,
+                link=link,
+                cache_size=cache_size,
+                trust_references=trust_references,
+            )
+        )
 
-    def verify(self, root: str | os.PathLike[str], references: bool = False) -> None:
-        _Loop.run(self._inner.verify(root, references))
+    def verify(
+        self, root: str | os.PathLike[str], references: bool = False, *, trust_references: bool | None = None
+    ) -> None:
+        _Loop.run(self._inner.verify(root, references, trust_references=trust_references))
 
     @property
     def manifest(self) -> Manifest:

@@ -180,5 +180,11 @@ class ReferenceChanged(SyncEngineError):
     """An external object changed since its reference was logged (ETag, version, size or digest)."""
 
 
+class ReferencesNotTrusted(SyncEngineError, PermissionError):
+    """A version names external objects, and the user has not said this repository may make
+    them be fetched (``--trust-references``, ``trust_references=True``, or
+    ``SYNCENGINE_TRUST_REFERENCES``; docs/REFERENCES.md "Trust")."""
+
+
 class TooManyObjects(SyncEngineError, ValueError):
     """A reference to a folder or prefix would expand to more objects than ``max_objects``."""

@@ -1,4 +1,5 @@
-"""CLI pieces for references: `put --reference [NAME=]URI` and `show --files`."""
+"""CLI pieces for references: `put --reference [NAME=]URI`, `--allow-secret-urls`,
+`--trust-references` (get, verify) and `show --files`."""
 
 from __future__ import annotations
 
@@ -35,7 +36,20 @@ def split_reference(value: str) -> tuple[str, str | None]:
     return m.group(2), m.group(1) or None
 
 
-def reference_options(values: Sequence[str], *, checksum: bool, max_objects: int | None) -> list[Reference]:
+#: `get` and `verify --references`: fetch (look at) this repository's references. Unset, the
+#: repository must be named in SYNCENGINE_TRUST_REFERENCES (docs/REFERENCES.md "Trust").
+trust_references_option = click.option(
+    "--trust-references",
+    is_flag=True,
+    default=None,
+    help="Fetch the version's references (external URLs and files) even if this repository is "
+    "not in SYNCENGINE_TRUST_REFERENCES: whoever can write it chooses what they name.",
+)
+
+
+def reference_options(
+    values: Sequence[str], *, checksum: bool, max_objects: int | None, allow_secret_urls: bool = False
+) -> list[Reference]:
     if not values:
         return []
     from syncengine.errors import ConfigError
@@ -45,7 +59,7 @@ def reference_options(values: Sequence[str], *, checksum: bool, max_objects: int
     for v in values:
         uri, name = split_reference(v)
         try:
-            out.append(Reference.parse(uri, name, checksum, max_objects))
+            out.append(Reference.parse(uri, name, checksum, max_objects, allow_secret_urls))
         except ConfigError as e:
             raise click.BadParameter(str(e), param_hint="--reference") from None
     return out
@@ -55,7 +69,9 @@ def show_files(
     run: Callable[[Callable[[Repository], Awaitable[Any]]], Any], ref: ArtifactRef, as_json: bool
 ) -> None:
     """Prints a version's entries: ``path  size`` for stored files, ``path  size  -> URI`` for
-    references (with --json: one object with the entries, references' metadata included)."""
+    references (with --json: one object with the entries, references' metadata included).
+    A URI is printed as `shown` gives it: user info and query values masked, in JSON too."""
+    from syncengine.repo.references import shown
 
     async def job(repo: Repository) -> tuple[str, list[dict[str, Any]]]:
         record = await repo.resolve(ref)
@@ -63,7 +79,7 @@ def show_files(
         async for e in (await repo.manifest(record)).entries():
             row: dict[str, Any] = {"path": e.path, "size": e.size, "digest": e.digest.hex()}
             if e.ref is not None:
-                row["ref"] = e.ref
+                row["ref"] = shown(e.ref)
                 row["extra"] = e.extra or {}
             rows.append(row)
         return f"{record.project}/{record.name}:v{record.version}", rows

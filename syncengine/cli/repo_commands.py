@@ -16,7 +16,7 @@ import msgspec
 
 from syncengine.cli.params import DURATION
 from syncengine.cli.progress import plural, progress_bar
-from syncengine.cli.reference_commands import reference_options
+from syncengine.cli.reference_commands import reference_options, trust_references_option
 from syncengine.cli.suspect_folders import suspect_folders
 from syncengine.errors import SyncEngineError
 from syncengine.hashing.tree import sources_for
@@ -233,6 +233,11 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--no-checksum", is_flag=True, help="file:// references: size and mtime only, no digest.")
     @click.option("--max-objects", type=click.IntRange(min=1), default=None, help="Per reference [10000].")
+    @click.option(
+        "--allow-secret-urls",
+        is_flag=True,
+        help="Log reference URLs that carry a credential (user:pass@, ?token=, presigned) as given.",
+    )
     @repo_option
     @json_option
     def put(
@@ -251,6 +256,7 @@ def register(cli: click.Group) -> None:
         references: tuple[str, ...],
         no_checksum: bool,
         max_objects: int | None,
+        allow_secret_urls: bool,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
@@ -259,7 +265,9 @@ def register(cli: click.Group) -> None:
         ref = artifact_name(full_name, "-n", " (use -a to set aliases)")
         if not paths and not references:
             raise click.UsageError("give PATHS to log, or --reference URI")
-        refs = reference_options(references, checksum=not no_checksum, max_objects=max_objects)
+        refs = reference_options(
+            references, checksum=not no_checksum, max_objects=max_objects, allow_secret_urls=allow_secret_urls
+        )
         meta = json_object(metadata, "-m") if metadata is not None else None
         start = time.perf_counter()
         policy: SymlinkPolicy = True if follow_symlinks else "within"
@@ -361,6 +369,7 @@ def register(cli: click.Group) -> None:
         is_flag=True,
         help="List the files that would be written (and, with --checkout, deleted); touch nothing.",
     )
+    @trust_references_option
     @repo_option
     @json_option
     def get(
@@ -372,6 +381,7 @@ def register(cli: click.Group) -> None:
         link: str | None,
         no_fsync: bool,
         dry_run: bool,
+        trust_references: bool | None,
         repo_url: str | None,
         as_json: bool,
     ) -> None:
@@ -406,6 +416,7 @@ def register(cli: click.Group) -> None:
                     skip_cache=skip_cache,
                     link=link,
                     fsync=not no_fsync,
+                    trust_references=trust_references,
                 )
             return record, target, n
 
@@ -449,10 +460,16 @@ def register(cli: click.Group) -> None:
         help="Also check reference entries: on disk with their logged size (and digest), and "
         "each source still as logged (a HEAD or stat each).",
     )
+    @trust_references_option
     @repo_option
     @json_option
     def verify(
-        ref: str, root: str | None, check_references: bool, repo_url: str | None, as_json: bool
+        ref: str,
+        root: str | None,
+        check_references: bool,
+        trust_references: bool | None,
+        repo_url: str | None,
+        as_json: bool,
     ) -> None:
         """Exit 0 if --root holds exactly the version, else list missing/extra/changed files
         (and exit 1). Reference entries are skipped unless --references. Without --root, the
@@ -466,7 +483,10 @@ def register(cli: click.Group) -> None:
         async def job(repo: Repository) -> tuple[VersionRecord, str, list[Difference]]:
             record = await repo.resolve(parsed)
             target = root if root is not None else default_root(record)
-            return record, target, await verify_root(repo, record, target, references=check_references)
+            diffs = await verify_root(
+                repo, record, target, references=check_references, trust_references=trust_references
+            )
+            return record, target, diffs
 
         record, root, differences = _run(repo_url, job)
         if as_json:

@@ -1482,6 +1482,7 @@ async def download(
     stat_cache: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     fsync: bool = True,
+    trust_references: bool | None = None,
 ) -> DownloadResult:
     """Writes the files of ``record`` under ``root`` (default: :func:`default_root`).
 
@@ -1500,7 +1501,13 @@ async def download(
     ``fsync=False`` does not wait for the disk (no flush, no early writeback) and leaves
     the files out of the file cache: as safe against a killed process, not against a power
     loss (docs/DOWNLOAD.md).
+
+    References are fetched only when ``trust_references`` (None: when
+    ``SYNCENGINE_TRUST_REFERENCES`` names the repository); else the first one met raises
+    ``ReferencesNotTrusted`` before the window holding it is written (docs/REFERENCES.md).
     """
+    from syncengine.repo.references import require_trust
+
     if mode not in ("download", "checkout"):
         raise ValueError(f"mode must be 'download' or 'checkout', not {mode!r}")
     if concurrency < 1:
@@ -1529,7 +1536,11 @@ async def download(
     try:
         window: list[ManifestEntry] = []
         blobs = 0
+        refs_allowed = False
         async for e in _entries(reader, prefix):
+            if e.ref is not None and not refs_allowed:
+                require_trust(repo.store, trust_references, e)
+                refs_allowed = True
             window.append(e)
             blobs += max(1, len(e.chunks))
             if len(window) >= WINDOW_FILES or blobs >= WINDOW_BLOBS:
@@ -1580,6 +1591,7 @@ async def verify(
     stat_cache: bool = True,
     concurrency: int = 16,
     references: bool = False,
+    trust_references: bool | None = None,
 ) -> list[Difference]:
     """How the folder ``root`` (or ``path_prefix`` in it) differs from the version, in path
     order; empty when it holds exactly the version's files with their content. Symlinks are
@@ -1587,7 +1599,8 @@ async def verify(
     compared (versions hold files only). Entries that reference external objects are not
     checked (nor reported missing) unless ``references``: then each must be on disk with its
     logged size (and digest, for checksummed file references), and its source must still be
-    what was logged (`references.recheck`: a HEAD or stat, no body fetched)."""
+    what was logged (`references.recheck`: a HEAD or stat, no body fetched) — looked at only
+    for a repository trusted for references (``trust_references``, as for `download`)."""
     from syncengine.repo.references import check_copy, recheck
 
     prefix = _norm_prefix(path_prefix)
@@ -1635,7 +1648,7 @@ async def verify(
         for _, waiting in pending:
             waiting.cancel()
         await asyncio.to_thread(session.close)
-    for e, why in await recheck(refs, repo.store, repo.params):
+    for e, why in await recheck(refs, repo.store, repo.params, trust_references):
         out.append(Difference(e.path, "changed", f"source: {why}"))
     out.sort(key=lambda d: d.path.encode("utf-8", "surrogateescape"))
     return out
@@ -1648,8 +1661,11 @@ async def check(
     *,
     path_prefix: str | None = None,
     references: bool = False,
+    trust_references: bool | None = None,
 ) -> None:
     """:func:`verify`, raising ``VerifyFailed`` with the list of differences if there are any."""
-    diffs = await verify(repo, record, root, path_prefix=path_prefix, references=references)
+    diffs = await verify(
+        repo, record, root, path_prefix=path_prefix, references=references, trust_references=trust_references
+    )
     if diffs:
         raise VerifyFailed(os.fspath(root), diffs)

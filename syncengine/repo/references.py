@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import stat
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote, urlsplit
@@ -31,6 +32,7 @@ from syncengine.errors import (
     ObjectNotFound,
     ReferenceChanged,
     ReferenceNotFound,
+    ReferencesNotTrusted,
     SyncEngineError,
     TooManyObjects,
 )
@@ -67,6 +69,28 @@ EXTRA: Final = {
     "http": ("etag", "last_modified"),
 }
 SCHEMES: Final = ("s3", "file", "http", "https")
+#: Repositories whose references `get` and `verify --references` may fetch or look at without
+#: being told each time: a comma-separated list of repository locations (a folder, or
+#: ``s3://BUCKET[/PREFIX]``; each also covers what is below it), or ``*`` for all.
+TRUST_ENV: Final = "SYNCENGINE_TRUST_REFERENCES"
+#: When set, ``file://`` references are read only from below these folders (comma-separated;
+#: symlinks resolved on both sides), even from a trusted repository.
+FILE_ROOTS_ENV: Final = "SYNCENGINE_REFERENCE_FILE_ROOTS"
+#: Query parameter names (lower case, letters and digits only) that carry a credential:
+#: Azure SAS (``sig``), API keys (``key``), OAuth codes; the rest are found by `SECRET_WORDS`.
+SECRET_PARAMS: Final = frozenset({"sig", "key", "auth", "authorization", "code"})
+#: ... and the words that make any parameter name one (``access_token``, ``X-Amz-Signature``,
+#: ``X-Amz-Security-Token``, ``X-Goog-Credential``, ``api_key``, ``client_secret``).
+SECRET_WORDS: Final = (
+    "token",
+    "signature",
+    "secret",
+    "password",
+    "passwd",
+    "credential",
+    "apikey",
+    "accesskey",
+)
 
 _encode = msgspec.msgpack.Encoder(order="deterministic").encode
 
@@ -82,28 +106,44 @@ class Reference:
 
     @classmethod
     def parse(
-        cls, uri: str, name: str | None = None, checksum: bool = True, max_objects: int | None = None
+        cls,
+        uri: str,
+        name: str | None = None,
+        checksum: bool = True,
+        max_objects: int | None = None,
+        allow_secret_url: bool = False,
     ) -> Reference:
-        """Checks the URI's form (no I/O); raises ConfigError naming what is wrong."""
+        """Checks the URI's form (no I/O); raises ConfigError naming what is wrong. A URL that
+        carries a credential (`secrets_in`) is refused unless ``allow_secret_url``: the URI is
+        stored as given in a manifest everyone who can read the repository reads."""
         if not isinstance(uri, str) or "://" not in uri:
-            raise ConfigError(f"reference {uri!r} is no URI; use s3://BUCKET/KEY, file:///PATH or https://…")
+            raise ConfigError(
+                f"reference {shown(str(uri))!r} is no URI; use s3://BUCKET/KEY, file:///PATH or https://…"
+            )
         scheme = uri.split("://", 1)[0].lower()
         if scheme not in SCHEMES:
             raise ConfigError(
-                f"reference {uri!r}: unsupported scheme {scheme!r} (use s3, file, http or https)"
+                f"reference {shown(uri)!r}: unsupported scheme {scheme!r} (use s3, file, http or https)"
+            )
+        secrets = secrets_in(uri)
+        if secrets and not allow_secret_url:
+            raise ConfigError(
+                f"reference {shown(uri)!r} carries a credential ({', '.join(secrets)}), which would be "
+                "stored in the shared manifest for every reader of the repository; log a URL without "
+                "it, or pass allow_secret_url=True (CLI: --allow-secret-urls) to store it anyway"
             )
         parts = urlsplit(uri)
         if scheme == "s3" and not parts.netloc:
             raise ConfigError(
-                f"reference {uri!r} names no bucket; write s3://BUCKET/KEY or s3://BUCKET/PREFIX/"
+                f"reference {shown(uri)!r} names no bucket; write s3://BUCKET/KEY or s3://BUCKET/PREFIX/"
             )
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
-                raise ConfigError(f"reference {uri!r}: file URLs on other hosts are not supported")
+                raise ConfigError(f"reference {shown(uri)!r}: file URLs on other hosts are not supported")
             if not unquote(parts.path).startswith("/"):
-                raise ConfigError(f"reference {uri!r}: a file URL needs an absolute path (file:///…)")
+                raise ConfigError(f"reference {shown(uri)!r}: a file URL needs an absolute path (file:///…)")
         if scheme in ("http", "https") and not parts.netloc:
-            raise ConfigError(f"reference {uri!r} names no host")
+            raise ConfigError(f"reference {shown(uri)!r} names no host")
         if max_objects is not None and (not isinstance(max_objects, int) or max_objects < 1):
             raise ConfigError(f"max_objects must be a positive integer, not {max_objects!r}")
         if name is not None:
@@ -111,6 +151,151 @@ class Reference:
             if name:
                 _check_path(name, uri)
         return cls(uri, name or None, bool(checksum), max_objects)
+
+
+# -- URLs that carry credentials -------------------------------------------------------------
+
+
+def _http_parts(uri: str) -> tuple[str, str, str, str, str] | None:
+    """(scheme, authority, path, query, fragment) of an http(s) URL, split by hand so that
+    `shown` changes nothing else in it; None for other schemes (an S3 key may hold '?')."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    return scheme, authority, slash + path, query, fragment
+
+
+def _secret_name(name: str) -> bool:
+    plain = re.sub(r"[^a-z0-9]", "", unquote(name).lower())
+    return plain in SECRET_PARAMS or any(w in plain for w in SECRET_WORDS)
+
+
+def secrets_in(uri: str) -> list[str]:
+    """What in an http(s) URL looks like a credential: user info (``user:pass@host``) and
+    query parameters named like `SECRET_PARAMS` / `SECRET_WORDS`.
+
+    >>> secrets_in("https://u:p@h/f?X-Amz-Signature=ab&v=2")
+    ['user info', 'X-Amz-Signature']
+    """
+    parts = _http_parts(uri)
+    if parts is None:
+        return []
+    found = ["user info"] if "@" in parts[1] else []
+    for item in parts[3].split("&"):
+        name = item.split("=", 1)[0]
+        if name and _secret_name(name) and name not in found:
+            found.append(name)
+    return found
+
+
+def shown(uri: str | None) -> str:
+    """The URI as printed (CLI output, error messages): the user info and every query value of
+    an http(s) URL replaced by ``***`` — a name alone says what the URL is, its values may be
+    credentials nobody recognised. The manifest and the API keep the URI as logged.
+
+    >>> shown("https://u:p@h/f.bin?token=abc&v=2#x")
+    'https://***@h/f.bin?token=***&v=***#x'
+    """
+    if uri is None:
+        return ""
+    parts = _http_parts(uri)
+    if parts is None:
+        return uri
+    scheme, authority, path, query, fragment = parts
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    out = f"{scheme}://{authority}{path}"
+    if query:
+        masked = (item.split("=", 1)[0] + "=***" if "=" in item else item for item in query.split("&"))
+        out += "?" + "&".join(masked)
+    if fragment:
+        out += "#" + fragment
+    return out
+
+
+# -- trust: which repositories' references are fetched ------------------------------------
+
+
+def repository_location(store: ObjectStore) -> str:
+    """Where a repository is, as `SYNCENGINE_TRUST_REFERENCES` names it: the real path of a
+    local one, ``s3://BUCKET/PREFIX`` of one on S3."""
+    from syncengine.store.local import LocalStore
+    from syncengine.store.s3 import S3Store
+
+    if isinstance(store, LocalStore):
+        return os.path.realpath(store.root)
+    if isinstance(store, S3Store):
+        return f"s3://{store.bucket}/{store.prefix}".rstrip("/")
+    return repr(store)
+
+
+def _below(path: str, roots: Iterable[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or inside one (``*`` is every path)."""
+    return any(r in ("*", path) or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _local_path(item: str) -> str:
+    path = _file_path(item) if item.startswith("file://") else item
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def _trusted_locations(environ: Mapping[str, str] | None) -> list[str]:
+    raw = (os.environ if environ is None else environ).get(TRUST_ENV, "")
+    out = []
+    for given in raw.split(","):
+        item = given.strip()
+        if not item:
+            continue
+        if item == "*":
+            out.append(item)
+        elif item.startswith("s3://"):
+            out.append(item.rstrip("/"))
+        else:
+            out.append(_local_path(item))
+    return out
+
+
+def references_trusted(
+    store: ObjectStore, trust: bool | None = None, environ: Mapping[str, str] | None = None
+) -> bool:
+    """Whether the references of the repository on ``store`` may be fetched: ``trust`` when
+    the caller says (True or False), else whether `TRUST_ENV` names the repository, a folder
+    or bucket prefix above it, or ``*``."""
+    if trust is not None:
+        return trust
+    return _below(repository_location(store), _trusted_locations(environ))
+
+
+def require_trust(store: ObjectStore, trust: bool | None, e: ManifestEntry) -> None:
+    """Raises `ReferencesNotTrusted` naming ``e`` and how to opt in, unless the repository's
+    references may be fetched (`references_trusted`). A reference's digest is a public
+    function of its URI and metadata, so anyone who can write a repository can add one that
+    makes this machine fetch any URL, or copy any local file, with the user's credentials:
+    only the user can say whose repository that is acceptable for."""
+    if references_trusted(store, trust):
+        return
+    where = repository_location(store)
+    raise ReferencesNotTrusted(
+        f"{e.path!r} is a reference to {shown(e.ref or '')}, and references are fetched only from "
+        f"a repository you trust for them (anyone who can write it chooses what they name): pass "
+        f"--trust-references (API: trust_references=True), or add {where} to {TRUST_ENV}"
+    )
+
+
+def check_file_root(e: ManifestEntry, src: str, environ: Mapping[str, str] | None = None) -> None:
+    """Raises `ReferencesNotTrusted` when `FILE_ROOTS_ENV` is set and the real path of ``src``
+    (symlinks resolved) is not below one of its folders. Blocking: a worker thread's call."""
+    raw = (os.environ if environ is None else environ).get(FILE_ROOTS_ENV, "")
+    roots = [_local_path(r.strip()) for r in raw.split(",") if r.strip()]
+    if not roots or _below(os.path.realpath(src), roots):
+        return
+    raise ReferencesNotTrusted(
+        f"{e.path!r} is a reference to {shown(e.ref)}, outside the folders {FILE_ROOTS_ENV} "
+        f"allows ({', '.join(roots)})"
+    )
 
 
 # -- the reference digest ------------------------------------------------------------------
@@ -155,7 +340,7 @@ def _check_path(path: str, uri: str) -> str:
     parts = path.split("/")
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in path:
         raise ConfigError(
-            f"reference {uri}: {path!r} is no plain relative path (empty, '.' or '..' parts); "
+            f"reference {shown(uri)}: {path!r} is no plain relative path (empty, '.' or '..' parts); "
             "pass name= to place it"
         )
     return path
@@ -175,7 +360,7 @@ def _limit(ref: Reference) -> int:
 
 def _too_many(ref: Reference, found: int) -> TooManyObjects:
     return TooManyObjects(
-        f"reference {ref.uri} has {found} objects, more than max_objects={_limit(ref)}; "
+        f"reference {shown(ref.uri)} has {found} objects, more than max_objects={_limit(ref)}; "
         f"pass max_objects={found} (or more) to log them all"
     )
 
@@ -207,9 +392,13 @@ class SourceStores:
     def http(self) -> aiohttp.ClientSession:
         import aiohttp
 
+        from syncengine.store.retry import RetryPolicy
+
         if self._http is None:
+            # No read may wait longer than the retry policy's stall timeout (as for S3 bodies).
+            stall = RetryPolicy.from_env().stall_timeout
             self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=stall),
                 # The object's own bytes, as logged: no transfer encoding to undo, no size to doubt.
                 headers={"Accept-Encoding": "identity"},
                 auto_decompress=False,
@@ -250,7 +439,7 @@ async def resolve(
     out.sort(key=lambda e: e.path.encode())
     for a, b in itertools.pairwise(out):
         if a.path == b.path:
-            raise ConfigError(f"{a.path!r} is given twice: by reference {a.ref} and by {b.ref}")
+            raise ConfigError(f"{a.path!r} is given twice: by reference {shown(a.ref)} and by {shown(b.ref)}")
     return out
 
 
@@ -296,7 +485,7 @@ async def _resolve_s3(ref: Reference, sources: SourceStores) -> list[ManifestEnt
             listed.append((obj.key, obj.size, obj.etag))
     if count == 0:
         raise ReferenceNotFound(
-            f"reference {ref.uri}: no such object, and no objects under s3://{bucket}/{prefix}"
+            f"reference {shown(ref.uri)}: no such object, and no objects under s3://{bucket}/{prefix}"
         )
     if count > limit:
         raise _too_many(ref, count)
@@ -321,7 +510,7 @@ async def _resolve_s3(ref: Reference, sources: SourceStores) -> list[ManifestEnt
                 i, v = await store.head_object(k)
             except ObjectNotFound:
                 raise ReferenceChanged(
-                    f"reference {ref.uri}: s3://{bucket}/{k} was deleted while listed"
+                    f"reference {shown(ref.uri)}: s3://{bucket}/{k} was deleted while listed"
                 ) from None
         return entry(k, i.size, i.etag, v)
 
@@ -339,7 +528,7 @@ def _resolve_file(ref: Reference, params: ChunkerParams) -> list[ManifestEntry]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise ReferenceNotFound(f"reference {ref.uri}: {path} does not exist") from None
+        raise ReferenceNotFound(f"reference {shown(ref.uri)}: {path} does not exist") from None
     hasher = backend.impl.FileHasher(params)
 
     def extra_of(p: str, size: int, mtime_ns: int) -> dict[str, str | int]:
@@ -352,7 +541,7 @@ def _resolve_file(ref: Reference, params: ChunkerParams) -> list[ManifestEntry]:
         name = _check_path(ref.name or os.path.basename(path), ref.uri)
         return [reference_entry(name, file_uri(path), st.st_size, extra_of(path, st.st_size, st.st_mtime_ns))]
     if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"reference {ref.uri}: {path} is neither a file nor a folder")
+        raise ConfigError(f"reference {shown(ref.uri)}: {path} is neither a file nor a folder")
     from syncengine.hashing.tree import Source, TreeHasher
 
     scanner = TreeHasher(params, stat_cache=None)
@@ -395,7 +584,8 @@ async def _http_request(sources: SourceStores, method: str, uri: str, what: str)
                 except transport_errors() as e:
                     t = transient_from_exception(e)
                     if t is None:
-                        raise SyncEngineError(f"{what} failed: {type(e).__name__}: {e}") from e
+                        why = str(e).replace(uri, shown(uri))  # aiohttp may name the URL
+                        raise SyncEngineError(f"{what} failed: {type(e).__name__}: {why}") from e
                     raise t from e
                 t = from_status(resp.status, "", resp.reason or "", resp.headers.get("Retry-After"))
                 if t is not None:
@@ -407,21 +597,23 @@ async def _http_request(sources: SourceStores, method: str, uri: str, what: str)
 
 
 async def _resolve_http(ref: Reference, sources: SourceStores) -> ManifestEntry:
-    resp = await _http_request(sources, "HEAD", ref.uri, f"HEAD {ref.uri}")
+    resp = await _http_request(sources, "HEAD", ref.uri, f"HEAD {shown(ref.uri)}")
     try:
         if resp.status in (404, 410):
-            raise ReferenceNotFound(f"reference {ref.uri}: the server answered {resp.status}")
+            raise ReferenceNotFound(f"reference {shown(ref.uri)}: the server answered {resp.status}")
         if resp.status >= 300:
-            raise SyncEngineError(f"reference {ref.uri}: HEAD answered {resp.status} {resp.reason}")
+            raise SyncEngineError(f"reference {shown(ref.uri)}: HEAD answered {resp.status} {resp.reason}")
         length = resp.headers.get("Content-Length")
         extra = _http_extra(resp.headers)
     finally:
         resp.release()
     if length is None or not length.isdigit():
-        raise SyncEngineError(f"reference {ref.uri}: the server sent no Content-Length, so no size to log")
+        raise SyncEngineError(
+            f"reference {shown(ref.uri)}: the server sent no Content-Length, so no size to log"
+        )
     name = ref.name or unquote(urlsplit(ref.uri).path).rstrip("/").rsplit("/", 1)[-1]
     if not name:
-        raise ConfigError(f"reference {ref.uri}: the URL has no file name; pass name=")
+        raise ConfigError(f"reference {shown(ref.uri)}: the URL has no file name; pass name=")
     return reference_entry(_check_path(name, ref.uri), ref.uri, int(length), extra)
 
 
@@ -464,17 +656,17 @@ class Merge:
         start = self._next
         while self._next < len(self._entries) and self._entries[self._next].path.encode() < key:
             e = self._entries[self._next]
-            self._visit(e.path, f"reference {e.ref}")
+            self._visit(e.path, f"reference {shown(e.ref)}")
             self._next += 1
         if self._next < len(self._entries) and self._entries[self._next].path == path:
-            raise ConfigError(f"{path!r} is both a file and reference {self._entries[self._next].ref}")
+            raise ConfigError(f"{path!r} is both a file and reference {shown(self._entries[self._next].ref)}")
         self._visit(path, "a file")
         return self._entries[start : self._next]
 
     def rest(self) -> list[ManifestEntry]:
         out, self._next = self._entries[self._next :], len(self._entries)
         for e in out:
-            self._visit(e.path, f"reference {e.ref}")
+            self._visit(e.path, f"reference {shown(e.ref)}")
         return out
 
 
@@ -483,7 +675,7 @@ class Merge:
 
 def _changed(e: ManifestEntry, what: str) -> ReferenceChanged:
     return ReferenceChanged(
-        f"reference {e.path!r} ({e.ref}) changed since it was logged: {what}; "
+        f"reference {e.path!r} ({shown(e.ref)}) changed since it was logged: {what}; "
         "restore the source or log a new version"
     )
 
@@ -587,13 +779,20 @@ def check_copy(e: ManifestEntry, path: str, params: ChunkerParams) -> str | None
 
 
 async def recheck(
-    entries: Sequence[ManifestEntry], repo_store: ObjectStore | None, params: ChunkerParams
+    entries: Sequence[ManifestEntry],
+    repo_store: ObjectStore,
+    params: ChunkerParams,
+    trust: bool | None = None,
 ) -> list[tuple[ManifestEntry, str]]:
     """The references whose source is no longer what was logged, with what differs (the
     `ReferenceChanged` message a download would raise); no body is fetched. S3: a HEAD of
     the logged version (or the current object) — ETag, size, version; file: size and mtime,
     or with a logged digest, the source re-hashed; HTTP: a HEAD — ETag, Last-Modified, size.
-    `CONCURRENCY` at a time."""
+    `CONCURRENCY` at a time. Only for a repository trusted for references (`require_trust`):
+    a HEAD of a planted URL, or a re-hash of a planted path, is what a fetch would be, short
+    of the body."""
+    if entries:
+        require_trust(repo_store, trust, entries[0])
     gate = asyncio.Semaphore(CONCURRENCY)
     out: list[tuple[ManifestEntry, str]] = []
     async with SourceStores(repo_store) as sources:
@@ -636,13 +835,13 @@ async def _recheck_one(sources: SourceStores, e: ManifestEntry, params: ChunkerP
         if what is not None:
             raise _changed(e, what)
     else:
-        resp = await _http_request(sources, "HEAD", e.ref, f"HEAD {e.ref}")
+        resp = await _http_request(sources, "HEAD", e.ref, f"HEAD {shown(e.ref)}")
         try:
             if resp.status in (404, 410):
                 raise _changed(e, f"the server answers {resp.status}")
             if resp.status >= 300:
                 raise SyncEngineError(
-                    f"reference {e.path!r} ({e.ref}): HEAD answered {resp.status} {resp.reason}"
+                    f"reference {e.path!r} ({shown(e.ref)}): HEAD answered {resp.status} {resp.reason}"
                 )
             now = _http_extra(resp.headers)
             length = resp.headers.get("Content-Length")
@@ -656,6 +855,7 @@ async def _recheck_one(sources: SourceStores, e: ManifestEntry, params: ChunkerP
 
 
 def _file_source_changed(e: ManifestEntry, src: str, params: ChunkerParams) -> str | None:
+    check_file_root(e, src)
     extra = e.extra or {}
     try:
         st = os.stat(src)
@@ -738,7 +938,10 @@ async def _receive(
     chunks: AsyncIterator[bytes], e: ManifestEntry, root: str, tmp: _TempFile | None = None
 ) -> _TempFile:
     """The body of ``e``'s object in a closed temp file: a small object is gathered in memory
-    and written with one thread hop, a larger one streamed (``tmp`` given: into that one)."""
+    and written with one thread hop, a larger one streamed (``tmp`` given: into that one).
+    A body longer than the logged size is refused at the chunk that passes it, so a source
+    that sends without end (a chunked body, a server that lies) costs at most the logged size
+    and one chunk, in memory no more than `SMALL_OBJECT` and one chunk."""
     pending: list[bytes] = []
     held = 0
     given = tmp  # the caller's: emptied and reused by a retry, so left to the caller on errors
@@ -746,6 +949,8 @@ async def _receive(
         async for c in chunks:
             pending.append(c)
             held += len(c)
+            if held + (tmp.size if tmp is not None else 0) > e.size:
+                raise _changed(e, f"more than the logged {e.size} bytes arrived")
             if held >= SMALL_OBJECT:
                 if tmp is None:
                     tmp = await asyncio.to_thread(_TempFile, root, e.path)
@@ -791,30 +996,50 @@ async def _fetch_s3(sources: SourceStores, e: ManifestEntry, root: str) -> _Temp
         reader.close()
 
 
+def _open_source(e: ManifestEntry, src: str) -> int:
+    """A descriptor of the regular file ``src``. Opened without blocking (a FIFO would wait
+    for a writer) and held to `S_ISREG` before a byte is read: a device (``/dev/zero``),
+    FIFO or socket named by a planted entry is refused. A symlink is followed, as when the
+    reference was logged (its target is what the URI named then)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise _changed(e, f"{src} no longer exists") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _changed(e, f"{src} is no regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _copy_file(e: ManifestEntry, root: str, params: ChunkerParams) -> _TempFile | None:
     from syncengine.repo.repository import safe_target
 
     assert e.ref is not None
     src = _file_path(e.ref)
+    check_file_root(e, src)
     extra = e.extra or {}
     if "blake3" in extra and _has_digest(safe_target(root, e.path), e.size, str(extra["blake3"]), params):
         return None  # already there with the logged content
+    fd = _open_source(e, src)
     try:
-        f = open(src, "rb", buffering=0)  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise _changed(e, f"{src} no longer exists") from None
-    with f:
-        st = os.fstat(f.fileno())
+        st = os.fstat(fd)
         if st.st_size != e.size:
             raise _changed(e, f"size {st.st_size}, logged {e.size}")
         if "blake3" not in extra and st.st_mtime_ns != extra.get("mtime_ns"):
             raise _changed(e, f"mtime_ns {st.st_mtime_ns}, logged {extra.get('mtime_ns')}")
         tmp = _TempFile(root, e.path)
         try:
-            while data := f.read(1 << 20):
+            # At most one byte more than logged is read: a file that grew is refused, not copied.
+            while tmp.size <= e.size and (data := os.read(fd, min(1 << 20, e.size + 1 - tmp.size))):
                 tmp.write(data)
             if tmp.size != e.size:
-                raise _changed(e, f"{tmp.size} bytes read, the logged size is {e.size}")
+                got = f"{tmp.size} bytes" if tmp.size < e.size else "more bytes than that"
+                raise _changed(e, f"{got} read, the logged size is {e.size}")
             tmp.close()
             if "blake3" in extra:
                 got = bytes(backend.impl.FileHasher(params).hash_file(tmp.path, e.size).digest).hex()
@@ -823,6 +1048,8 @@ def _copy_file(e: ManifestEntry, root: str, params: ChunkerParams) -> _TempFile 
         except BaseException:
             tmp.discard()
             raise
+    finally:
+        os.close(fd)
     return tmp
 
 
@@ -848,17 +1075,17 @@ async def _fetch_http(sources: SourceStores, e: ManifestEntry, root: str) -> _Te
     assert e.ref is not None
     extra = e.extra or {}
     policy = RetryPolicy.from_env()
-    retrier = Retrier(policy, f"GET {e.ref}")
+    retrier = Retrier(policy, f"GET {shown(e.ref)}")
     tmp: _TempFile | None = None  # a large object's, kept (emptied) across attempts
     try:
         while True:
-            resp = await _http_request(sources, "GET", e.ref, f"GET {e.ref}")
+            resp = await _http_request(sources, "GET", e.ref, f"GET {shown(e.ref)}")
             try:
                 if resp.status in (404, 410):
                     raise _changed(e, f"the server answers {resp.status}")
                 if resp.status >= 300:
                     what = f"GET answered {resp.status} {resp.reason}"
-                    raise SyncEngineError(f"reference {e.path!r} ({e.ref}): {what}")
+                    raise SyncEngineError(f"reference {e.path!r} ({shown(e.ref)}): {what}")
                 now = _http_extra(resp.headers)
                 for k in ("etag", "last_modified"):
                     if k in extra and now.get(k) != extra[k]:

@@ -1117,6 +1117,7 @@ class Repository:
         link: str | None = None,
         cache_size: int | None = None,
         fsync: bool = True,
+        trust_references: bool | None = None,
     ) -> int:
         """Writes the version's files under `root` (verified; temp + fsync + rename); files
         already there with the right content are left alone; `checkout` also removes files
@@ -1127,7 +1128,9 @@ class Repository:
         `"copy"`, or `"hardlink"`: read-only files sharing the cache's inode); `cache_size`
         bounds the cache in bytes (default `$SYNCENGINE_FILE_CACHE_SIZE`, else 20 GiB).
         `fsync=False` does not wait for the disk (safe against a killed process, not against
-        a power loss; nothing goes into the file cache)."""
+        a power loss; nothing goes into the file cache). References are fetched only from a
+        repository trusted for them (`trust_references`, else ``SYNCENGINE_TRUST_REFERENCES``;
+        docs/REFERENCES.md "Trust")."""
         from syncengine.repo.download import download  # imports this module
         from syncengine.repo.file_cache import link_mode, open_default
 
@@ -1143,6 +1146,7 @@ class Repository:
                 cache=cache,
                 on_progress=on_progress,
                 fsync=fsync,
+                trust_references=trust_references,
             )
         finally:
             if cache is not None:

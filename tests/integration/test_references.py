@@ -25,6 +25,13 @@ from tests.s3server import S3TestServer
 T = Any
 
 
+@pytest.fixture(autouse=True)
+def trust_references(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests' repositories are their own: the user's opt-in (docs/REFERENCES.md "Trust"),
+    inherited by the CLI children too."""
+    monkeypatch.setenv("SYNCENGINE_TRUST_REFERENCES", "*")
+
+
 def run(coro: Awaitable[T]) -> T:
     return asyncio.run(coro)  # type: ignore[arg-type]
 

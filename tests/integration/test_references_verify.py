@@ -30,6 +30,7 @@ def test_verify_and_check_with_references(s3_server: S3TestServer, tmp_path: Pat
         "AWS_EC2_METADATA_DISABLED": "true",
         "SYNCENGINE_REPO": str(tmp_path / "repo"),
         "SYNCENGINE_CACHE_DIR": str(tmp_path / "cache"),
+        "SYNCENGINE_TRUST_REFERENCES": str(tmp_path / "repo"),  # the user's opt-in: docs/REFERENCES.md
     }
     stored = tmp_path / "stored"
     stored.mkdir()
