@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from syncengine.cli.output import echo
 from syncengine.cli.repo_commands import json_option, repo_location, repo_option
 
 
@@ -32,13 +33,13 @@ def register(cli: click.Group) -> None:
         url = repo_location(repo or repo_url)
         report = _init(url, create_bucket)
         if as_json:
-            click.echo(json.dumps(report))
+            echo(json.dumps(report))
             return
         if report["bucket_created"]:
-            click.echo(f"created bucket {report['bucket']!r} (region {report['region']})")
+            echo(f"created bucket {report['bucket']!r} (region {report['region']})")
         state = "created" if report["created"] else "checked"
         c = report["chunker"]
-        click.echo(
+        echo(
             f"{state} repository {url} (id {report['id']}, format {report['format']}, "
             f"chunks {c['min']}–{c['max']} bytes, average {c['avg']})"
         )

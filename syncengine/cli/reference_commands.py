@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from syncengine.cli.output import echo
+from syncengine.terminal_text import shown
 from syncengine.units import format_size
 
 if TYPE_CHECKING:  # the repository stack loads only when a command runs
@@ -70,7 +72,10 @@ def show_files(
 
     name, rows = run(job)
     if as_json:
-        click.echo(json.dumps({"ref": name, "files": rows}))
+        echo(json.dumps({"ref": name, "files": rows}))
         return
     for r in rows:
-        click.echo(f"{r['path']}  {format_size(r['size'])}" + (f"  -> {r['ref']}" if "ref" in r else ""))
+        echo(
+            f"{shown(r['path'])}  {format_size(r['size'])}"
+            + (f"  -> {shown(r['ref'])}" if "ref" in r else "")
+        )

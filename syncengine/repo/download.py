@@ -62,6 +62,7 @@ from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReade
 from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, blob_mismatch, check_bounds, read_blob
 from syncengine.repo.records import VersionRecord
 from syncengine.repo.repository import Repository, UnsafePath, _obj_key, safe_target
+from syncengine.terminal_text import shown
 from syncengine.transfer import default_limits
 
 __all__ = [
@@ -136,8 +137,8 @@ class Difference(NamedTuple):
     kind: Literal["missing", "extra", "changed"]
     detail: str
 
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.path} ({self.detail})"
+    def __str__(self) -> str:  # one terminal-safe line: paths come from the repository and the disk
+        return f"{self.kind}: {shown(self.path)} ({shown(self.detail)})"
 
 
 class VerifyFailed(SyncEngineError):
