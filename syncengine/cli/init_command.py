@@ -12,6 +12,7 @@ import click
 
 from syncengine.cli.output import echo
 from syncengine.cli.repo_commands import json_option, repo_location, repo_option
+from syncengine.repo.object_caps import CONFIG
 
 
 def register(cli: click.Group) -> None:
@@ -63,7 +64,8 @@ def _init(url: str, create_bucket: bool) -> dict[str, Any]:
         async with open_store(url, endpoint_url=endpoint) as store:
             bucket_created: bool | None = None
             try:
-                await store.get("config")  # reading it first checks access (and the bucket)
+                # reading it first checks access (and the bucket)
+                await store.get("config", max_bytes=CONFIG)
                 existed = True
             except BucketNotFound:
                 if not create_bucket:

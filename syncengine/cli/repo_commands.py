@@ -103,10 +103,10 @@ def _recall_unchanged(repo_url: str | None, paths: tuple[str, ...], **kw: Any) -
     None when `Repository.log` must run (see `recall_unchanged`)."""
     url = repo_location(repo_url)
     root = local_path(url)
-    read: Callable[[str], bytes | None]
+    read: Callable[[str, int], bytes | None]
     close: Callable[[], None] = lambda: None  # noqa: E731
     if root is not None:
-        read = lambda key: read_local_object(root, key)  # noqa: E731
+        read = lambda key, cap: read_local_object(root, key, cap)  # noqa: E731
     else:
         from syncengine.store.s3_quick import quick_reader
 
