@@ -159,3 +159,25 @@ def test_s3_repository_refuses_an_oversized_record_in_bounded_memory(
     rc, out, err, rss = cli("show", "p/d:v0", "--repo", url, cwd=tmp_path)
     assert rc == 1 and "more than the 4194304" in err and "internal error" not in err, (out, err)
     assert rss < RSS_BOUND, f"peak RSS {rss} MiB"
+
+
+def test_s3_refuses_a_listing_answer_past_its_cap(
+    s3_server: object, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server (or a proxy) answering a listing with 65 MiB: refused as it arrives, not
+    buffered whole; both the direct-connection and the aiohttp paths."""
+    from syncengine.errors import StoreRequestFailed
+    from tests.faultproxy import FaultProxy, Respond
+
+    for k, v in s3_server.env().items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(k, v)
+    body = b"<ListBucketResult>" + b" " * (65 << 20) + b"</ListBucketResult>"
+
+    async def go(endpoint: str) -> None:
+        async with open_store(f"s3://{s3_bucket}/caps", endpoint_url=endpoint) as store:
+            with pytest.raises(StoreRequestFailed, match="larger than 67108864 bytes"):
+                [i async for i in store.list("")]
+
+    with FaultProxy(s3_server.endpoint) as proxy:  # type: ignore[attr-defined]
+        proxy.add_rule(Respond(200, body=body), method="GET", query="list-type")
+        asyncio.run(go(proxy.url))
