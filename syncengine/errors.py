@@ -161,6 +161,19 @@ class ConditionalWritesUnsupported(StoreError):
     on which version records and refs rely; using it would risk lost updates."""
 
 
+class ObjectTooLarge(SyncEngineError, ValueError):
+    """An object is larger than its kind may be (a read's ``max_bytes``): refused before its
+    body is read, so a planted object or a server's ``Content-Length`` cannot make a reader
+    allocate more (docs/FORMAT.md "Object sizes")."""
+
+    def __init__(self, key: str, size: int, max_bytes: int) -> None:
+        self.key, self.size, self.max_bytes = key, size, max_bytes
+        super().__init__(
+            f"{key} is {size} bytes, more than the {max_bytes} such an object may hold; not read "
+            "(it was not written by syncengine, or is damaged: run `syncengine check`)"
+        )
+
+
 class ObjectChanged(StoreError):
     """An object was replaced or deleted while a pinned read (``open_read``) was resuming it."""
 

@@ -24,6 +24,7 @@ from operator import itemgetter
 from typing import Literal, NamedTuple
 
 from syncengine.errors import ConfigError
+from syncengine.terminal_text import shown
 
 __all__ = ["VCS_DIRS", "ScanEntry", "ScanWarning", "ScanWarningKind", "excluded", "scan"]
 
@@ -81,8 +82,8 @@ class ScanWarningKind(enum.Enum):
 
 class ScanWarning(NamedTuple):
     """Something the scan skipped: ``path`` is the printable on-disk path
-    (undecodable bytes shown as ``\\xNN``), ``message`` one line saying what happened
-    and that it was skipped."""
+    (``terminal_text.shown``: undecodable bytes as ``\\xNN``, controls escaped),
+    ``message`` one line saying what happened and that it was skipped."""
 
     kind: ScanWarningKind
     path: str
@@ -96,15 +97,6 @@ def _log_warning(warning: ScanWarning) -> None:
     import logging  # only when there is something to say: not imported for a clean scan
 
     logging.getLogger("syncengine.scan").warning("%s", warning.message)
-
-
-def _printable(path: str) -> str:
-    """Render an os path for a one-line message: undecodable bytes (which Python
-    carries as surrogate escapes) become ``\\xNN``, control characters are escaped."""
-    if path.isprintable():
-        return path
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _is_valid_utf8(name: str) -> bool:
@@ -368,8 +360,8 @@ class _Walk:
         self.ancestors: dict[tuple[int, int], str] = {}
 
     def warn(self, kind: ScanWarningKind, abspath: str, what: str) -> None:
-        shown = _printable(abspath)
-        self.on_warning(ScanWarning(kind, shown, f"{shown}: {what}"))
+        printable = shown(abspath)
+        self.on_warning(ScanWarning(kind, printable, f"{printable}: {what}"))
 
     def warn_stat_error(self, entry: os.DirEntry[str], exc: OSError) -> None:
         """Explain why stat() of an entry failed."""
@@ -482,7 +474,7 @@ class _Walk:
                         warn(
                             kinds.SYMLINK_LOOP,
                             entry.path,
-                            f"leads back to its own ancestor directory {_printable(ancestors[child_key])};"
+                            f"leads back to its own ancestor directory {shown(ancestors[child_key])};"
                             " skipped to avoid a loop",
                         )
                         continue
@@ -561,7 +553,7 @@ def _special_name(mode: int) -> str:
 
 def _readlink(abspath: str) -> str:
     try:
-        return _printable(os.readlink(abspath))
+        return shown(os.readlink(abspath))
     except OSError:
         return "an unknown target"
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import msgspec
 
+from syncengine.cli.output import echo
 from syncengine.cli.progress import plural, progress_bar
 from syncengine.cli.reference_commands import reference_options
 from syncengine.cli.repo_commands import (
@@ -22,6 +23,7 @@ from syncengine.cli.repo_commands import (
 )
 from syncengine.hashing.tree import sources_for
 from syncengine.repo.records import check_name
+from syncengine.terminal_text import shown
 from syncengine.units import format_size
 
 if TYPE_CHECKING:
@@ -140,10 +142,10 @@ def register(cli: click.Group) -> None:
 
         part = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(msgspec.to_builtins(part)))
+            echo(json.dumps(msgspec.to_builtins(part)))
             return
         by = f" by run {part.run}" if part.run else ""
-        click.echo(
+        echo(
             f"upserted {plural(part.files, 'file')} ({format_size(part.size)}) into {ref} "
             f"(distributed id {distributed_id}) as part {part.writer}{by}; no version yet: "
             f"`syncengine distributed finish {ref} -t {type_} -D {distributed_id}` commits every part"
@@ -236,10 +238,10 @@ def register(cli: click.Group) -> None:
                 "parts": n_parts,
                 "already_finished": again,
             }
-            click.echo(json.dumps(out))
+            echo(json.dumps(out))
             return
         what = "already finished as" if again else "finished" if created else "finished as the identical"
-        click.echo(
+        echo(
             f"{what} {_ref(record)} from {plural(n_parts, 'part')} of distributed id {distributed_id} "
             f"({plural(record.files, 'file')}, {format_size(record.size)}); "
             "upserts into it are refused from now on"
@@ -263,15 +265,14 @@ def register(cli: click.Group) -> None:
 
         s = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(msgspec.to_builtins(s)))
+            echo(json.dumps(msgspec.to_builtins(s)))
             return
         state = s.state + (f" as {ref}:v{s.finished.version}" if s.finished is not None else "")
-        click.echo(f"{ref} distributed id {distributed_id}: {state}, {plural(len(s.parts), 'part')}")
+        echo(f"{ref} distributed id {distributed_id}: {state}, {plural(len(s.parts), 'part')}")
         for p in s.parts:
             who = ", ".join(x for x in (f"run {p.run}" if p.run else "", p.created_by.get("host", "")) if x)
-            click.echo(
-                f"  {p.writer}: {plural(p.files, 'file')}, {format_size(p.size)}{f' ({who})' if who else ''}"
-            )
+            by = f" ({who})" if who else ""
+            echo(shown(f"  {p.writer}: {plural(p.files, 'file')}, {format_size(p.size)}{by}"))
 
 
 def _url(repo_url: str | None) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from syncengine.cli.output import echo
 from syncengine.cli.progress import plural, progress_bar
 from syncengine.cli.repo_commands import (
     MetadataError,
@@ -125,7 +126,7 @@ def register(cli: click.Group) -> None:
         result, base_version, moved = _run(repo_url, job)
         seconds = time.perf_counter() - start
         for w in result.warnings:
-            click.echo(f"warning: {w}", err=True)
+            echo(f"warning: {w}", err=True)
         r = result.record
         if as_json:
             out = {
@@ -140,10 +141,10 @@ def register(cli: click.Group) -> None:
                 "packs": result.packs,
                 "repo": repo_location(repo_url),
             }
-            click.echo(json.dumps(out))
+            echo(json.dumps(out))
             return
         what = "logged" if result.created else "unchanged, same content as"
-        click.echo(
+        echo(
             f"{what} {r.project}/{r.name}:v{r.version} from v{base_version} ({moved['added']} added, "
             f"{moved['replaced']} replaced, {moved['removed']} removed; {plural(r.files, 'file')}, "
             f"{format_size(r.size)}; {format_size(result.new_bytes)} new in "

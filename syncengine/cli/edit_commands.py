@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
+from syncengine.cli.output import echo
 from syncengine.cli.params import duration
 from syncengine.cli.repo_commands import (
     MetadataError,
@@ -22,6 +23,7 @@ from syncengine.cli.repo_commands import (
 )
 from syncengine.errors import SyncEngineError
 from syncengine.repo.records import VersionRecord, parse_ref
+from syncengine.terminal_text import shown
 from syncengine.units import format_duration
 
 if TYPE_CHECKING:
@@ -80,7 +82,7 @@ def register(cli: click.Group) -> None:
 
         now = _run(repo_url, job)
         if as_json:
-            click.echo(
+            echo(
                 json.dumps(
                     {
                         "ref": f"{r.project}/{r.name}:v{version}",
@@ -93,10 +95,10 @@ def register(cli: click.Group) -> None:
             )
             return
         if add:
-            click.echo(f"{', '.join(checked)} -> {r}")
+            echo(f"{', '.join(checked)} -> {r}")
             return
         verb = "would remove" if dry_run else "removed"
-        click.echo(f"{verb} {', '.join(checked)} from {r}; its aliases now: {', '.join(now) or 'none'}")
+        echo(f"{verb} {', '.join(checked)} from {r}; its aliases now: {', '.join(now) or 'none'}")
 
     @alias.command("add")
     @click.argument("ref")
@@ -159,14 +161,14 @@ def register(cli: click.Group) -> None:
 
         record = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps({**_record_json(record), "dry_run": dry_run}))  # the record after
+            echo(json.dumps({**_record_json(record), "dry_run": dry_run}))  # the record after
             return
         if add:
-            click.echo(f"{_ref(record)} tags: {', '.join(record.tags) or '(none)'}")
+            echo(f"{_ref(record)} tags: {', '.join(record.tags) or '(none)'}")
             return
         verb = "would remove" if dry_run else "removed"
         left = ", ".join(record.tags) or "(none)"
-        click.echo(
+        echo(
             f"{verb} {'tag' if len(checked) == 1 else 'tags'} {', '.join(checked)} "
             f"from {_ref(record)}; tags: {left}"
         )
@@ -253,10 +255,10 @@ def register(cli: click.Group) -> None:
         was, now = _run(repo_url, job)
         changes = _record_changes(was, now)
         if as_json:
-            click.echo(json.dumps({**_record_json(now), "dry_run": dry_run, "changes": changes}))
+            echo(json.dumps({**_record_json(now), "dry_run": dry_run, "changes": changes}))
             return
         verb = "would update" if dry_run else "updated"
-        click.echo(f"{verb} {_ref(now)}: {'; '.join(changes) if changes else 'nothing changed'}")
+        echo(f"{verb} {_ref(now)}: {'; '.join(changes) if changes else 'nothing changed'}")
 
 
 def _record_changes(old: VersionRecord, new: VersionRecord) -> list[str]:
@@ -266,11 +268,11 @@ def _record_changes(old: VersionRecord, new: VersionRecord) -> list[str]:
         out.append(f"description {old.description!r} -> {new.description!r}")
     for k in sorted(set(old.metadata) | set(new.metadata)):
         if k not in new.metadata:
-            out.append(f"metadata {k} removed")
+            out.append(f"metadata {shown(k)} removed")
         elif k not in old.metadata:
-            out.append(f"metadata {k} = {json.dumps(new.metadata[k])}")
+            out.append(f"metadata {shown(k)} = {json.dumps(new.metadata[k])}")
         elif json.dumps(old.metadata[k]) != json.dumps(new.metadata[k]):
-            out.append(f"metadata {k} {json.dumps(old.metadata[k])} -> {json.dumps(new.metadata[k])}")
+            out.append(f"metadata {shown(k)} {json.dumps(old.metadata[k])} -> {json.dumps(new.metadata[k])}")
     if old.ttl_seconds != new.ttl_seconds:
         out.append(f"ttl {_ttl_text(old.ttl_seconds)} -> {_ttl_text(new.ttl_seconds)}")
     return out

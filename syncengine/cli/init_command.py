@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
+from syncengine.cli.output import echo
 from syncengine.cli.repo_commands import json_option, repo_location, repo_option
+from syncengine.repo.object_caps import CONFIG
 
 
 def register(cli: click.Group) -> None:
@@ -32,13 +34,13 @@ def register(cli: click.Group) -> None:
         url = repo_location(repo or repo_url)
         report = _init(url, create_bucket)
         if as_json:
-            click.echo(json.dumps(report))
+            echo(json.dumps(report))
             return
         if report["bucket_created"]:
-            click.echo(f"created bucket {report['bucket']!r} (region {report['region']})")
+            echo(f"created bucket {report['bucket']!r} (region {report['region']})")
         state = "created" if report["created"] else "checked"
         c = report["chunker"]
-        click.echo(
+        echo(
             f"{state} repository {url} (id {report['id']}, format {report['format']}, "
             f"chunks {c['min']}–{c['max']} bytes, average {c['avg']})"
         )
@@ -62,7 +64,8 @@ def _init(url: str, create_bucket: bool) -> dict[str, Any]:
         async with open_store(url, endpoint_url=endpoint) as store:
             bucket_created: bool | None = None
             try:
-                await store.get("config")  # reading it first checks access (and the bucket)
+                # reading it first checks access (and the bucket)
+                await store.get("config", max_bytes=CONFIG)
                 existed = True
             except BucketNotFound:
                 if not create_bucket:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from syncengine.cli.output import echo
 from syncengine.cli.params import DURATION, SIZE
 from syncengine.cli.progress import plural
 from syncengine.cli.repo_commands import _run, artifact_name, json_option, repo_option
@@ -27,9 +28,9 @@ def _echo_expiry(deleted: Iterable[Deletion], kept_aliased: Iterable[dict[str, A
     """What cleanup or gc's TTL expiry did: a line per deletion, then per aliased version
     kept past its TTL (``kept``: "kept", or "would keep" for a dry run)."""
     for d in deleted:
-        click.echo(_deletion_line(d))
+        echo(_deletion_line(d))
     for k in kept_aliased:
-        click.echo(f"{kept} {k['ref']}: expired {k['expired']} but holds alias(es) {', '.join(k['aliases'])}")
+        echo(f"{kept} {k['ref']}: expired {k['expired']} but holds alias(es) {', '.join(k['aliases'])}")
 
 
 def _deletion_line(d: Deletion) -> str:
@@ -67,9 +68,9 @@ def register_lifecycle(cli: click.Group) -> None:
 
         d = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(d.to_json()))
+            echo(json.dumps(d.to_json()))
         else:
-            click.echo(_deletion_line(d))
+            echo(_deletion_line(d))
 
     @cli.command("cleanup")
     @click.argument("name")
@@ -95,11 +96,11 @@ def register_lifecycle(cli: click.Group) -> None:
 
         result = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(result.to_json()))
+            echo(json.dumps(result.to_json()))
             return
         _echo_expiry(result.deleted, result.kept_aliased, "kept")
         verb = "would delete" if dry_run else "deleted"
-        click.echo(
+        echo(
             f"{verb} {plural(len(result.deleted), 'version')} of {r.full_name} "
             f"({format_size(result.bytes)} of files)"
         )
@@ -116,9 +117,9 @@ def register_lifecycle(cli: click.Group) -> None:
 
         i = info()
         if as_json:
-            click.echo(json.dumps(i.to_json()))
+            echo(json.dumps(i.to_json()))
             return
-        click.echo(
+        echo(
             f"{i.location}: {plural(i.files, 'file')}, {format_size(i.bytes)} of {format_size(i.bound)} "
             "(SYNCENGINE_FILE_CACHE_SIZE sets the bound)"
         )
@@ -134,10 +135,10 @@ def register_lifecycle(cli: click.Group) -> None:
 
         c = clean(target, dry_run=dry_run)
         if as_json:
-            click.echo(json.dumps(c.to_json()))
+            echo(json.dumps(c.to_json()))
             return
         verb = "would remove" if dry_run else "removed"
-        click.echo(
+        echo(
             f"{verb} {plural(c.files_removed, 'file')} ({format_size(c.bytes_freed)}); "
             f"{plural(c.files, 'file')}, {format_size(c.bytes)} {'would remain' if dry_run else 'remain'}"
         )
@@ -167,14 +168,14 @@ def register_lifecycle(cli: click.Group) -> None:
 
             g = _run(repo_url, run)
             if as_json:
-                click.echo(json.dumps(g.to_json()))
+                echo(json.dumps(g.to_json()))
                 return
             _echo_expiry(g.expired, g.kept_aliased, "kept")
             for key in g.repacked:
-                click.echo(f"repacked {key}")
+                echo(f"repacked {key}")
             if g.pruned:
-                click.echo(f"pruned {g.pruned} record(s) of finished collections under gc/")
-            click.echo(g.summary())
+                echo(f"pruned {g.pruned} record(s) of finished collections under gc/")
+            echo(g.summary())
             return
 
         async def job(repo: Repository) -> tuple[GcReport, Cleanup]:
@@ -185,31 +186,29 @@ def register_lifecycle(cli: click.Group) -> None:
 
         r, expiry = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps({**r.to_json(), "expiry": expiry.to_json()}))
+            echo(json.dumps({**r.to_json(), "expiry": expiry.to_json()}))
             return
         _echo_expiry(expiry.deleted, expiry.kept_aliased, "would keep")
-        click.echo(f"{r.versions} live version(s), {r.deleted_versions} deleted")
-        click.echo(
+        echo(f"{r.versions} live version(s), {r.deleted_versions} deleted")
+        echo(
             f"{r.packs} pack(s), {format_size(r.pack_bytes)}: {format_size(r.live_bytes)} live in "
             f"{r.live_blobs} blob(s), {format_size(r.dead_bytes)} in {r.dead_blobs} blob(s) "
             "no live version uses"
         )
-        click.echo(
-            f"would delete {r.dead_packs} pack(s) with no live blob ({format_size(r.dead_pack_bytes)})"
-        )
-        click.echo(
+        echo(f"would delete {r.dead_packs} pack(s) with no live blob ({format_size(r.dead_pack_bytes)})")
+        echo(
             f"would repack {len(r.repack)} pack(s) under half live: copy {format_size(r.repack_copy_bytes)} "
             f"live, reclaim {format_size(r.repack_bytes)}"
         )
         if r.unindexed_packs:
-            click.echo(
+            echo(
                 f"{r.unindexed_packs} pack(s) no index names ({format_size(r.unindexed_bytes)}): "
                 "left by interrupted puts, or a put still running; collected after the grace period"
             )
-        click.echo(
+        echo(
             f"would delete {r.dead_manifest_objects} manifest object(s) "
             f"({format_size(r.dead_manifest_bytes)})"
         )
         for p in r.problems:
-            click.echo(f"problem: {p}", err=True)
-        click.echo(f"reclaimable: {format_size(r.reclaimable_bytes)} (dry run: nothing deleted)")
+            echo(f"problem: {p}", err=True)
+        echo(f"reclaimable: {format_size(r.reclaimable_bytes)} (dry run: nothing deleted)")

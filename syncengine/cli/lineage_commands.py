@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from syncengine.cli.output import echo
 from syncengine.cli.repo_commands import _record_json, _ref, _run, json_option, repo_option
 from syncengine.repo.records import VersionRecord, check_name, parse_ref
+from syncengine.terminal_text import shown
 
 if TYPE_CHECKING:
     from rich.tree import Tree
@@ -42,7 +44,8 @@ def _suffix(node: dict[str, Any]) -> str:
 def _add(tree: Tree, label: str) -> Tree:
     from rich.text import Text
 
-    return tree.add(Text(label))  # Text: run and artifact names are never read as markup
+    # Text: run and artifact names are never read as markup; shown: nor as terminal controls
+    return tree.add(Text(shown(label)))
 
 
 def _up(tree: Tree, run: dict[str, Any]) -> None:
@@ -68,9 +71,9 @@ def render_tree(graph: dict[str, Any]) -> Tree:
     title = _version_label(graph)
     if "link_of" in graph:
         title += f" -> link of {graph['link_of']} (its lineage below)"
-    root = Tree(Text(title))
+    root = Tree(Text(shown(title)))
     if graph.get("linked_as"):
-        root.add(Text(f"linked as {', '.join(graph['linked_as'])}"))
+        root.add(Text(shown(f"linked as {', '.join(graph['linked_as'])}")))
     up = root.add(Text("upstream"))
     if graph.get("logged_by"):
         _up(up, graph["logged_by"])
@@ -104,7 +107,7 @@ def register(cli: click.Group) -> None:
 
         result = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(result))
+            echo(json.dumps(result))
             return
         from rich.console import Console
 
@@ -139,14 +142,15 @@ def register(cli: click.Group) -> None:
 
         found, hint = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps([msgspec.to_builtins(r) for r in found]))
+            echo(json.dumps([msgspec.to_builtins(r) for r in found]))
             return
         if not found:
-            click.echo(f"project {project!r} has no runs" + (f" in group {group!r}" if group else "") + hint)
+            echo(f"project {project!r} has no runs" + (f" in group {group!r}" if group else "") + hint)
         for r in found:
             extra = f" group={r.group}" if r.group else ""
             summary = f" summary={json.dumps(r.summary)}" if r.summary else ""
-            click.echo(f"{r.path}  {r.job_type or '-'}  {r.state}  {r.created}{extra}{summary}")
+            row = f"{r.path}  {r.job_type or '-'}  {r.state}  {r.created}{extra}{summary}"
+            echo(shown(row))
 
     @cli.command("link")
     @click.argument("source")
@@ -169,10 +173,10 @@ def register(cli: click.Group) -> None:
 
         record, created = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps({**_record_json(record), "created": created}))
+            echo(json.dumps({**_record_json(record), "created": created}))
         else:
             verb = "linked" if created else "already linked"
-            click.echo(f"{verb}: {_ref(record)} -> {record.linked_from or _ref(record)}")
+            echo(f"{verb}: {_ref(record)} -> {shown(record.linked_from or _ref(record))}")
 
     @cli.command("unlink")
     @click.argument("ref")
@@ -195,11 +199,11 @@ def register(cli: click.Group) -> None:
 
         record, aliases = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps({**_record_json(record), "dry_run": dry_run, "aliases_removed": aliases}))
+            echo(json.dumps({**_record_json(record), "dry_run": dry_run, "aliases_removed": aliases}))
             return
         verb = "would unlink" if dry_run else "unlinked"
         dropped = f", alias(es) {', '.join(aliases)} removed with it" if aliases else ""
-        click.echo(f"{verb} {_ref(record)}{dropped} (its source {record.linked_from} is kept)")
+        echo(f"{verb} {_ref(record)}{dropped} (its source {shown(record.linked_from)} is kept)")
 
     from syncengine.cli.distributed_commands import register as register_distributed
 

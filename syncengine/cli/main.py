@@ -17,6 +17,7 @@ from syncengine.cli.draft_command import register as register_draft_command
 from syncengine.cli.init_command import register as register_init_command
 from syncengine.cli.lifecycle_commands import register_lifecycle
 from syncengine.cli.lineage_commands import register as register_lineage_commands
+from syncengine.cli.output import echo
 from syncengine.cli.params import SIZE, size
 from syncengine.cli.progress import plural, progress_bar
 from syncengine.cli.repo_commands import register as register_repo_commands
@@ -46,15 +47,15 @@ def params_for(avg: int) -> ChunkerParams:
 
 
 def fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    echo(f"error: {message}", err=True)
     sys.exit(1)
 
 
 def report_problems(stats: TreeStats) -> None:
     for w in stats.warnings:
-        click.echo(f"warning: {w.message}", err=True)
+        echo(f"warning: {w.message}", err=True)
     for path, msg in stats.errors:
-        click.echo(f"error: {path}: {msg}", err=True)
+        echo(f"error: {path}: {msg}", err=True)
 
 
 def _warning_json(w: ScanWarning) -> dict[str, str]:
@@ -66,14 +67,14 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except InvalidName as e:  # a name or reference given on the command line: a usage error
-            click.echo(f"error: {e}", err=True)
+            echo(f"error: {e}", err=True)
             sys.exit(2)
         except SyncEngineError as e:
             fail(str(e))
         except KeyboardInterrupt:
             # asyncio cancelled the work: a put let its pack uploads in flight finish and
             # journaled them; a get removed its temp files and kept the verified files.
-            click.echo(
+            echo(
                 "interrupted: nothing half-written was committed; run the same command again to "
                 "continue (uploaded packs are journaled, downloaded files kept)",
                 err=True,
@@ -196,17 +197,17 @@ def hash_cmd(paths: tuple[str, ...], avg_chunk_size: int, as_json: bool, **opts:
             "skipped": [_warning_json(w) for w in st.warnings],
             "errors": [{"path": p, "message": m} for p, m in st.errors],
         }
-        click.echo(json.dumps(out))
+        echo(json.dumps(out))
         for path, msg in st.errors:
-            click.echo(f"error: {path}: {msg}", err=True)
+            echo(f"error: {path}: {msg}", err=True)
     else:
         report_problems(st)
         rate = format_size(st.bytes / seconds) + "/s" if seconds > 0 else "-"
-        click.echo(
+        echo(
             f"{plural(st.files, 'file')}, {format_size(st.bytes)}, {format_duration(seconds)} ({rate}); "
             f"{st.cache_hits} unchanged, {format_size(st.bytes_read)} read"
         )
-        click.echo(f"tree digest {tree.hexdigest()}")
+        echo(f"tree digest {tree.hexdigest()}")
     if st.errors:
         sys.exit(1)
 
@@ -294,7 +295,7 @@ def dedup_report(
             report["settings"].append(setting)
             report.update(total_bytes=total, file_unique_bytes=file_unique)
     if as_json:
-        click.echo(json.dumps(report))
+        echo(json.dumps(report))
     else:
         report_problems(problems)
         total = report["total_bytes"]
@@ -302,27 +303,25 @@ def dedup_report(
         def pct(n: int) -> str:
             return f"{100 * (1 - n / total):.1f}% saved" if total else "-"
 
-        click.echo(f"{plural(len(paths), 'input')}, {format_size(total)} in all")
+        echo(f"{plural(len(paths), 'input')}, {format_size(total)} in all")
         if report["chunker_source"] == "repository":
-            click.echo(f"  chunker {chunkers[0].label}: the repository's ({report['repo']})")
+            echo(f"  chunker {chunkers[0].label}: the repository's ({report['repo']})")
         elif report["chunker_source"] == "new repository":
-            click.echo(f"  chunker {chunkers[0].label}: a new repository's (none at {report['repo']} yet)")
-        click.echo(
+            echo(f"  chunker {chunkers[0].label}: a new repository's (none at {report['repo']} yet)")
+        echo(
             f"  whole-file dedup: {format_size(report['file_unique_bytes'])} unique "
             f"({pct(report['file_unique_bytes'])})"
         )
         for s in report["settings"]:
-            click.echo(
+            echo(
                 f"  chunks ~{format_size(s['avg_chunk_size'])}: "
                 f"{format_size(s['chunk_unique_bytes'])} unique ({pct(s['chunk_unique_bytes'])}), "
                 f"{plural(s['unique_blobs'], 'blob')}"
             )
         first = report["settings"][0]
-        click.echo(f"  added by each input (chunks ~{format_size(first['avg_chunk_size'])}):")
+        echo(f"  added by each input (chunks ~{format_size(first['avg_chunk_size'])}):")
         for row in first["per_input"]:
-            click.echo(
-                f"    {row['path']}: {format_size(row['new_bytes'])} new of {format_size(row['bytes'])}"
-            )
+            echo(f"    {row['path']}: {format_size(row['new_bytes'])} new of {format_size(row['bytes'])}")
     if problems.errors:
         sys.exit(1)
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from syncengine.cli.output import echo
+from syncengine.terminal_text import shown
 from syncengine.units import format_size
 
 if TYPE_CHECKING:  # the repository stack loads only when a command runs
@@ -70,8 +72,9 @@ def show_files(
 ) -> None:
     """Prints a version's entries: ``path  size`` for stored files, ``path  size  -> URI`` for
     references (with --json: one object with the entries, references' metadata included).
-    A URI is printed as `shown` gives it: user info and query values masked, in JSON too."""
-    from syncengine.repo.references import shown
+    A URI is printed as `masked_uri` gives it: user info and query values masked, in JSON
+    too (and, as text, with `shown`'s escapes)."""
+    from syncengine.repo.references import masked_uri
 
     async def job(repo: Repository) -> tuple[str, list[dict[str, Any]]]:
         record = await repo.resolve(ref)
@@ -79,14 +82,17 @@ def show_files(
         async for e in (await repo.manifest(record)).entries():
             row: dict[str, Any] = {"path": e.path, "size": e.size, "digest": e.digest.hex()}
             if e.ref is not None:
-                row["ref"] = shown(e.ref)
+                row["ref"] = masked_uri(e.ref)
                 row["extra"] = e.extra or {}
             rows.append(row)
         return f"{record.project}/{record.name}:v{record.version}", rows
 
     name, rows = run(job)
     if as_json:
-        click.echo(json.dumps({"ref": name, "files": rows}))
+        echo(json.dumps({"ref": name, "files": rows}))
         return
     for r in rows:
-        click.echo(f"{r['path']}  {format_size(r['size'])}" + (f"  -> {r['ref']}" if "ref" in r else ""))
+        echo(
+            f"{shown(r['path'])}  {format_size(r['size'])}"
+            + (f"  -> {shown(r['ref'])}" if "ref" in r else "")
+        )

@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 import click
 import msgspec
 
+from syncengine.cli.output import echo
 from syncengine.cli.params import DURATION
 from syncengine.cli.progress import plural, progress_bar
 from syncengine.cli.reference_commands import reference_options, trust_references_option
@@ -22,6 +23,7 @@ from syncengine.errors import SyncEngineError
 from syncengine.hashing.tree import sources_for
 from syncengine.repo.records import ArtifactHead, ArtifactRef, VersionRecord, check_name, parse_ref
 from syncengine.store import local_path, read_local_object
+from syncengine.terminal_text import shown
 from syncengine.units import format_duration, format_size
 
 if TYPE_CHECKING:  # the repository stack (asyncio, stores) loads only when a command runs
@@ -53,7 +55,7 @@ def repo_location(repo_url: str | None) -> str:
     meta = ctx.find_root().meta if ctx is not None else {}
     if not meta.get("syncengine.default_repo_shown"):
         meta["syncengine.default_repo_shown"] = True
-        click.echo(f"repository: {url} (the default; --repo or SYNCENGINE_REPO selects another)", err=True)
+        echo(f"repository: {url} (the default; --repo or SYNCENGINE_REPO selects another)", err=True)
     return url
 
 
@@ -101,10 +103,10 @@ def _recall_unchanged(repo_url: str | None, paths: tuple[str, ...], **kw: Any) -
     None when `Repository.log` must run (see `recall_unchanged`)."""
     url = repo_location(repo_url)
     root = local_path(url)
-    read: Callable[[str], bytes | None]
+    read: Callable[[str, int], bytes | None]
     close: Callable[[], None] = lambda: None  # noqa: E731
     if root is not None:
-        read = lambda key: read_local_object(root, key)  # noqa: E731
+        read = lambda key, cap: read_local_object(root, key, cap)  # noqa: E731
     else:
         from syncengine.store.s3_quick import quick_reader
 
@@ -318,9 +320,9 @@ def register(cli: click.Group) -> None:
             r = _run(repo_url, lambda repo: repo.update_version(ref.project, ref.name, v, set_ttl))
         seconds = time.perf_counter() - start
         for w in [*result.warnings, *suspect_folders(paths, include, exclude)]:
-            click.echo(f"warning: {w}", err=True)
+            echo(f"warning: {w}", err=True)  # scan warnings hold paths already shown
         if as_json:
-            click.echo(
+            echo(
                 json.dumps(
                     {
                         **_record_json(r),
@@ -335,12 +337,12 @@ def register(cli: click.Group) -> None:
             )
             return
         what = "logged" if result.created else "unchanged, same content as"
-        click.echo(
+        echo(
             f"{what} {r.project}/{r.name}:v{r.version} ({plural(r.files, 'file')}, {format_size(r.size)}; "
             f"{format_size(result.new_bytes)} new in {plural(result.packs, 'pack')}, "
             f"{format_duration(seconds)})"
         )
-        click.echo(f"repository: {repo_location(repo_url)}")
+        echo(f"repository: {repo_location(repo_url)}")
 
     @cli.command("get")
     @click.argument("ref")
@@ -422,9 +424,9 @@ def register(cli: click.Group) -> None:
 
         record, target, n = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps({**_record_json(record), "root": os.path.abspath(target), "written": n}))
+            echo(json.dumps({**_record_json(record), "root": os.path.abspath(target), "written": n}))
         else:
-            click.echo(f"{_ref(record)} -> {os.path.abspath(target)} ({plural(n, 'file')})")
+            echo(f"{_ref(record)} -> {os.path.abspath(target)} ({plural(n, 'file')})")
 
     @cli.command("versions")
     @click.argument("name")
@@ -441,12 +443,12 @@ def register(cli: click.Group) -> None:
         records, head = _run(repo_url, job)
         if as_json:
             rows = [{**_record_json(r), "aliases": head.aliases_of(r.version)} for r in records]
-            click.echo(json.dumps(rows))
+            echo(json.dumps(rows))
             return
         for r in records:
             names = head.aliases_of(r.version)
             size = f"{plural(r.files, 'file')}  {format_size(r.size)}"
-            click.echo(f"v{r.version}  {r.created}  {size}  {' '.join(names)}")
+            echo(f"v{r.version}  {shown(r.created)}  {size}  {' '.join(names)}")
 
     @cli.command("verify")
     @click.argument("ref")
@@ -490,7 +492,7 @@ def register(cli: click.Group) -> None:
 
         record, root, differences = _run(repo_url, job)
         if as_json:
-            click.echo(
+            echo(
                 json.dumps(
                     {
                         "ref": _ref(record),
@@ -504,11 +506,11 @@ def register(cli: click.Group) -> None:
                 sys.exit(1)
             return
         for d in differences:
-            click.echo(str(d))
+            echo(str(d))
         if differences:
-            click.echo(plural(len(differences), "difference"), err=True)
+            echo(plural(len(differences), "difference"), err=True)
             sys.exit(1)
-        click.echo(f"{root} matches {ref}")
+        echo(f"{root} matches {ref}")
 
     @cli.command("show")
     @click.argument("ref")
@@ -529,7 +531,7 @@ def register(cli: click.Group) -> None:
             head = await repo.head(record.project, record.name)
             return {**_record_json(record), "aliases": head.aliases_of(record.version)}
 
-        click.echo(json.dumps(_run(repo_url, job), indent=None if as_json else 1))
+        echo(json.dumps(_run(repo_url, job), indent=None if as_json else 1))
 
 
 def register_more(cli: click.Group) -> None:
@@ -561,15 +563,15 @@ def register_more(cli: click.Group) -> None:
 
         rows = _run(repo_url, job)
         if as_json:
-            click.echo(json.dumps(rows))
+            echo(json.dumps(rows))
         elif project is None:
             for p in rows:
-                click.echo(p)
+                echo(shown(p))
         else:
             for r in rows:
                 latest = f"v{r['latest']}" if r["latest"] is not None else "-"
                 others = " ".join(sorted(a for a in r["aliases"] if a != "latest"))
-                click.echo(f"{r['name']}  {r['type']}  latest={latest}  {others}")
+                echo(f"{shown(r['name'])}  {shown(r['type'])}  latest={latest}  {shown(others)}")
 
     @cli.command("diff")
     @click.argument("a")
@@ -585,7 +587,7 @@ def register_more(cli: click.Group) -> None:
 
         changes = _run(repo_url, job)
         if as_json:
-            click.echo(
+            echo(
                 json.dumps(
                     [
                         {
@@ -600,7 +602,7 @@ def register_more(cli: click.Group) -> None:
             )
             return
         for c in changes:
-            click.echo(f"{_SIGN[_kind(c)]} {c.path}")
+            echo(f"{_SIGN[_kind(c)]} {shown(c.path)}")
 
     from syncengine.cli.edit_commands import register as register_edit_commands
 
@@ -627,7 +629,7 @@ def register_more(cli: click.Group) -> None:
 
         found = _run(repo_url, job)
         if as_json:
-            click.echo(
+            echo(
                 json.dumps(
                     {
                         "dry_run": dry_run,
@@ -640,8 +642,9 @@ def register_more(cli: click.Group) -> None:
             return
         verb = "would abort" if dry_run else "aborted"
         for u in found:
-            click.echo(f"{verb} {u.key} (upload {u.upload_id[:16]}…, started {_ago(u.initiated)} ago)")
-        click.echo(f"{verb} {plural(len(found), 'upload')} older than {format_duration(older_than)}")
+            started = _ago(u.initiated)
+            echo(f"{verb} {shown(u.key)} (upload {shown(u.upload_id[:16])}…, started {started} ago)")
+        echo(f"{verb} {plural(len(found), 'upload')} older than {format_duration(older_than)}")
 
     @cli.command("check")
     @click.option("--read-data", is_flag=True, help="Also read every blob and verify its BLAKE3.")
@@ -651,11 +654,11 @@ def register_more(cli: click.Group) -> None:
         """Verify the repository: every version's manifest and blobs reachable (and intact)."""
         problems = _run(repo_url, lambda repo: repo.check(read_data=read_data))
         if as_json:
-            click.echo(json.dumps({"ok": not problems, "problems": problems}))
+            echo(json.dumps({"ok": not problems, "problems": problems}))
         else:
             for p in problems:
-                click.echo(f"problem: {p}", err=True)
-            click.echo("repository ok" if not problems else f"{plural(len(problems), 'problem')} found")
+                echo(f"problem: {shown(p)}", err=True)
+            echo("repository ok" if not problems else f"{plural(len(problems), 'problem')} found")
         if problems:
             sys.exit(1)
 
@@ -689,14 +692,14 @@ def _get_dry_run(
     delete = [d.path for d in differences if d.kind == "extra"] if checkout else []
     if as_json:
         out = {**_record_json(record), "root": os.path.abspath(target), "dry_run": True}
-        click.echo(json.dumps({**out, "would_write": write, "would_delete": delete}))
+        echo(json.dumps({**out, "would_write": write, "would_delete": delete}))
         return
     for p in write:
-        click.echo(f"would write {p}")
+        echo(f"would write {shown(p)}")
     for p in delete:
-        click.echo(f"would delete {p}")
+        echo(f"would delete {shown(p)}")
     tail = f", delete {len(delete)}" if checkout else ""
-    click.echo(f"{_ref(record)} -> {os.path.abspath(target)}: would write {plural(len(write), 'file')}{tail}")
+    echo(f"{_ref(record)} -> {os.path.abspath(target)}: would write {plural(len(write), 'file')}{tail}")
 
 
 def _ago(ts: float) -> str:
@@ -708,7 +711,7 @@ class MetadataError(click.UsageError):
     `error: …` line."""
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+        echo(f"error: {self.format_message()}", file=file, err=file is None)
 
 
 class _NotFinite(ValueError):

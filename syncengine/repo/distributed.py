@@ -25,6 +25,7 @@ import msgspec
 from syncengine.errors import ObjectNotFound, PreconditionFailed, SyncEngineError, did_you_mean
 from syncengine.hashing.stat_cache import StatCache
 from syncengine.hashing.tree import Source, TreeHasher
+from syncengine.repo import object_caps as caps
 from syncengine.repo.manifest import (
     ManifestBuilder,
     ManifestEntry,
@@ -144,7 +145,7 @@ async def read_finished(
 ) -> FinishedRecord | None:
     key = base_key(project, name, distributed_id) + "finished"
     try:
-        return _decode(await repo.store.get(key), FinishedRecord, key)  # type: ignore[no-any-return]
+        return _decode(await repo.store.get(key, max_bytes=caps.DISTRIBUTED_RECORD), FinishedRecord, key)  # type: ignore[no-any-return]
     except ObjectNotFound:
         return None
 
@@ -287,7 +288,7 @@ async def parts(repo: Repository, project: str, name: str, distributed_id: str) 
 
     async def read(key: str) -> PartRecord:
         async with gate:
-            return _decode(await repo.store.get(key), PartRecord, key)  # type: ignore[no-any-return]
+            return _decode(await repo.store.get(key, max_bytes=caps.DISTRIBUTED_RECORD), PartRecord, key)  # type: ignore[no-any-return]
 
     return list(await asyncio.gather(*(read(k) for k in keys)))
 
@@ -305,8 +306,10 @@ async def _merged(repo: Repository, found: list[PartRecord]) -> AsyncIterator[Ma
     import heapq
 
     async def reader(part: PartRecord) -> ManifestReader:
-        m = decode_manifest(await repo.store.get(part.manifest))
-        return ManifestReader(m, lambda pid: repo.store.get(_obj_key("manifests", pid)))
+        m = decode_manifest(await repo.store.get(part.manifest, max_bytes=caps.MANIFEST_RECORD))
+        return ManifestReader(
+            m, lambda pid: repo.store.get(_obj_key("manifests", pid), max_bytes=caps.MANIFEST_PAGE)
+        )
 
     streams = [(await reader(p)).entries() for p in found]
     heap: list[tuple[bytes, int, ManifestEntry]] = []

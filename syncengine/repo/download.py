@@ -53,6 +53,7 @@ import blake3 as _blake3
 from syncengine._loop import gather_all
 from syncengine.durable import NoSyncBatch, SyncBatch, start_writeback
 from syncengine.errors import FileChangedError, ObjectChanged, ObjectNotFound, SyncEngineError
+from syncengine.file_modes import file_mode, umask
 from syncengine.hashing import backend
 from syncengine.hashing.digests import Chunk, FileDigest
 from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
@@ -62,6 +63,7 @@ from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReade
 from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, blob_mismatch, check_bounds, read_blob
 from syncengine.repo.records import VersionRecord
 from syncengine.repo.repository import Repository, UnsafePath, _obj_key, safe_target
+from syncengine.terminal_text import shown
 from syncengine.transfer import default_limits
 
 __all__ = [
@@ -136,8 +138,8 @@ class Difference(NamedTuple):
     kind: Literal["missing", "extra", "changed"]
     detail: str
 
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.path} ({self.detail})"
+    def __str__(self) -> str:  # one terminal-safe line: paths come from the repository and the disk
+        return f"{self.kind}: {shown(self.path)} ({shown(self.detail)})"
 
 
 class VerifyFailed(SyncEngineError):
@@ -801,6 +803,8 @@ class _Downloader(_Session):
         #: False (``get --no-fsync``): files are not flushed, their writeback is left to the
         #: kernel, and they do not go into the file cache (whose entries must be durable).
         self.fsync = fsync
+        #: Files get their entry's mode through the umask (``file_modes``), read once here.
+        self.umask = umask()
         self.index = index
         self._refresh = asyncio.Lock()
         self._refreshed = False  # the index was refreshed after a missing pack (once)
@@ -945,13 +949,12 @@ class _Downloader(_Session):
             job.state = _PRESENT
             self._progress(1, e.size)
             return
-        mode = (e.mode & 0o777) or 0o644
         if e.size == 0:
             os.close(job.open(self.abort))
             job.state = _WRITTEN
             self._written(job)
             return
-        if self.cache is not None and self.cache.wants(e.size) and self._from_cache(job, mode):
+        if self.cache is not None and self.cache.wants(e.size) and self._from_cache(job):
             job.done, job.state = True, _CACHED
             return
         job.state = _FETCH
@@ -963,7 +966,7 @@ class _Downloader(_Session):
         else:
             job.blobs.append((e.digest, 0, e.size))
 
-    def _from_cache(self, job: _FileJob, mode: int) -> bool:
+    def _from_cache(self, job: _FileJob) -> bool:
         assert self.cache is not None
         e = job.entry
         try:
@@ -1315,7 +1318,7 @@ class _Downloader(_Session):
 
     def _finish(self, job: _FileJob, cached: bool) -> None:
         e = job.entry
-        os.chmod(job.tmp, (e.mode & 0o777) or 0o644)
+        os.chmod(job.tmp, file_mode(e.mode, self.umask))
         os.replace(job.tmp, job.target)
         job.done = True
         if not cached and self.fsync and self.cache is not None and self.cache.wants(e.size):

@@ -20,7 +20,8 @@ Putting a cached file at a target path ("materializing" it) uses one of:
   falling back to a plain copy where the filesystem cannot clone. The result is an
   independent file, exactly like a copy, but costs no time or space where cloning works.
 - ``"copy"``: always a byte copy (``sendfile``/``copy_file_range``).
-- ``"hardlink"``: a hard link to the cached file, which is made read-only (0444), so the
+- ``"hardlink"``: a hard link to the cached file, which is made read-only (0444 less the
+  umask: the cache's own files get no bit the user's umask denies), so the
   target shares its inode with the cache; falls back to a copy across filesystems. Fast
   and free, but whoever writes to such a file in place (after ``chmod``) changes the
   cached copy too, and every other folder linked to it. The cache notices a changed size or
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Final, Literal, cast
 
 from syncengine import _sqlite
+from syncengine.file_modes import umask
 from syncengine.hashing.stat_cache import default_cache_dir
 
 LinkMode = Literal["copy", "reflink", "hardlink"]
@@ -417,8 +419,8 @@ class FileCache:
                 shared = link(src, tmp)
                 if not shared:
                     copy_bytes(src, tmp)
-            if not shared:
-                os.chmod(tmp, 0o444)
+            if not shared:  # read-only, through the umask as any file the user creates
+                os.chmod(tmp, 0o444 & ~umask())
             st = os.lstat(tmp)
             if st.st_size != size:
                 raise OSError(errno.EIO, f"{src} is {st.st_size} bytes, expected {size}")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from syncengine.errors import ObjectNotFound, SyncEngineError
+from syncengine.repo import object_caps as caps
 from syncengine.repo.gc_objects import collectable
 from syncengine.repo.lifecycle import expires_at
 from syncengine.repo.manifest import decode_manifest, decode_page
@@ -73,7 +74,7 @@ async def _records(repo: Repository) -> list[VersionRecord]:
 
     async def load(key: str) -> VersionRecord:
         async with gate:
-            return decode_version(await repo.store.get(key), key)
+            return decode_version(await repo.store.get(key, max_bytes=caps.VERSION_RECORD), key)
 
     return list(await asyncio.gather(*(load(k) for k in keys)))
 
@@ -83,7 +84,7 @@ async def _aliased(repo: Repository, records: list[VersionRecord]) -> set[tuple[
     for project, name in sorted({(r.project, r.name) for r in records}):
         key = f"artifacts/{project}/{name}/head"
         try:
-            head = decode_head(await repo.store.get(key), key)
+            head = decode_head(await repo.store.get(key, max_bytes=caps.HEAD), key)
         except SyncEngineError:
             continue
         out.update((project, name, v) for a, v in head.aliases.items() if a != LATEST)  # as cleanup
@@ -147,7 +148,7 @@ async def survey(
     seen_pages: set[bytes] = set()
     for manifest_key in [r.manifest for r in live] + pending_roots:
         live_objects.add(manifest_key)
-        m = decode_manifest(await repo.store.get(manifest_key))
+        m = decode_manifest(await repo.store.get(manifest_key, max_bytes=caps.MANIFEST_RECORD))
         stack = [m.root]
         while stack:
             pid = stack.pop()
@@ -157,7 +158,7 @@ async def survey(
             h = pid.hex()
             key = f"manifests/{h[:2]}/{h}"
             live_objects.add(key)
-            page = decode_page(pid, await repo.store.get(key))
+            page = decode_page(pid, await repo.store.get(key, max_bytes=caps.MANIFEST_PAGE))
             stack.extend(ref.page for ref in page.refs)
             for e in page.entries:
                 if e.ref is not None:
@@ -226,7 +227,7 @@ async def all_index_entries(repo: Repository, segments: list[str]) -> list[Index
         if got is not None:
             return got
         async with gate:
-            data = await repo.store.get(key)
+            data = await repo.store.get(key, max_bytes=caps.INDEX_SEGMENT)
         return await asyncio.to_thread(_remember_segment, cache, sid, data)
 
     return [e for seg in await asyncio.gather(*(load(k) for k in segments)) for e in seg]
@@ -245,7 +246,7 @@ async def _unfinished_contributions(repo: Repository) -> list[str]:
         if not sep or f"{base}/" in finished:
             continue
         try:
-            part = _decode(await repo.store.get(k), PartRecord, k)
+            part = _decode(await repo.store.get(k, max_bytes=caps.DISTRIBUTED_RECORD), PartRecord, k)
         except ObjectNotFound:
             continue
         out.append(part.manifest)

@@ -8,6 +8,8 @@ from typing import TypeVar
 
 import msgspec
 
+from syncengine.repo import object_caps as caps
+
 T = TypeVar("T")
 
 MARKS: str = "gc/marks/"
@@ -72,7 +74,8 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def encode(obj: Mark | Sweep | Keep | Done) -> bytes:
-    return msgspec.json.encode(obj)
+    """``ConfigError`` for an object larger than readers accept (256 MiB: ~3 million keys)."""
+    return caps.writable(f"gc object {type(obj).__name__}", msgspec.json.encode(obj), caps.GC_OBJECT)
 
 
 def decode(data: bytes, kind: type[T]) -> T:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from syncengine.errors import ObjectNotFound
 from syncengine.repo import gc_objects as g
+from syncengine.repo import object_caps as caps
 from syncengine.repo.gc_sweep import min_grace, store_now, sweep_timeout
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ async def prune(store: ObjectStore) -> int:
         if age < least:
             continue
         try:
-            finished = g.decode_intent(await store.get(info.key)).finished
+            finished = g.decode_intent(await store.get(info.key, max_bytes=caps.GC_OBJECT)).finished
         except ObjectNotFound:  # another gc pruned it meanwhile
             continue
         if finished or (mid in dones and age >= stopped):

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from syncengine import transfer
 from syncengine.errors import PreconditionFailed
-from syncengine.repo.pack import IndexEntry, PackWriter, encode_index, index_entries, read_blob
+from syncengine.repo import object_caps as caps
+from syncengine.repo.pack import IndexEntry, PackWriter, encode_index, index_entries, read_blob, zstd_bound
 
 if TYPE_CHECKING:
     from syncengine.repo.repository import Repository
@@ -53,8 +54,9 @@ async def repack_packs(repo: Repository, packs: list[str], live: set[bytes]) -> 
             await transfer.upload(store, _pack_key(pid.hex()), body, if_none_match=True)
         new_entries.extend(index_entries(pid, locs))
 
+    most = caps.pack_cap(repo.config.pack_target, zstd_bound(repo.params.max_size))
     for pack in sorted(wanted):
-        data = await store.get(_pack_key(pack))
+        data = await store.get(_pack_key(pack), max_bytes=most)
         for e in wanted[pack]:
             raw = read_blob(e.pack, data[e.offset : e.offset + e.stored], e, repo.params.max_size)  # verified
             writer.add(e.digest, raw)

@@ -17,9 +17,11 @@ import msgspec
 
 from syncengine.errors import ObjectNotFound, PreconditionFailed, SyncEngineError
 from syncengine.repo import gc_objects as g
+from syncengine.repo import object_caps as caps
 from syncengine.repo.manifest import decode_manifest, decode_page
 from syncengine.repo.pack import decode_index, encode_index
 from syncengine.settings import env_duration
+from syncengine.store.base import read_capped
 from syncengine.units import format_duration, format_size
 
 if TYPE_CHECKING:
@@ -166,7 +168,7 @@ async def _step(repo: Repository, grace: float) -> GcRun:
         info = min(marks, key=lambda i: i.mtime)
         mid = info.key.rsplit("/", 1)[1]
         try:
-            mark = g.decode(await store.get(info.key), g.Mark)
+            mark = g.decode(await store.get(info.key, max_bytes=caps.GC_OBJECT), g.Mark)
         except ObjectNotFound:  # swept meanwhile by another gc
             return GcRun("waiting", mid, waiting_for="sweeper")
         elapsed = await store_now(store) - info.mtime
@@ -267,7 +269,7 @@ async def _claim(store: ObjectStore, mid: str) -> tuple[_Claim | None, float]:
     try:
         async with store.open_read(key) as r:
             etag, mtime = r.info.etag, r.info.mtime
-            await r.read()
+            await read_capped(r, caps.GC_OBJECT)
     except ObjectNotFound:
         return None, 0.0
     age = await store_now(store) - mtime
@@ -287,14 +289,14 @@ async def _sweep(repo: Repository, mid: str, mark: g.Mark, claim: _Claim) -> GcR
     store = repo.store
     run = GcRun("swept", mid, took_over=claim.took_over)
     try:  # a sweeper before us wrote its done record: its deletions are complete
-        doomed = g.decode(await store.get(f"{g.DONE}{mid}"), g.Done).deleted
+        doomed = g.decode(await store.get(f"{g.DONE}{mid}", max_bytes=caps.GC_OBJECT), g.Done).deleted
     except ObjectNotFound:
         doomed = None
     if doomed is None:
         # Keep objects are listed after the intent: a writer that saw no intent wrote its keep first.
         kept: set[str] = set()
         for k in [i.key async for i in store.list(f"{g.KEEP}{mid}/")]:
-            kept.update(g.decode(await store.get(k), g.Keep).objects)
+            kept.update(g.decode(await store.get(k, max_bytes=caps.GC_OBJECT), g.Keep).objects)
         still: set[str] = set()
         listed: dict[str, int] = {}
         # Unindexed packs named by the mark are old enough already; a fresh survey re-checks them.
@@ -349,7 +351,7 @@ async def _drop_packs(repo: Repository, claim: _Claim, packs: set[str]) -> None:
     old_segments: list[str] = []
     async for info in store.list("index/"):
         sid = bytes.fromhex(info.key.rsplit("/", 1)[1])
-        entries = decode_index(sid, await store.get(info.key))
+        entries = decode_index(sid, await store.get(info.key, max_bytes=caps.INDEX_SEGMENT))
         if any(e.pack.hex() in packs for e in entries):
             rest = [e for e in entries if e.pack.hex() not in packs]
             if rest:
@@ -374,7 +376,7 @@ async def _relied_on(repo: Repository, mkey: str) -> set[str]:
     out = {mkey}
     blobs: set[bytes] = set()
     try:
-        m = decode_manifest(await store.get(mkey))
+        m = decode_manifest(await store.get(mkey, max_bytes=caps.MANIFEST_RECORD))
         stack, seen = [m.root], set()
         while stack:
             pid = stack.pop()
@@ -384,7 +386,7 @@ async def _relied_on(repo: Repository, mkey: str) -> set[str]:
             h = pid.hex()
             key = f"manifests/{h[:2]}/{h}"
             out.add(key)
-            page = decode_page(pid, await store.get(key))
+            page = decode_page(pid, await store.get(key, max_bytes=caps.MANIFEST_PAGE))
             stack.extend(r.page for r in page.refs)
             for e in page.entries:
                 if e.ref is None:
@@ -411,7 +413,7 @@ async def _relied_on(repo: Repository, mkey: str) -> set[str]:
 
 async def _check_done(store: ObjectStore, key: str, need: set[str]) -> None:
     try:
-        done = g.decode(await store.get(key), g.Done)
+        done = g.decode(await store.get(key, max_bytes=caps.GC_OBJECT), g.Done)
     except ObjectNotFound:  # pruned: only after every check that listed its mark timed out
         raise GcConflict("the garbage-collection check took too long; run the put again") from None
     for obj in need.intersection(done.deleted):
@@ -445,7 +447,7 @@ async def _guard(repo: Repository, mkey: str) -> float:
     for key in marks:
         mid = key.rsplit("/", 1)[1]
         try:
-            mark = g.decode(await store.get(key), g.Mark)
+            mark = g.decode(await store.get(key, max_bytes=caps.GC_OBJECT), g.Mark)
         except ObjectNotFound:  # swept meanwhile: its done record exists (written first)
             await _check_done(store, f"{g.DONE}{mid}", need)
             continue

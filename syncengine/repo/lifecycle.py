@@ -26,6 +26,7 @@ from typing import Any, Final
 import msgspec
 
 from syncengine.errors import ConfigError, PreconditionFailed, SyncEngineError
+from syncengine.repo import object_caps as caps
 from syncengine.repo.records import (
     LATEST,
     ArtifactHead,
@@ -35,6 +36,7 @@ from syncengine.repo.records import (
     version_key,
 )
 from syncengine.repo.repository import ArtifactNotFound, Repository
+from syncengine.store.base import read_capped
 
 #: Tombstones written at once by `cleanup`.
 PARALLEL_DELETES: Final = 16
@@ -116,7 +118,7 @@ async def _tombstone(repo: Repository, project: str, name: str, number: int) -> 
     key = version_key(project, name, number)
     while True:
         async with repo.store.open_read(key) as r:
-            current, etag = decode_version(await r.read(), key), r.info.etag
+            current, etag = decode_version(await read_capped(r, caps.VERSION_RECORD), key), r.info.etag
         if current.deleted:
             return
         try:

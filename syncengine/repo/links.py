@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from syncengine.errors import ConfigError, ObjectNotFound, PreconditionFailed, SyncEngineError
+from syncengine.repo import object_caps as caps
 from syncengine.repo.manifest import decode_manifest
 from syncengine.repo.records import LATEST, ArtifactHead, VersionRecord, check_alias, check_name, parse_ref
 from syncengine.repo.runs import Edge, encode_edge, linked_as_key, links_of, now
@@ -62,7 +63,7 @@ async def link(
         raise ConfigError(f"{ref_of(source)} is deleted and cannot be linked")
     if (source.project, source.name) == (project, name):
         raise ConfigError(f"{ref_of(source)} is already in {project}/{name}; link it into another collection")
-    manifest = decode_manifest(await repo.store.get(source.manifest))
+    manifest = decode_manifest(await repo.store.get(source.manifest, max_bytes=caps.MANIFEST_RECORD))
     committed = await repo._commit(
         project,
         name,

@@ -23,6 +23,7 @@ import msgspec
 
 from syncengine.errors import SyncEngineError
 from syncengine.hashing.digests import Chunk, TreeDigest, file_digest_from_chunks
+from syncengine.repo import object_caps as caps
 
 FORMAT: Final = 1
 #: A page ends after an entry whose boundary hash is below 2^32 / FANOUT: ~FANOUT items a page.
@@ -112,8 +113,9 @@ def page_id(data: bytes) -> bytes:
 
 
 def encode_page(page: Page) -> tuple[bytes, bytes]:
-    """(id, bytes) of a page."""
-    data = _encode(page)
+    """(id, bytes) of a page; ``ConfigError`` for one larger than readers accept (64 MiB: a
+    file of ~1.7 million chunks, ``object_caps``)."""
+    data = caps.writable("a manifest page", _encode(page), caps.MANIFEST_PAGE)
     return page_id(data), data
 
 

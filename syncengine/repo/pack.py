@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 import blake3 as _blake3
 
 from syncengine.errors import SyncEngineError
+from syncengine.repo import object_caps as caps
 from syncengine.store.base import HashedParts
 
 if TYPE_CHECKING:
@@ -255,7 +256,7 @@ def encode_index(entries: Iterable[IndexEntry]) -> tuple[bytes, bytes]:
     """(segment id, bytes) of an index segment; entries are sorted by digest here."""
     rows = sorted(entries)
     body = INDEX_MAGIC + _COUNT.pack(len(rows)) + b"".join(_IREC.pack(*r) for r in rows)
-    data = body + _blake3.blake3(body).digest()
+    data = caps.writable("an index segment", body + _blake3.blake3(body).digest(), caps.INDEX_SEGMENT)
     return _blake3.blake3(data).digest(), data
 
 

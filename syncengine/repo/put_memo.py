@@ -29,6 +29,7 @@ import msgspec
 from syncengine import _sqlite
 from syncengine.hashing.stat_cache import RACY_NS, default_cache_dir
 from syncengine.hashing.tree import Source, TreeHasher
+from syncengine.repo import object_caps as caps
 from syncengine.repo.records import (
     FORMAT,
     RepoConfig,
@@ -199,7 +200,7 @@ _refuted: set[tuple[bytes, bytes]] = set()
 
 
 def recall_unchanged(
-    read: Callable[[str], bytes | None],
+    read: Callable[[str, int], bytes | None],
     sources: Sequence[Source],
     *,
     project: str,
@@ -214,7 +215,7 @@ def recall_unchanged(
 ) -> tuple[VersionRecord, list[str]] | None:
     """The version ``Repository.log`` would return unchanged for these arguments (with
     ``stat_cache=True``), and its scan warnings — found synchronously, reading the repository's
-    objects with ``read(key)`` (None: no such object).
+    objects with ``read(key, max_bytes)`` (None: no such object).
 
     It answers only when the answer is certain: the repository config and the artifact head
     are readable, the put memo proves the tree unchanged, and recording the existing version
@@ -231,7 +232,7 @@ def recall_unchanged(
 
 
 def _recall_unchanged(
-    read: Callable[[str], bytes | None],
+    read: Callable[[str, int], bytes | None],
     sources: Sequence[Source],
     project: str,
     name: str,
@@ -250,7 +251,7 @@ def _recall_unchanged(
     wanted = [check_alias(a) for a in dict.fromkeys(aliases)]
     for t in tags:
         check_tag(t)
-    raw = read("config")
+    raw = read("config", caps.CONFIG)
     if raw is None:
         return None  # a new repository: Repository.open creates its config
     config = msgspec.json.decode(raw, type=RepoConfig)
@@ -258,7 +259,7 @@ def _recall_unchanged(
         return None
     params = config.params  # a foreign gear seed raises: Repository.log reports it
     hkey = head_key(project, name)
-    raw = read(hkey)
+    raw = read(hkey, caps.HEAD)
     if raw is None:
         return None
     head = decode_head(raw, hkey)
@@ -284,7 +285,7 @@ def _recall_unchanged(
     if moved != head.aliases or latest != head.latest:
         return None
     vkey = version_key(project, name, number)
-    raw = read(vkey)
+    raw = read(vkey, caps.VERSION_RECORD)
     if raw is None:
         return None
     record = decode_version(raw, vkey)

@@ -14,6 +14,7 @@ import msgspec
 
 from syncengine.errors import ConfigError
 from syncengine.hashing.params import GEAR_SEED, ChunkerParams
+from syncengine.repo import object_caps as caps
 from syncengine.repo.pack import CorruptData
 
 FORMAT: Final = 1
@@ -224,8 +225,14 @@ _encode = msgspec.json.Encoder(order="sorted").encode
 
 
 def encode_record(record: VersionRecord | ArtifactHead) -> bytes:
-    """Records are JSON (sorted keys): small, and readable with any tool."""
-    return _encode(record)
+    """Records are JSON (sorted keys): small, and readable with any tool. ``ConfigError`` for
+    one larger than readers accept (``object_caps``): a version's metadata over 1 MiB, a
+    record over 4 MiB, a head over 64 MiB."""
+    where = f"{record.project}/{record.name}"
+    if isinstance(record, ArtifactHead):
+        return caps.writable(f"the head of {where}", _encode(record), caps.HEAD)
+    caps.writable(f"the metadata of {where}:v{record.version}", _encode(record.metadata), caps.METADATA)
+    return caps.writable(f"the record of {where}:v{record.version}", _encode(record), caps.VERSION_RECORD)
 
 
 def _check_stored_names(

@@ -118,32 +118,36 @@ class Reference:
         stored as given in a manifest everyone who can read the repository reads."""
         if not isinstance(uri, str) or "://" not in uri:
             raise ConfigError(
-                f"reference {shown(str(uri))!r} is no URI; use s3://BUCKET/KEY, file:///PATH or https://…"
+                f"reference {masked_uri(str(uri))!r} is no URI; use s3://BUCKET/KEY, file:///PATH or https://…"
             )
         scheme = uri.split("://", 1)[0].lower()
         if scheme not in SCHEMES:
             raise ConfigError(
-                f"reference {shown(uri)!r}: unsupported scheme {scheme!r} (use s3, file, http or https)"
+                f"reference {masked_uri(uri)!r}: unsupported scheme {scheme!r} (use s3, file, http or https)"
             )
         secrets = secrets_in(uri)
         if secrets and not allow_secret_url:
             raise ConfigError(
-                f"reference {shown(uri)!r} carries a credential ({', '.join(secrets)}), which would be "
+                f"reference {masked_uri(uri)!r} carries a credential ({', '.join(secrets)}), which would be "
                 "stored in the shared manifest for every reader of the repository; log a URL without "
                 "it, or pass allow_secret_url=True (CLI: --allow-secret-urls) to store it anyway"
             )
         parts = urlsplit(uri)
         if scheme == "s3" and not parts.netloc:
             raise ConfigError(
-                f"reference {shown(uri)!r} names no bucket; write s3://BUCKET/KEY or s3://BUCKET/PREFIX/"
+                f"reference {masked_uri(uri)!r} names no bucket; write s3://BUCKET/KEY or s3://BUCKET/PREFIX/"
             )
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
-                raise ConfigError(f"reference {shown(uri)!r}: file URLs on other hosts are not supported")
+                raise ConfigError(
+                    f"reference {masked_uri(uri)!r}: file URLs on other hosts are not supported"
+                )
             if not unquote(parts.path).startswith("/"):
-                raise ConfigError(f"reference {shown(uri)!r}: a file URL needs an absolute path (file:///…)")
+                raise ConfigError(
+                    f"reference {masked_uri(uri)!r}: a file URL needs an absolute path (file:///…)"
+                )
         if scheme in ("http", "https") and not parts.netloc:
-            raise ConfigError(f"reference {shown(uri)!r} names no host")
+            raise ConfigError(f"reference {masked_uri(uri)!r} names no host")
         if max_objects is not None and (not isinstance(max_objects, int) or max_objects < 1):
             raise ConfigError(f"max_objects must be a positive integer, not {max_objects!r}")
         if name is not None:
@@ -191,12 +195,12 @@ def secrets_in(uri: str) -> list[str]:
     return found
 
 
-def shown(uri: str | None) -> str:
+def masked_uri(uri: str | None) -> str:
     """The URI as printed (CLI output, error messages): the user info and every query value of
     an http(s) URL replaced by ``***`` — a name alone says what the URL is, its values may be
     credentials nobody recognised. The manifest and the API keep the URI as logged.
 
-    >>> shown("https://u:p@h/f.bin?token=abc&v=2#x")
+    >>> masked_uri("https://u:p@h/f.bin?token=abc&v=2#x")
     'https://***@h/f.bin?token=***&v=***#x'
     """
     if uri is None:
@@ -279,7 +283,7 @@ def require_trust(store: ObjectStore, trust: bool | None, e: ManifestEntry) -> N
         return
     where = repository_location(store)
     raise ReferencesNotTrusted(
-        f"{e.path!r} is a reference to {shown(e.ref or '')}, and references are fetched only from "
+        f"{e.path!r} is a reference to {masked_uri(e.ref or '')}, and references are fetched only from "
         f"a repository you trust for them (anyone who can write it chooses what they name): pass "
         f"--trust-references (API: trust_references=True), or add {where} to {TRUST_ENV}"
     )
@@ -293,7 +297,7 @@ def check_file_root(e: ManifestEntry, src: str, environ: Mapping[str, str] | Non
     if not roots or _below(os.path.realpath(src), roots):
         return
     raise ReferencesNotTrusted(
-        f"{e.path!r} is a reference to {shown(e.ref)}, outside the folders {FILE_ROOTS_ENV} "
+        f"{e.path!r} is a reference to {masked_uri(e.ref)}, outside the folders {FILE_ROOTS_ENV} "
         f"allows ({', '.join(roots)})"
     )
 
@@ -340,7 +344,7 @@ def _check_path(path: str, uri: str) -> str:
     parts = path.split("/")
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in path:
         raise ConfigError(
-            f"reference {shown(uri)}: {path!r} is no plain relative path (empty, '.' or '..' parts); "
+            f"reference {masked_uri(uri)}: {path!r} is no plain relative path (empty, '.' or '..' parts); "
             "pass name= to place it"
         )
     return path
@@ -360,7 +364,7 @@ def _limit(ref: Reference) -> int:
 
 def _too_many(ref: Reference, found: int) -> TooManyObjects:
     return TooManyObjects(
-        f"reference {shown(ref.uri)} has {found} objects, more than max_objects={_limit(ref)}; "
+        f"reference {masked_uri(ref.uri)} has {found} objects, more than max_objects={_limit(ref)}; "
         f"pass max_objects={found} (or more) to log them all"
     )
 
@@ -439,7 +443,9 @@ async def resolve(
     out.sort(key=lambda e: e.path.encode())
     for a, b in itertools.pairwise(out):
         if a.path == b.path:
-            raise ConfigError(f"{a.path!r} is given twice: by reference {shown(a.ref)} and by {shown(b.ref)}")
+            raise ConfigError(
+                f"{a.path!r} is given twice: by reference {masked_uri(a.ref)} and by {masked_uri(b.ref)}"
+            )
     return out
 
 
@@ -485,7 +491,7 @@ async def _resolve_s3(ref: Reference, sources: SourceStores) -> list[ManifestEnt
             listed.append((obj.key, obj.size, obj.etag))
     if count == 0:
         raise ReferenceNotFound(
-            f"reference {shown(ref.uri)}: no such object, and no objects under s3://{bucket}/{prefix}"
+            f"reference {masked_uri(ref.uri)}: no such object, and no objects under s3://{bucket}/{prefix}"
         )
     if count > limit:
         raise _too_many(ref, count)
@@ -510,7 +516,7 @@ async def _resolve_s3(ref: Reference, sources: SourceStores) -> list[ManifestEnt
                 i, v = await store.head_object(k)
             except ObjectNotFound:
                 raise ReferenceChanged(
-                    f"reference {shown(ref.uri)}: s3://{bucket}/{k} was deleted while listed"
+                    f"reference {masked_uri(ref.uri)}: s3://{bucket}/{k} was deleted while listed"
                 ) from None
         return entry(k, i.size, i.etag, v)
 
@@ -528,7 +534,7 @@ def _resolve_file(ref: Reference, params: ChunkerParams) -> list[ManifestEntry]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise ReferenceNotFound(f"reference {shown(ref.uri)}: {path} does not exist") from None
+        raise ReferenceNotFound(f"reference {masked_uri(ref.uri)}: {path} does not exist") from None
     hasher = backend.impl.FileHasher(params)
 
     def extra_of(p: str, size: int, mtime_ns: int) -> dict[str, str | int]:
@@ -541,7 +547,7 @@ def _resolve_file(ref: Reference, params: ChunkerParams) -> list[ManifestEntry]:
         name = _check_path(ref.name or os.path.basename(path), ref.uri)
         return [reference_entry(name, file_uri(path), st.st_size, extra_of(path, st.st_size, st.st_mtime_ns))]
     if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"reference {shown(ref.uri)}: {path} is neither a file nor a folder")
+        raise ConfigError(f"reference {masked_uri(ref.uri)}: {path} is neither a file nor a folder")
     from syncengine.hashing.tree import Source, TreeHasher
 
     scanner = TreeHasher(params, stat_cache=None)
@@ -584,7 +590,7 @@ async def _http_request(sources: SourceStores, method: str, uri: str, what: str)
                 except transport_errors() as e:
                     t = transient_from_exception(e)
                     if t is None:
-                        why = str(e).replace(uri, shown(uri))  # aiohttp may name the URL
+                        why = str(e).replace(uri, masked_uri(uri))  # aiohttp may name the URL
                         raise SyncEngineError(f"{what} failed: {type(e).__name__}: {why}") from e
                     raise t from e
                 t = from_status(resp.status, "", resp.reason or "", resp.headers.get("Retry-After"))
@@ -597,23 +603,25 @@ async def _http_request(sources: SourceStores, method: str, uri: str, what: str)
 
 
 async def _resolve_http(ref: Reference, sources: SourceStores) -> ManifestEntry:
-    resp = await _http_request(sources, "HEAD", ref.uri, f"HEAD {shown(ref.uri)}")
+    resp = await _http_request(sources, "HEAD", ref.uri, f"HEAD {masked_uri(ref.uri)}")
     try:
         if resp.status in (404, 410):
-            raise ReferenceNotFound(f"reference {shown(ref.uri)}: the server answered {resp.status}")
+            raise ReferenceNotFound(f"reference {masked_uri(ref.uri)}: the server answered {resp.status}")
         if resp.status >= 300:
-            raise SyncEngineError(f"reference {shown(ref.uri)}: HEAD answered {resp.status} {resp.reason}")
+            raise SyncEngineError(
+                f"reference {masked_uri(ref.uri)}: HEAD answered {resp.status} {resp.reason}"
+            )
         length = resp.headers.get("Content-Length")
         extra = _http_extra(resp.headers)
     finally:
         resp.release()
     if length is None or not length.isdigit():
         raise SyncEngineError(
-            f"reference {shown(ref.uri)}: the server sent no Content-Length, so no size to log"
+            f"reference {masked_uri(ref.uri)}: the server sent no Content-Length, so no size to log"
         )
     name = ref.name or unquote(urlsplit(ref.uri).path).rstrip("/").rsplit("/", 1)[-1]
     if not name:
-        raise ConfigError(f"reference {shown(ref.uri)}: the URL has no file name; pass name=")
+        raise ConfigError(f"reference {masked_uri(ref.uri)}: the URL has no file name; pass name=")
     return reference_entry(_check_path(name, ref.uri), ref.uri, int(length), extra)
 
 
@@ -656,17 +664,18 @@ class Merge:
         start = self._next
         while self._next < len(self._entries) and self._entries[self._next].path.encode() < key:
             e = self._entries[self._next]
-            self._visit(e.path, f"reference {shown(e.ref)}")
+            self._visit(e.path, f"reference {masked_uri(e.ref)}")
             self._next += 1
         if self._next < len(self._entries) and self._entries[self._next].path == path:
-            raise ConfigError(f"{path!r} is both a file and reference {shown(self._entries[self._next].ref)}")
+            other = masked_uri(self._entries[self._next].ref)
+            raise ConfigError(f"{path!r} is both a file and reference {other}")
         self._visit(path, "a file")
         return self._entries[start : self._next]
 
     def rest(self) -> list[ManifestEntry]:
         out, self._next = self._entries[self._next :], len(self._entries)
         for e in out:
-            self._visit(e.path, f"reference {shown(e.ref)}")
+            self._visit(e.path, f"reference {masked_uri(e.ref)}")
         return out
 
 
@@ -675,7 +684,7 @@ class Merge:
 
 def _changed(e: ManifestEntry, what: str) -> ReferenceChanged:
     return ReferenceChanged(
-        f"reference {e.path!r} ({shown(e.ref)}) changed since it was logged: {what}; "
+        f"reference {e.path!r} ({masked_uri(e.ref)}) changed since it was logged: {what}; "
         "restore the source or log a new version"
     )
 
@@ -835,13 +844,13 @@ async def _recheck_one(sources: SourceStores, e: ManifestEntry, params: ChunkerP
         if what is not None:
             raise _changed(e, what)
     else:
-        resp = await _http_request(sources, "HEAD", e.ref, f"HEAD {shown(e.ref)}")
+        resp = await _http_request(sources, "HEAD", e.ref, f"HEAD {masked_uri(e.ref)}")
         try:
             if resp.status in (404, 410):
                 raise _changed(e, f"the server answers {resp.status}")
             if resp.status >= 300:
                 raise SyncEngineError(
-                    f"reference {e.path!r} ({shown(e.ref)}): HEAD answered {resp.status} {resp.reason}"
+                    f"reference {e.path!r} ({masked_uri(e.ref)}): HEAD answered {resp.status} {resp.reason}"
                 )
             now = _http_extra(resp.headers)
             length = resp.headers.get("Content-Length")
@@ -1075,17 +1084,17 @@ async def _fetch_http(sources: SourceStores, e: ManifestEntry, root: str) -> _Te
     assert e.ref is not None
     extra = e.extra or {}
     policy = RetryPolicy.from_env()
-    retrier = Retrier(policy, f"GET {shown(e.ref)}")
+    retrier = Retrier(policy, f"GET {masked_uri(e.ref)}")
     tmp: _TempFile | None = None  # a large object's, kept (emptied) across attempts
     try:
         while True:
-            resp = await _http_request(sources, "GET", e.ref, f"GET {shown(e.ref)}")
+            resp = await _http_request(sources, "GET", e.ref, f"GET {masked_uri(e.ref)}")
             try:
                 if resp.status in (404, 410):
                     raise _changed(e, f"the server answers {resp.status}")
                 if resp.status >= 300:
                     what = f"GET answered {resp.status} {resp.reason}"
-                    raise SyncEngineError(f"reference {e.path!r} ({shown(e.ref)}): {what}")
+                    raise SyncEngineError(f"reference {e.path!r} ({masked_uri(e.ref)}): {what}")
                 now = _http_extra(resp.headers)
                 for k in ("etag", "last_modified"):
                     if k in extra and now.get(k) != extra[k]:

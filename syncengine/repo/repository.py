@@ -36,6 +36,7 @@ from syncengine.errors import (
 from syncengine.hashing.params import GEAR_SEED, ChunkerParams
 from syncengine.hashing.stat_cache import StatCache, default_cache_dir
 from syncengine.hashing.tree import HashedFile, Source, TreeHasher
+from syncengine.repo import object_caps as caps
 from syncengine.repo.blob_index import BlobIndex
 from syncengine.repo.ingest import Ingest, IngestAborted
 from syncengine.repo.manifest import (
@@ -83,7 +84,7 @@ from syncengine.repo.records import (
 from syncengine.repo.references import Merge, Reference, references_key
 from syncengine.repo.references import resolve as resolve_references
 from syncengine.scan import SymlinkPolicy
-from syncengine.store.base import HashedParts, ObjectStore
+from syncengine.store.base import HashedParts, ObjectStore, read_capped
 
 #: New blobs are read and packed in batches of about this many bytes per worker-thread hop.
 READ_BATCH: Final = 8 << 20
@@ -251,7 +252,7 @@ class Repository:
     ) -> Repository:
         """Opens the repository in `store`, creating its config on first use."""
         try:
-            raw = await store.get("config")
+            raw = await store.get("config", max_bytes=caps.CONFIG)
         except ObjectNotFound:
             if not create:
                 raise
@@ -267,7 +268,7 @@ class Repository:
             )
             with contextlib.suppress(PreconditionFailed):  # another writer created it first
                 await store.put("config", msgspec.json.encode(cfg), if_none_match=True)
-            raw = await store.get("config")
+            raw = await store.get("config", max_bytes=caps.CONFIG)
         repo = cls(store, _decode_config(raw))
         from syncengine.repo.gc_sweep import read_epoch  # the writer rule's baseline, GC.md §4a
 
@@ -279,7 +280,7 @@ class Repository:
         """The chunker parameters of the repository in `store` (what its puts chunk with), or
         None when there is no repository there yet; unlike `open`, creates nothing."""
         try:
-            raw = await store.get("config")
+            raw = await store.get("config", max_bytes=caps.CONFIG)
         except ObjectNotFound:
             return None
         return _decode_config(raw).params
@@ -320,7 +321,7 @@ class Repository:
         if added is None:
             async with gate:
                 try:
-                    data = await self.store.get(key)
+                    data = await self.store.get(key, max_bytes=caps.INDEX_SEGMENT)
                 except ObjectNotFound:
                     return key, False
             await asyncio.to_thread(_load_new_segment, cache, sid, data, index.add_segment)
@@ -745,7 +746,7 @@ class Repository:
     async def _read_head(self, project: str, name: str) -> tuple[ArtifactHead | None, str | None]:
         try:
             async with self.store.open_read(head_key(project, name)) as r:
-                return decode_head(await r.read(), head_key(project, name)), r.info.etag
+                return decode_head(await read_capped(r, caps.HEAD), head_key(project, name)), r.info.etag
         except ObjectNotFound:
             return None, None
 
@@ -861,7 +862,7 @@ class Repository:
         """The record of `vN`; a deleted one raises `VersionDeleted` unless `include_deleted`."""
         try:
             key = version_key(project, name, number)
-            record = decode_version(await self.store.get(key), key)
+            record = decode_version(await self.store.get(key, max_bytes=caps.VERSION_RECORD), key)
         except ObjectNotFound:
             raise ArtifactNotFound(f"{project}/{name} has no version v{number}") from None
         if record.deleted and not include_deleted:
@@ -983,7 +984,10 @@ class Repository:
         while True:
             try:
                 async with self.store.open_read(key) as r:
-                    current, etag = decode_version(await r.read(), key), r.info.etag
+                    current, etag = (
+                        decode_version(await read_capped(r, caps.VERSION_RECORD), key),
+                        r.info.etag,
+                    )
             except ObjectNotFound:
                 raise ArtifactNotFound(f"{project}/{name} has no version v{version}") from None
             if current.deleted:
@@ -1034,7 +1038,9 @@ class Repository:
             if len(parts) != 5 or parts[3] != "versions":
                 continue
             try:
-                record = decode_version(await self.store.get(info.key), info.key)
+                record = decode_version(
+                    await self.store.get(info.key, max_bytes=caps.VERSION_RECORD), info.key
+                )
                 if record.deleted:  # its data may be collected already
                     continue
                 reader = await self.manifest(record)
@@ -1094,7 +1100,7 @@ class Repository:
         """The version's manifest, bound to its record: the object must hash to the name the
         record gives it, and state the record's content digest; its pages are bound by their
         names and, walked whole, to that digest (`ManifestReader.entries`)."""
-        data = await self.store.get(record.manifest)
+        data = await self.store.get(record.manifest, max_bytes=caps.MANIFEST_RECORD)
         if _obj_key("manifests", _blake3.blake3(data).digest()) != record.manifest:
             raise ManifestError(f"{record.manifest} does not match its name (corrupted or replaced)")
         m = decode_manifest(data)
@@ -1103,7 +1109,9 @@ class Repository:
                 f"{record.project}/{record.name}:v{record.version}: its record and its manifest "
                 "state different content digests"
             )
-        return ManifestReader(m, lambda pid: self.store.get(_obj_key("manifests", pid)))
+        return ManifestReader(
+            m, lambda pid: self.store.get(_obj_key("manifests", pid), max_bytes=caps.MANIFEST_PAGE)
+        )
 
     async def download(
         self,

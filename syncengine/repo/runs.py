@@ -19,8 +19,9 @@ from typing import Any, Final
 import msgspec
 
 from syncengine.errors import ConfigError, ObjectNotFound, PreconditionFailed, SyncEngineError
+from syncengine.repo import object_caps as caps
 from syncengine.repo.records import FORMAT, VersionRecord, check_name, decode_json, json_copy
-from syncengine.store.base import ObjectStore
+from syncengine.store.base import ObjectStore, read_capped
 
 RUN_STATES: Final = ("running", "finished", "crashed")
 _ID_ALPHABET: Final = string.ascii_lowercase + string.digits
@@ -69,7 +70,8 @@ _encode = msgspec.json.Encoder(order="sorted").encode
 
 
 def encode_run(record: RunRecord) -> bytes:
-    return _encode(record)
+    """``ConfigError`` for a record larger than readers accept (config and summary: 16 MiB)."""
+    return caps.writable(f"run {record.path}'s record", _encode(record), caps.RUN_RECORD)
 
 
 def encode_edge(edge: Edge) -> bytes:
@@ -163,7 +165,7 @@ async def read_run(store: ObjectStore, project: str, run_id: str) -> tuple[RunRe
     key = run_key(project, run_id)
     try:
         async with store.open_read(key) as r:
-            return decode_run(await r.read(), key), r.info.etag
+            return decode_run(await read_capped(r, caps.RUN_RECORD), key), r.info.etag
     except ObjectNotFound:
         raise RunNotFound(
             f"project {project!r} has no run {run_id!r}; `syncengine runs {project}` lists its runs"
@@ -198,7 +200,7 @@ async def list_runs(store: ObjectStore, project: str) -> list[RunRecord]:
     async def load(key: str) -> RunRecord | None:
         async with gate:
             try:
-                return decode_run(await store.get(key), key)
+                return decode_run(await store.get(key, max_bytes=caps.RUN_RECORD), key)
             except ObjectNotFound:
                 return None
 
@@ -264,7 +266,7 @@ async def version_runs(store: ObjectStore, version: VersionRecord, kind: str) ->
     async def load(parts: tuple[str, ...], key: str) -> tuple[str, str, Edge] | None:
         async with gate:
             try:
-                return parts[0], parts[1], decode_edge(await store.get(key), key)
+                return parts[0], parts[1], decode_edge(await store.get(key, max_bytes=caps.EDGE), key)
             except ObjectNotFound:
                 return None
 

@@ -24,6 +24,8 @@ from syncengine.store.base import (
     PartInfo,
     StoreCapabilities,
     UploadInfo,
+    check_size,
+    read_capped,
     validate_key,
     validate_prefix,
 )
@@ -46,8 +48,10 @@ __all__ = [
     "S3Store",
     "StoreCapabilities",
     "UploadInfo",
+    "check_size",
     "local_path",
     "open_store",
+    "read_capped",
     "read_local_object",
     "validate_key",
     "validate_prefix",
@@ -113,13 +117,15 @@ def local_path(url: str) -> str | None:
     return url
 
 
-def read_local_object(root: str, key: str) -> bytes | None:
+def read_local_object(root: str, key: str, max_bytes: int | None = None) -> bytes | None:
     """Object ``key`` of the `LocalStore` at ``root``, read without an event loop (and so without
     importing asyncio), or None if there is none. The local layout is one plain file per key
-    (docs/STORE.md), written by an atomic rename, so a read sees a whole object or none."""
+    (docs/STORE.md), written by an atomic rename, so a read sees a whole object or none. More
+    than ``max_bytes`` raise ``ObjectTooLarge`` before any is read, as `ObjectStore.get`."""
     validate_key(key)
     try:
         with open(f"{os.path.abspath(root)}/{key}", "rb") as f:
+            check_size(key, os.fstat(f.fileno()).st_size, max_bytes)
             return f.read()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None

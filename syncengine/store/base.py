@@ -24,7 +24,7 @@ from typing import Final, Protocol, Self, TypeAlias, runtime_checkable
 
 import msgspec
 
-from syncengine.errors import ConfigError, InvalidKey
+from syncengine.errors import ConfigError, InvalidKey, ObjectTooLarge
 
 __all__ = [
     "RESERVED_PREFIX",
@@ -40,7 +40,9 @@ __all__ = [
     "UploadInfo",
     "body_size",
     "check_range",
+    "check_size",
     "is_valid_part",
+    "read_capped",
     "validate_key",
     "validate_prefix",
 ]
@@ -236,11 +238,16 @@ class ObjectStore(Protocol):
 
     capabilities: StoreCapabilities
 
-    async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
+    async def get(
+        self, key: str, range: tuple[int, int] | None = None, *, max_bytes: int | None = None
+    ) -> bytes:
         """The object's bytes, or those in ``[start, end)`` of ``range``.
 
         A range reaching past the end returns what exists (``b""`` when it starts at or
-        after the end). ``start > end`` or negative bounds raise ``ConfigError``.
+        after the end). ``start > end`` or negative bounds raise ``ConfigError``. With
+        ``max_bytes``, more bytes than that to return raise ``ObjectTooLarge`` before any
+        is read (the size is the file's, or the answer's ``Content-Length``, and no byte
+        past it is ever read): what every read of a repository object passes.
         """
         ...
 
@@ -426,6 +433,21 @@ def check_range(range: tuple[int, int] | None) -> None:
     start, end = range
     if start < 0 or end < start:
         raise ConfigError(f"byte range {range!r} is invalid: need 0 <= start <= end (end exclusive)")
+
+
+def check_size(key: str, size: int, max_bytes: int | None) -> None:
+    """Raise ``ObjectTooLarge`` when a read of ``size`` bytes of ``key`` exceeds ``max_bytes``
+    (None: no cap). Every store calls it before it reads (or allocates for) a body."""
+    if max_bytes is not None and size > max_bytes:
+        raise ObjectTooLarge(key, size, max_bytes)
+
+
+async def read_capped(reader: ObjectReader, max_bytes: int) -> bytes:
+    """The rest of a whole-object reader's content (``open_read`` without a range), refused
+    with ``ObjectTooLarge`` before it is read when the object is larger than ``max_bytes``:
+    the ``get(max_bytes=…)`` of a read-modify-write."""
+    check_size(reader.info.key, reader.info.size, max_bytes)
+    return await reader.read()
 
 
 class StoreContext:

@@ -62,6 +62,7 @@ from syncengine.store.base import (
     UploadInfo,
     body_size,
     check_range,
+    check_size,
     is_valid_part,
     validate_key,
     validate_prefix,
@@ -470,11 +471,13 @@ class LocalStore(StoreContext):
             raise ObjectNotFound(key, repr(self))
         return fd, st
 
-    def _get_sync(self, key: str, range: tuple[int, int] | None) -> bytes:
+    def _get_sync(self, key: str, range: tuple[int, int] | None, max_bytes: int | None) -> bytes:
         fd, st = self._open_object(key)
         try:
             start, end = range if range is not None else (0, st.st_size)
-            return _pread_range(fd, start, min(end, st.st_size))
+            end = min(end, st.st_size)
+            check_size(key, max(0, end - start), max_bytes)  # from fstat, before reading
+            return _pread_range(fd, start, end)
         finally:
             os.close(fd)
 
@@ -492,10 +495,12 @@ class LocalStore(StoreContext):
         os.close(fd)
         return info
 
-    async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
+    async def get(
+        self, key: str, range: tuple[int, int] | None = None, *, max_bytes: int | None = None
+    ) -> bytes:
         validate_key(key)
         check_range(range)
-        return await self._run(self._get_sync, key, range)
+        return await self._run(self._get_sync, key, range, max_bytes)
 
     @contextlib.asynccontextmanager
     async def open_read(self, key: str, range: tuple[int, int] | None = None) -> AsyncIterator[_LocalReader]:

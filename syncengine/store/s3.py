@@ -75,6 +75,7 @@ from syncengine.store.base import (
     StoreContext,
     UploadInfo,
     check_range,
+    check_size,
     validate_key,
     validate_prefix,
 )
@@ -358,6 +359,10 @@ def _parse_list_page(body: bytes) -> _Page:
 
 #: An error answer's body on a direct connection is read up to this size (S3's are < 1 KiB).
 _MAX_ERROR_BODY: Final = 64 << 10
+#: Any other answer read whole (listings, multipart answers: a page of 1,000 keys of at most
+#: 1 KiB each is ~1.5 MiB of XML) is refused past this size, so a server cannot make the
+#: client buffer without bound. Object bodies are capped by the reader (``get``'s max_bytes).
+_MAX_ANSWER_BODY: Final = 64 << 20
 
 
 class _HttpError(Exception):
@@ -575,6 +580,11 @@ class _S3Reader:
     @property
     def info(self) -> ObjectInfo:
         return self._info
+
+    @property
+    def remaining(self) -> int:
+        """Bytes of the body not handed over yet."""
+        return len(self._left) + self._end - self._pos
 
     def close(self) -> None:
         resp, self._resp = self._resp, None
@@ -1109,12 +1119,19 @@ class S3Store(StoreContext):
 
     async def _read_all(self, resp: aiohttp.ClientResponse, guard: AttemptGuard) -> bytes:
         chunks: list[bytes] = []
+        total = 0
         while True:
             data = await resp.content.readany()
             if not data:
                 break
             guard.progress()
             self.counters.bytes_received += len(data)
+            total += len(data)
+            if total > _MAX_ANSWER_BODY:
+                raise StoreRequestFailed(
+                    f"{resp.method} {resp.url.path}: the answer is larger than {_MAX_ANSWER_BODY} bytes; "
+                    "not an S3 answer this client reads"
+                )
             chunks.append(data)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -1284,7 +1301,7 @@ class S3Store(StoreContext):
         conn = await self._direct_request(method, url, headers, what, conditional)
         if conn is None:
             return None
-        body = await self._direct_body(conn)
+        body = await self._direct_body(conn, _MAX_ANSWER_BODY)  # larger: refused on the aiohttp path
         return None if body is None else (conn.status, conn.headers, body, None)
 
     async def _direct_request(
@@ -1396,12 +1413,17 @@ class S3Store(StoreContext):
         finally:
             reader.close()
 
-    async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
+    async def get(
+        self, key: str, range: tuple[int, int] | None = None, *, max_bytes: int | None = None
+    ) -> bytes:
         validate_key(key)
         check_range(range)
         self._check_open()
         reader = await self._open(key, range)
         try:
+            # The reader's end is the answer's Content-Length, and it never reads past it: a
+            # body larger than the cap is refused here, before a byte of it is received.
+            check_size(key, reader.remaining, max_bytes)
             return await reader.read()
         finally:
             reader.close()

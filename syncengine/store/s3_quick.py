@@ -16,6 +16,7 @@ caller takes the full path, which reports errors properly.
 from __future__ import annotations
 
 import http.client
+from typing import Final
 from urllib.parse import urlsplit
 
 from syncengine.store.aws_env import (
@@ -26,8 +27,12 @@ from syncengine.store.aws_env import (
     static_resolution,
     tls_context,
 )
+from syncengine.store.base import check_size
 from syncengine.store.s3_urls import choose_addressing, object_url
 from syncengine.store.sigv4 import sign_v4
+
+#: An error answer is read up to this size (S3's are < 1 KiB); a longer one is not S3's.
+_MAX_ERROR_BODY: Final = 64 << 10
 
 _TIMEOUT = 10.0
 
@@ -77,7 +82,7 @@ class QuickReader:
                 self._conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=_TIMEOUT)
         return self._conn
 
-    def __call__(self, key: str) -> bytes | None:
+    def __call__(self, key: str, max_bytes: int | None = None) -> bytes | None:
         url = object_url(self.endpoint, self.bucket, self.prefix + key, addressing=self.addressing)
         c = self._creds
         headers = sign_v4(
@@ -93,7 +98,10 @@ class QuickReader:
                 headers["Proxy-Authorization"] = self.proxy.authorization
         conn.request("GET", target, headers=headers)
         resp = conn.getresponse()
-        body = resp.read()
+        if resp.status == 200 and max_bytes is not None:
+            length = resp.getheader("Content-Length")
+            check_size(key, int(length) if length and length.isdigit() else max_bytes + 1, max_bytes)
+        body = resp.read(_MAX_ERROR_BODY if resp.status != 200 else max_bytes)
         if resp.status == 200:
             return body
         if resp.status == 404 and b"NoSuchKey" in body:

@@ -46,8 +46,10 @@ class CountingStore:
         self.pack_gets: list[tuple[str, tuple[int, int] | None]] = []
         self.pack_bytes = 0
 
-    async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
-        data = await self.inner.get(key, range)
+    async def get(
+        self, key: str, range: tuple[int, int] | None = None, *, max_bytes: int | None = None
+    ) -> bytes:
+        data = await self.inner.get(key, range, max_bytes=max_bytes)
         if key.startswith("data/"):
             self.pack_gets.append((key, range))
             self.pack_bytes += len(data)
@@ -112,12 +114,14 @@ def test_pack_reads_take_the_process_wide_request_limits(tmp_path: Path) -> None
             super().__init__(inner)
             self.now = self.peak = 0
 
-        async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
+        async def get(
+            self, key: str, range: tuple[int, int] | None = None, *, max_bytes: int | None = None
+        ) -> bytes:
             self.now += 1
             self.peak = max(self.peak, self.now)
             try:
                 await asyncio.sleep(0.01)  # overlap the requests
-                return await super().get(key, range)
+                return await super().get(key, range, max_bytes=max_bytes)
             finally:
                 self.now -= 1
 
@@ -631,11 +635,13 @@ def test_an_interrupted_download_of_a_large_file_resumes(tmp_path: Path) -> None
     class Flaky(CountingStore):
         fail_after: int | None = None
 
-        async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
+        async def get(
+            self, key: str, range: tuple[int, int] | None = None, *, max_bytes: int | None = None
+        ) -> bytes:
             failing = self.fail_after is not None and len(self.pack_gets) >= self.fail_after
             if key.startswith("data/") and failing:
                 raise ConnectionResetError("store went away")
-            return await super().get(key, range)
+            return await super().get(key, range, max_bytes=max_bytes)
 
     async def go() -> None:
         store = Flaky(LocalStore(tmp_path / "repo"))

@@ -77,8 +77,10 @@ class CountingStore:
         self.inner = inner
         self.pack_bytes = 0
 
-    async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
-        data = await self.inner.get(key, range)
+    async def get(
+        self, key: str, range: tuple[int, int] | None = None, *, max_bytes: int | None = None
+    ) -> bytes:
+        data = await self.inner.get(key, range, max_bytes=max_bytes)
         if key.startswith("data/"):
             self.pack_bytes += len(data)
         return data

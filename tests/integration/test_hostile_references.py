@@ -29,7 +29,7 @@ from syncengine.errors import ConfigError, ReferencesNotTrusted
 from syncengine.hashing.tree import Source
 from syncengine.repo import repository as repository_mod
 from syncengine.repo.manifest import ManifestEntry
-from syncengine.repo.references import Reference, reference_entry, secrets_in, shown
+from syncengine.repo.references import Reference, masked_uri, reference_entry, secrets_in
 from syncengine.repo.repository import Repository
 from syncengine.store.local import LocalStore
 
@@ -299,11 +299,11 @@ def test_secrets_in_urls(uri: str, found: list[str]) -> None:
         Reference.parse(uri)
 
 
-def test_shown_masks_user_info_and_query_values() -> None:
-    assert shown("https://u:p@h:8/a/b?token=abc&v=2#frag") == "https://***@h:8/a/b?token=***&v=***#frag"
-    assert shown("http://h/f?flag") == "http://h/f?flag"
-    assert shown("s3://b/k?x=1") == "s3://b/k?x=1"
-    assert shown("file:///a%3Fb") == "file:///a%3Fb"
+def test_masked_uri_masks_user_info_and_query_values() -> None:
+    assert masked_uri("https://u:p@h:8/a/b?token=abc&v=2#frag") == "https://***@h:8/a/b?token=***&v=***#frag"
+    assert masked_uri("http://h/f?flag") == "http://h/f?flag"
+    assert masked_uri("s3://b/k?x=1") == "s3://b/k?x=1"
+    assert masked_uri("file:///a%3Fb") == "file:///a%3Fb"
 
 
 def test_secret_urls_are_refused_by_put_and_masked_when_shown(tmp_path: Path) -> None:

@@ -170,7 +170,7 @@ def recall(repo_dir: Path, data: Path, **kw: object) -> tuple[object, list[str]]
 
     args: dict[str, object] = {"project": "p", "name": "a", "type": "dataset", **kw}
     return put_memo.recall_unchanged(
-        lambda key: read_local_object(str(repo_dir), key),
+        lambda key, cap: read_local_object(str(repo_dir), key, cap),
         [Source(str(data))],
         **args,  # type: ignore[arg-type]
     )

@@ -184,9 +184,11 @@ def test_index_segments_are_cached_locally_and_checked(tmp_path: Path) -> None:
     class CountingStore(LocalStore):
         gets: ClassVar[list[str]] = []
 
-        async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
+        async def get(
+            self, key: str, range: tuple[int, int] | None = None, *, max_bytes: int | None = None
+        ) -> bytes:
             self.gets.append(key)
-            return await super().get(key, range)
+            return await super().get(key, range, max_bytes=max_bytes)
 
     async def go() -> None:
         repo = await Repository.open(CountingStore(tmp_path / "repo"), params=PARAMS)

@@ -98,8 +98,10 @@ class Instrumented:
                 self.active -= 1
                 self.active_bytes -= nbytes
 
-    async def get(self, key: str, range: tuple[int, int] | None = None) -> bytes:
-        return await self.inner.get(key, range)
+    async def get(
+        self, key: str, range: tuple[int, int] | None = None, *, max_bytes: int | None = None
+    ) -> bytes:
+        return await self.inner.get(key, range, max_bytes=max_bytes)
 
     @contextlib.asynccontextmanager
     async def open_read(self, key: str, range: tuple[int, int] | None = None) -> AsyncIterator[Any]:
