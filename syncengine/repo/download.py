@@ -59,10 +59,17 @@ from syncengine.hashing.digests import Chunk, FileDigest
 from syncengine.hashing.stat_cache import StatCache, StatKey, now_ns
 from syncengine.repo.blob_index import BlobIndex
 from syncengine.repo.file_cache import FileCache
-from syncengine.repo.manifest import ManifestEntry, ManifestError, ManifestReader, check_entry
+from syncengine.repo.manifest import (
+    ManifestEntry,
+    ManifestError,
+    ManifestReader,
+    UnsafePath,
+    check_entry,
+    check_path,
+)
 from syncengine.repo.pack import CODEC_NONE, CorruptData, IndexEntry, blob_mismatch, check_bounds, read_blob
 from syncengine.repo.records import VersionRecord
-from syncengine.repo.repository import Repository, UnsafePath, _obj_key, safe_target
+from syncengine.repo.repository import Repository, _obj_key, safe_target
 from syncengine.terminal_text import shown
 from syncengine.transfer import default_limits
 
@@ -184,21 +191,6 @@ def default_root(record: VersionRecord) -> str:
 
 
 # -- paths -------------------------------------------------------------------------------------
-
-
-def check_path(path: str) -> list[str]:
-    """The parts of a manifest path; ``UnsafePath`` unless it is relative and plain."""
-    parts = path.split("/")
-    if (
-        not path
-        or path.startswith("/")
-        or any(p in ("", ".", "..") for p in parts)
-        or "\x00" in path
-        or (os.sep != "/" and os.sep in path)
-        or (os.altsep is not None and os.altsep != "/" and os.altsep in path)
-    ):
-        raise UnsafePath(f"manifest path {path!r} is absolute or contains '..'/empty parts; refused")
-    return parts
 
 
 def _norm_prefix(prefix: str | None) -> str:

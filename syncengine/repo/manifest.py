@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Final
 
@@ -127,6 +128,26 @@ def decode_page(pid: bytes, data: bytes) -> Page:
         return _page_decoder.decode(data)
     except msgspec.DecodeError as e:
         raise ManifestError(f"manifest page {pid.hex()} cannot be read: {e}") from e
+
+
+class UnsafePath(ManifestError, ValueError):
+    """A manifest path would escape the download root (absolute, `..`, empty parts, NUL)."""
+
+
+def check_path(path: str) -> list[str]:
+    """The parts of a manifest path; ``UnsafePath`` unless it is relative and plain (the one
+    rule for get, checkout, verify, check and drafts)."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or "\x00" in path
+        or (os.sep != "/" and os.sep in path)
+        or (os.altsep is not None and os.altsep != "/" and os.altsep in path)
+    ):
+        raise UnsafePath(f"manifest path {path!r} is absolute or contains '..'/empty parts; refused")
+    return parts
 
 
 def check_entry(e: ManifestEntry) -> None:

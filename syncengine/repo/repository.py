@@ -46,7 +46,9 @@ from syncengine.repo.manifest import (
     ManifestEntry,
     ManifestError,
     ManifestReader,
+    UnsafePath,
     check_entry,
+    check_path,
     decode_manifest,
     encode_manifest,
 )
@@ -131,10 +133,6 @@ class VersionDeleted(ArtifactNotFound):
 
 class TypeMismatch(SyncEngineError, ValueError):
     """An artifact was logged with a type other than the one it has."""
-
-
-class UnsafePath(SyncEngineError, ValueError):
-    """A manifest path would escape the download root."""
 
 
 @dataclass
@@ -1045,9 +1043,10 @@ class Repository:
                     continue
                 reader = await self.manifest(record)
                 async for entry in reader.entries():
-                    check_entry(entry)  # the rules get applies: check approves what get accepts
+                    check_path(entry.path)  # the rules get applies: check approves what get accepts
                     if entry.ref is not None:
                         continue  # a reference stores no blob
+                    check_entry(entry)
                     blobs = [d for _, d in entry.chunks] if entry.chunks else [entry.digest]
                     for d in blobs:
                         needed.setdefault(d, f"{record.project}/{record.name}:v{record.version} {entry.path}")
@@ -1238,9 +1237,7 @@ def _created_by() -> dict[str, str]:
 def safe_target(root: str, path: str) -> str:
     """The file path for a manifest entry, refusing anything that could land outside root.
     Every check runs before any directory is created."""
-    parts = path.split("/")
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in path:
-        raise UnsafePath(f"manifest path {path!r} is absolute or contains '..'/empty parts; refused")
+    parts = check_path(path)
     base = os.path.realpath(root)
     cur = base
     for part in parts[:-1]:

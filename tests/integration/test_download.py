@@ -29,10 +29,16 @@ from syncengine.repo.download import (
     verify,
 )
 from syncengine.repo.file_cache import FileCache
-from syncengine.repo.manifest import ManifestBuilder, ManifestEntry, ManifestError, encode_manifest
+from syncengine.repo.manifest import (
+    ManifestBuilder,
+    ManifestEntry,
+    ManifestError,
+    UnsafePath,
+    encode_manifest,
+)
 from syncengine.repo.pack import CorruptData
 from syncengine.repo.records import VersionRecord
-from syncengine.repo.repository import Repository, UnsafePath
+from syncengine.repo.repository import Repository
 from syncengine.store.local import LocalStore
 
 PARAMS = ChunkerParams(4096, 16384, 65536)

@@ -406,3 +406,30 @@ def test_a_record_and_its_manifest_are_bound_to_each_other_and_to_the_files(tmp_
     assert rc == 1 and "content digest does not match its entries" in err, (out, err)
     rc, out, err, _ = cli("check", "--repo", repo, cwd=tmp_path)
     assert rc == 1 and "content digest does not match its entries" in out + err, (out, err)
+
+
+def test_check_applies_gets_path_rules_and_accepts_a_reference_to_an_empty_file(tmp_path: Path) -> None:
+    from syncengine.repo.manifest import ManifestBuilder, ManifestEntry
+
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    repo_dir = tmp_path / "repo"
+    repo = str(repo_dir)
+    rc, out, err, _ = cli(
+        "put", "-n", "p/d", "-t", "dataset", "--reference", f"file://{empty}", "--repo", repo, cwd=tmp_path
+    )
+    assert rc == 0, (out, err)
+    rc, out, err, _ = cli("check", "--repo", repo, cwd=tmp_path)
+    assert rc == 0, (out, err)  # a reference's digest is not BLAKE3 of its (empty) content
+
+    def build(leaf_pid: bytes, leaf: object) -> tuple[list[object], object]:
+        b = ManifestBuilder()
+        pages = b.add(ManifestEntry("../escape", 0, 0o644, pack_mod.blob_digest(b"")))
+        more, m = b.finish()
+        from syncengine.repo.manifest import decode_page
+
+        return [decode_page(pid, data) for pid, data in pages + more], m
+
+    _swap_manifest(repo_dir, build)
+    rc, out, err, _ = cli("check", "--repo", repo, cwd=tmp_path)
+    assert rc == 1 and "'../escape' is absolute or contains '..'" in out + err, (out, err)

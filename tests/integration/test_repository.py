@@ -14,9 +14,10 @@ import pytest
 
 from syncengine.hashing.params import ChunkerParams
 from syncengine.hashing.tree import Source
+from syncengine.repo.manifest import UnsafePath
 from syncengine.repo.pack import CorruptData
 from syncengine.repo.records import parse_ref
-from syncengine.repo.repository import ArtifactNotFound, Repository, TypeMismatch, UnsafePath, safe_target
+from syncengine.repo.repository import ArtifactNotFound, Repository, TypeMismatch, safe_target
 from syncengine.store.local import LocalStore
 
 PARAMS = ChunkerParams(4096, 16384, 65536)
