@@ -314,6 +314,18 @@ def _unquote_etag(etag: str | None) -> str:
     return etag
 
 
+def _content_length(headers: Mapping[str, str], what: str) -> int:
+    """The size an answer states. S3 frames every object body (and HEAD) by Content-Length;
+    an answer without one (a proxy that re-chunks) would otherwise read as an empty object."""
+    value = headers.get("Content-Length")
+    if value is None or not value.isascii() or not value.isdigit():
+        raise StoreRequestFailed(
+            f"{what}: the answer has no valid Content-Length ({value!r}); an S3 server always sends one "
+            "(is a proxy re-encoding the answers?)"
+        )
+    return int(value)
+
+
 def _version_header(headers: Mapping[str, str]) -> str | None:
     v = headers.get("x-amz-version-id")
     return v if v and v != "null" else None  # "null": written while versioning was off
@@ -1213,7 +1225,7 @@ class S3Store(StoreContext):
             if e.status == 404:
                 raise ObjectNotFound(key, repr(self)) from None
             raise self._unexpected(e, what) from None
-        size = int(headers.get("Content-Length", "0"))
+        size = _content_length(headers, what)
         return self._info_from_headers(key, headers, size), headers
 
     async def head(self, key: str) -> ObjectInfo:
@@ -1244,7 +1256,7 @@ class S3Store(StoreContext):
             raise self._unexpected(e, what) from None
         assert resp is not None
         try:
-            length = int(h.get("Content-Length", "0"))
+            length = _content_length(h, what)
             if status == 206:
                 m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", h.get("Content-Range", ""))
                 if m is None:
@@ -2009,7 +2021,7 @@ class S3Store(StoreContext):
             if e.status in (400, 404):  # 400: a version id the bucket does not know
                 raise ObjectNotFound(key, repr(self)) from None
             raise self._unexpected(e, what) from None
-        size = int(headers.get("Content-Length", "0"))
+        size = _content_length(headers, what)
         return self._info_from_headers(key, headers, size), _version_header(headers)
 
     async def open_object(self, key: str, version_id: str | None = None) -> tuple[_S3Reader, str | None]:
@@ -2027,7 +2039,7 @@ class S3Store(StoreContext):
             raise self._unexpected(e, what) from None
         assert resp is not None
         try:
-            length = int(h.get("Content-Length", "0"))
+            length = _content_length(h, what)
             info = self._info_from_headers(key, h, length)
         except BaseException:
             resp.close()

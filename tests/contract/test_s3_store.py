@@ -842,6 +842,21 @@ async def test_a_direct_get_answered_otherwise_goes_through_aiohttp(fake: tuple[
         assert first != second  # the closed connection was not used again
 
 
+async def test_an_answer_without_content_length_is_an_error_not_an_empty_object(
+    fake: tuple[FakeS3, str],
+) -> None:
+    """A chunked GET answer on the aiohttp path read as b"" (its missing Content-Length taken
+    for 0): a silent wrong result. It is refused, naming the cause."""
+    server, ep = fake
+    data = os.urandom(100_000)
+    server.objects["k"] = (data, hashlib.md5(data).hexdigest(), None)
+    async with fake_store(ep, direct_reads=False) as store:
+        server.script = ["chunked"]
+        with pytest.raises(StoreRequestFailed, match="no valid Content-Length"):
+            await store.get("k")
+        assert await store.get("k") == data  # the next, framed answer is read
+
+
 async def test_a_retryable_error_on_a_direct_get_is_retried_through_aiohttp(fake: tuple[FakeS3, str]) -> None:
     server, ep = fake
     server.objects["k"] = (b"data", hashlib.md5(b"data").hexdigest(), None)
