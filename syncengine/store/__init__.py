@@ -26,6 +26,7 @@ from syncengine.store.base import (
     UploadInfo,
     check_size,
     read_capped,
+    refuse_links,
     validate_key,
     validate_prefix,
 )
@@ -123,8 +124,10 @@ def read_local_object(root: str, key: str, max_bytes: int | None = None) -> byte
     (docs/STORE.md), written by an atomic rename, so a read sees a whole object or none. More
     than ``max_bytes`` raise ``ObjectTooLarge`` before any is read, as `ObjectStore.get`."""
     validate_key(key)
+    path = f"{os.path.abspath(root)}/{key}"
+    refuse_links(os.path.abspath(root), path, itself=True)
     try:
-        with open(f"{os.path.abspath(root)}/{key}", "rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), "rb") as f:
             check_size(key, os.fstat(f.fileno()).st_size, max_bytes)
             return f.read()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):

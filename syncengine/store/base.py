@@ -17,6 +17,8 @@ syncengine.errors.InvalidKey: invalid object key '../etc/passwd': '.' and '..' p
 from __future__ import annotations
 
 import builtins
+import os
+import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -24,7 +26,7 @@ from typing import Final, Protocol, Self, TypeAlias, runtime_checkable
 
 import msgspec
 
-from syncengine.errors import ConfigError, InvalidKey, ObjectTooLarge
+from syncengine.errors import ConfigError, InvalidKey, LinkInRepository, ObjectTooLarge
 
 __all__ = [
     "RESERVED_PREFIX",
@@ -433,6 +435,28 @@ def check_range(range: tuple[int, int] | None) -> None:
     start, end = range
     if start < 0 or end < start:
         raise ConfigError(f"byte range {range!r} is invalid: need 0 <= start <= end (end exclusive)")
+
+
+def refuse_links(root: str, path: str, *, itself: bool = False) -> None:
+    """Raises ``LinkInRepository`` if a folder between the local repository `root` and `path`
+    (and, with `itself`, `path`) is a symbolic link; `root` itself may be one (the user chose
+    it). Missing folders end the check: what mkdir makes next is a real folder. An lstat per
+    level (2-4 for a key); a link planted between this check and the use is not caught
+    (docs/SECURITY.md, "What remains")."""
+    rel = path[len(root) + 1 :].split("/")
+    cur = root
+    for part in rel if itself else rel[:-1]:
+        cur = f"{cur}/{part}"
+        try:
+            st = os.lstat(cur)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise LinkInRepository(
+                f"{cur} is a symbolic link inside the repository {root}; a local repository "
+                "never follows one (a shared folder's writer could point it anywhere). Replace it "
+                "with a real folder, or open the repository at its real path"
+            )
 
 
 def check_size(key: str, size: int, max_bytes: int | None) -> None:

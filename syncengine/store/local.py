@@ -43,7 +43,6 @@ from syncengine.errors import (
     ConfigError,
     InvalidKey,
     InvalidPart,
-    LinkInRepository,
     ObjectNotFound,
     PreconditionFailed,
     StoreClosed,
@@ -64,6 +63,7 @@ from syncengine.store.base import (
     check_range,
     check_size,
     is_valid_part,
+    refuse_links,
     validate_key,
     validate_prefix,
 )
@@ -309,25 +309,7 @@ class LocalStore(StoreContext):
         return path
 
     def _refuse_links(self, path: str, *, itself: bool = False) -> None:
-        """Raises ``LinkInRepository`` if a folder between the root and `path` (and, with
-        `itself`, `path`) is a symbolic link; the root itself may be one (the user chose it).
-        Missing folders end the check: what mkdir makes next is a real folder. An lstat per
-        level (2-4 for a key); a link planted between this check and the use is not caught
-        (docs/SECURITY.md, "What remains")."""
-        rel = path[len(self.root) + 1 :].split("/")
-        cur = self.root
-        for part in rel if itself else rel[:-1]:
-            cur = f"{cur}/{part}"
-            try:
-                st = os.lstat(cur)
-            except (FileNotFoundError, NotADirectoryError):
-                return
-            if stat.S_ISLNK(st.st_mode):
-                raise LinkInRepository(
-                    f"{cur} is a symbolic link inside the repository {self.root}; a local repository "
-                    "never follows one (a shared folder's writer could point it anywhere). Replace it "
-                    "with a real folder, or open the repository at its real path"
-                )
+        refuse_links(self.root, path, itself=itself)
 
     @staticmethod
     def _key_hash(key: str) -> str:

@@ -433,3 +433,23 @@ def test_check_applies_gets_path_rules_and_accepts_a_reference_to_an_empty_file(
     _swap_manifest(repo_dir, build)
     rc, out, err, _ = cli("check", "--repo", repo, cwd=tmp_path)
     assert rc == 1 and "'../escape' is absolute or contains '..'" in out + err, (out, err)
+
+
+def test_the_quick_reader_of_a_local_repository_does_not_follow_links_either(tmp_path: Path) -> None:
+    from syncengine.errors import LinkInRepository
+    from syncengine.store import read_local_object
+
+    repo_dir = _logged(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "head").write_bytes((repo_dir / "artifacts/p/d/head").read_bytes())
+    assert read_local_object(str(repo_dir), "artifacts/p/d/head") is not None
+    (repo_dir / "artifacts/p/d/head").unlink()
+    (repo_dir / "artifacts/p/d/head").symlink_to(outside / "head")
+    with pytest.raises(LinkInRepository):
+        read_local_object(str(repo_dir), "artifacts/p/d/head")
+    (repo_dir / "artifacts/p/d/head").unlink()
+    (repo_dir / "artifacts/p/d").rename(outside / "d")
+    (repo_dir / "artifacts/p/d").symlink_to(outside / "d")
+    with pytest.raises(LinkInRepository):
+        read_local_object(str(repo_dir), "artifacts/p/d/versions/v0")
