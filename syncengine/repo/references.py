@@ -873,16 +873,21 @@ def _file_source_changed(e: ManifestEntry, src: str, params: ChunkerParams) -> s
     if st.st_size != e.size:
         return f"size {st.st_size}, logged {e.size}"
     if "blake3" in extra:
-        if not _has_digest(src, e.size, str(extra["blake3"]), params):
+        if not _has_digest(src, e.size, str(extra["blake3"]), params, follow=True):
             return "content digest differs from the logged one"
     elif st.st_mtime_ns != extra.get("mtime_ns"):
         return f"mtime_ns {st.st_mtime_ns}, logged {extra.get('mtime_ns')}"
     return None
 
 
-def _has_digest(target: str, size: int, digest_hex: str, params: ChunkerParams) -> bool:
+def _has_digest(
+    target: str, size: int, digest_hex: str, params: ChunkerParams, *, follow: bool = False
+) -> bool:
+    """Whether `target` is a regular file of `size` bytes with that digest; a link counts as
+    its target only with `follow` (a reference's source was read through its links when it
+    was logged; a downloaded file must not be one)."""
     try:
-        st = os.lstat(target)
+        st = os.stat(target) if follow else os.lstat(target)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return False
         return bytes(backend.impl.FileHasher(params).hash_file(target, size).digest).hex() == digest_hex

@@ -110,3 +110,24 @@ def test_verify_and_check_with_references(s3_server: S3TestServer, tmp_path: Pat
     os.utime(src / "quick.bin", ns=(1, 1))
     r = cli(env, "verify", "p/quick", "--root", str(qout), "--references")
     assert r.returncode == 1 and "mtime_ns 1, logged " in r.stdout
+
+
+def test_verify_references_follows_a_source_that_is_a_link_as_logging_did(tmp_path: Path) -> None:
+    """A checksummed file:// reference whose source path is a symlink was logged through the
+    link; `verify --references` judged the link itself and said the content differs."""
+    env = {
+        **os.environ,
+        "SYNCENGINE_REPO": str(tmp_path / "repo"),
+        "SYNCENGINE_CACHE_DIR": str(tmp_path / "cache"),
+        "SYNCENGINE_TRUST_REFERENCES": str(tmp_path / "repo"),
+    }
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "real.csv").write_bytes(b"x,y\n" * 1000)
+    (data / "link.csv").symlink_to("real.csv")
+    r = cli(env, "put", "-n", "p/r", "-t", "dataset", "--reference", f"file://{data / 'link.csv'}")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    assert cli(env, "get", "p/r", "--root", str(out)).returncode == 0
+    r = cli(env, "verify", "p/r", "--root", str(out), "--references")
+    assert r.returncode == 0 and r.stdout.strip() == f"{out} matches p/r", r.stdout + r.stderr
