@@ -220,19 +220,14 @@ def _within(real: str, root: str) -> bool:
 
 
 async def _entries(reader: ManifestReader, prefix: str) -> AsyncIterator[ManifestEntry]:
-    """Entries under ``prefix`` in strictly increasing path order (a manifest out of order
-    would make checkout delete wanted files, so it is refused)."""
-    last: bytes | None = None
+    """Entries under ``prefix``, refusing a file inside another file. The reader yields
+    them in strictly increasing path order or raises (a manifest out of order would make
+    checkout delete wanted files), and only those starting with ``prefix``."""
     # Earlier paths that are string prefixes of the current one: the only ones that can be
     # its ancestors (in byte order, a path that stops being a prefix never becomes one again).
     stack: list[bytes] = []
     async for e in reader.entries(prefix):
-        if not e.path.startswith(prefix):
-            continue
         key = e.path.encode()
-        if last is not None and key <= last:
-            raise ManifestError(f"manifest entries out of order or repeated: {e.path!r}")
-        last = key
         while stack and not key.startswith(stack[-1]):
             stack.pop()
         for p in stack:

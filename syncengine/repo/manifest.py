@@ -317,14 +317,18 @@ class ManifestReader:
             pid, level, first = stack.pop()
             page = await self.page(pid, level, first)
             if level == 0:
+                entries = page.entries
+                if not entries:
+                    continue  # only an empty root: check_page refuses any other empty leaf
+                # Within the page check_page saw the order; across pages, each leaf must
+                # start after the last key of the one before.
+                if last is not None and entries[0].path.encode() <= last:
+                    raise ManifestError(f"manifest entries out of order or repeated: {entries[0].path!r}")
+                last = entries[-1].path.encode()
+                count += len(entries)
                 if tree is not None:
-                    tree.add_many((e.path, e.digest) for e in page.entries)
-                for e in page.entries:
-                    key = e.path.encode()
-                    if last is not None and key <= last:
-                        raise ManifestError(f"manifest entries out of order or repeated: {e.path!r}")
-                    last = key
-                    count += 1
+                    tree.add_many((e.path, e.digest) for e in entries)
+                for e in entries:
                     if e.path.startswith(prefix):
                         yield e if e.extra is None else current_names(e)
                 continue
