@@ -3,12 +3,12 @@ sweep intents, keep objects, done records and the sweep epoch. JSON, one object 
 
 from __future__ import annotations
 
-import re
 from typing import TypeVar
 
 import msgspec
 
 from syncengine.repo import object_caps as caps
+from syncengine.repo.records import object_key_kind
 
 T = TypeVar("T")
 
@@ -21,15 +21,12 @@ CLOCK: str = "gc/clock/"
 #: unchanged since it opened the repository knows no sweep deleted anything meanwhile (§4a).
 EPOCH: str = "gc/epoch"
 
-#: The only keys a collection deletes: packs and manifest objects, named as their writers
-#: name them (kind/first two hex digits/BLAKE3 hex).
-_COLLECTABLE = re.compile(r"(?:data|manifests)/([0-9a-f]{2})/\1[0-9a-f]{62}")
-
 
 def collectable(key: str) -> bool:
-    """Whether a sweep may ever delete `key`; a mark naming anything else (``config``, heads,
-    version records: anyone who can write ``gc/marks/`` can plant one) is not obeyed for it."""
-    return _COLLECTABLE.fullmatch(key) is not None
+    """Whether a sweep may ever delete `key`: only packs and manifest objects named as their
+    writers name them; a mark naming anything else (``config``, heads, version records:
+    anyone who can write ``gc/marks/`` can plant one) is not obeyed for it."""
+    return object_key_kind(key) is not None
 
 
 class Mark(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

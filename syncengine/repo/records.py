@@ -28,7 +28,8 @@ _VERSION = re.compile(r"v(0|[1-9][0-9]{0,9})")
 #: deeper JSON makes msgspec's decoder raise RecursionError near 1,000 levels, and no
 #: real metadata comes close.
 MAX_DEPTH: Final = 100
-_MANIFEST_KEY = re.compile(r"manifests/([0-9a-f]{2})/\1[0-9a-f]{62}")
+#: The key of a content-addressed object as its writers name it: kind/first two hex digits/BLAKE3 hex.
+_OBJECT_KEY = re.compile(r"(data|manifests)/([0-9a-f]{2})/\2[0-9a-f]{62}")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 #: The alias each newly logged version gets (as in W&B); users may pass, move or remove it
 #: like any other (docs/FORMAT.md "Artifact head").
@@ -67,6 +68,13 @@ def check_tag(tag: str) -> str:
     if not isinstance(tag, str) or not _TAG.fullmatch(tag):
         raise InvalidName(f"invalid tag {tag!r}: use 1-64 letters, digits, '.', '_' or '-'")
     return tag
+
+
+def object_key_kind(key: str) -> str | None:
+    """``data`` or ``manifests`` for the key of a pack or manifest object named as writers name
+    them, else None (what a record may point at, and all a gc sweep may delete)."""
+    m = _OBJECT_KEY.fullmatch(key)
+    return m[1] if m else None
 
 
 def json_depth(value: object) -> int:
@@ -260,7 +268,7 @@ def decode_version(data: bytes, key: str = "a version record") -> VersionRecord:
     _check_stored_names(key, r.project, r.name, r.type, tags=r.tags)
     if not 0 <= r.version < 10**10:
         raise CorruptData(f"{key}: version {r.version} is out of range")
-    if not _MANIFEST_KEY.fullmatch(r.manifest) or not _HEX_DIGEST.fullmatch(r.content_digest):
+    if object_key_kind(r.manifest) != "manifests" or not _HEX_DIGEST.fullmatch(r.content_digest):
         raise CorruptData(f"{key}: its manifest pointer or content digest is malformed")
     if key.startswith("artifacts/") and key != version_key(r.project, r.name, r.version):
         raise CorruptData(f"{key} holds the record of {r.project}/{r.name}:v{r.version}, not its own")
